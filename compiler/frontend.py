@@ -54,10 +54,11 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -
     leading dimension that is not fixed stays free as the batch size.
     """
     model = _read(Path(path))
+    nodes = {out: (node.name or out, node.op_type) for node in model.graph.node for out in node.output if out}
+    _split_clips(model)
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
-    nodes = {out: (node.name or out, node.op_type) for node in model.graph.node for out in node.output if out}
     outputs = [o.name for o in model.graph.output]
     probes = _float_tensors(model, exclude=set(outputs))
     mod = _import(_with_probes(model, probes))
@@ -82,6 +83,36 @@ def _read(path: Path) -> onnx.ModelProto:
     except Exception as err:
         raise TvmqError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
     return model
+
+
+def _split_clips(model: onnx.ModelProto) -> None:
+    """Rewrite ``Clip(x, lo, hi)`` as ``Min(Max(x, lo), hi)``, in place.
+
+    TVM imports Clip as opaque TIR calls; Max / Min with constant bounds import as Relax
+    ``maximum`` / ``minimum``, which realize can fuse into a layer's output clamp.
+    """
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Clip":
+            nodes.append(node)
+            continue
+        bounds = list(node.input[1:]) + [""] * (3 - len(node.input))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for i, key in enumerate(("min", "max")):
+            if not bounds[i] and key in attrs:
+                bounds[i] = f"{node.output[0]}::{key}"
+                model.graph.initializer.append(helper.make_tensor(bounds[i], TensorProto.FLOAT, [], [attrs[key]]))
+        current = node.input[0]
+        steps = [(op, b) for op, b in (("Max", bounds[0]), ("Min", bounds[1])) if b]
+        for i, (op, bound) in enumerate(steps):
+            out = node.output[0] if i == len(steps) - 1 else f"{node.output[0]}::{op.lower()}"
+            nodes.append(helper.make_node(op, [current, bound], [out], name=f"{node.name}" if i == len(steps) - 1
+                                          else f"{node.name}::{op.lower()}"))
+            current = out
+        if not steps:
+            nodes.append(helper.make_node("Identity", [current], [node.output[0]], name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _first_line(err: Exception) -> str:

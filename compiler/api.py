@@ -1,0 +1,195 @@
+"""``tvmq.compile``: load -> fold -> calibrate -> realize -> evaluate -> build -> measure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tvmq.passes.expose import ExposeTensors
+from tvmq.passes.fold_batchnorm import FoldBatchNorm
+from tvmq.passes.lift_params import lift_params
+from tvmq.passes.realize import Realize, Scheme, quantization_record
+from tvmq.targets import TargetSpec, get_target
+
+from . import assets
+from .build import bind_batch, build, virtual_machine
+from .calibrate import collect_ranges
+from .config import Config
+from .data import Dataset, check_dataset, load_dataset
+from .errors import TvmqError
+from .evaluate import compare
+from .fileio import staged_directory
+from .frontend import ImportedModel, InputSpec, load_model
+from .report import layer_rows, to_markdown
+from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CompiledModel:
+    """The int8 module built for a target, its params, manifest and report."""
+
+    executable: object
+    params: dict
+    manifest: dict
+    report: dict
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        import tvm
+
+        vm = virtual_machine(self.executable)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(x))] + [tvm.runtime.tensor(self.params[n])
+                                                                 for n in self.manifest["params"]]
+        result = vm["main"](*args)
+        return result.numpy() if hasattr(result, "numpy") else [r.numpy() for r in result]
+
+    def save(self, directory: str | Path, force: bool = False) -> Path:
+        """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
+        with staged_directory(Path(directory), force=force) as stage:
+            self.executable.export_library(str(stage / LIBRARY))
+            np.savez(stage / PARAMS, **self.params)
+            files = {name: sha256(stage / name) for name in (LIBRARY, PARAMS)}
+            (stage / MANIFEST).write_text(json.dumps({**self.manifest, "files": files}, indent=2))
+            (stage / "report.json").write_text(json.dumps(self.report, indent=2))
+            (stage / "report.md").write_text(to_markdown(self.report))
+        return Path(directory)
+
+
+def compile(model: str | Path, calib, target: str = "host", config: Config | None = None,
+            eval_data=None) -> CompiledModel:
+    """Quantize an ONNX model to int8 and build it for ``target``.
+
+    ``calib`` / ``eval_data``: a ``.npy`` / ``.npz`` path, an array, or a :class:`Dataset`.
+    Without ``eval_data`` the report evaluates on the calibration data and says so.
+    """
+    config = config or Config(target=target)
+    spec = get_target(config.target)
+    started = time.perf_counter()
+    imported = load_model(model, config.input_shapes)
+    source = _single_float_input(imported)
+    calib_data = _dataset(calib, source, "calibration")
+    eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data
+    fp32 = prepare_fp32(imported.mod)
+    batch = source.shape[0]
+
+    def vm_for(mod):
+        return virtual_machine(build(mod, spec))
+
+    names = sorted(set(imported.nodes) | {source.name})
+    logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(calib_data), config.calibrator)
+    stats = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator, config.batch_size)
+    scheme = Scheme(spec.activation_dtype, config.per_channel)
+    int8 = Realize(stats, scheme)(fp32)
+    record = quantization_record(int8)
+
+    logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
+    int8_exposed = Realize(stats, scheme, expose=True)(fp32)
+    probes = quantization_record(int8_exposed)["exposed"]
+    comparison = compare(vm_for(ExposeTensors(probes)(fp32)), vm_for(int8_exposed), probes, eval_set, batch,
+                         config.batch_size)
+
+    deploy_batch = batch or config.deploy_batch
+    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
+    fp32_exe, fp32_params = _build_deployable(fp32, deploy_batch, spec, config.trials, db)
+    int8_exe, int8_params = _build_deployable(int8, deploy_batch, spec, config.trials, db)
+    shape = source.static_shape(deploy_batch)
+    latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
+               "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
+
+    manifest = _manifest(imported, source, deploy_batch, spec, config, record, list(int8_params))
+    report = {
+        "model": imported.name, "target": str(spec.target), "target_description": spec.description,
+        "calibrator": config.calibrator, "per_channel": config.per_channel,
+        "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
+        "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
+        "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
+        "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
+        "compile_seconds": round(time.perf_counter() - started, 1),
+    }
+    return CompiledModel(int8_exe, int8_params, manifest, report)
+
+
+def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
+    """Compile the bundled pretrained MNIST CNN with its real calibration / evaluation splits."""
+    model, calib, evaluation = assets.bundled_mnist()
+    compiled = compile(model, calib, config=config, eval_data=evaluation)
+    compiled.save(out, force=force)
+    return compiled
+
+
+def prepare_fp32(mod):
+    """The exact fp32 -> fp32 passes: constant folding and BatchNorm folding."""
+    import tvm
+    from tvm import relax
+
+    seq = tvm.transform.Sequential([relax.transform.FoldConstant(), FoldBatchNorm(),
+                                    relax.transform.FoldConstant()])
+    return seq(mod)
+
+
+def _single_float_input(imported: ImportedModel) -> InputSpec:
+    if len(imported.inputs) != 1:
+        raise TvmqError(f"models with {len(imported.inputs)} inputs are not supported yet (need exactly one)")
+    spec = imported.inputs[0]
+    if spec.dtype != "float32":
+        raise TvmqError(f"input {spec.name!r} is {spec.dtype}; calibration needs a float32 input")
+    return spec
+
+
+def _dataset(value, spec: InputSpec, role: str) -> Dataset:
+    if isinstance(value, Dataset):
+        return check_dataset(value, spec, f"{role} data")
+    if isinstance(value, np.ndarray):
+        return check_dataset(Dataset(value), spec, f"{role} data")
+    return load_dataset(value, spec, role)
+
+
+def _build_deployable(mod, batch: int, spec: TargetSpec, trials: int, db: Path):
+    lifted, params = lift_params(bind_batch(mod, batch))
+    return build(lifted, spec, trials, db), params
+
+
+def _median_ms(executable, params: dict, shape, runs: int) -> float:
+    import tvm
+
+    vm = virtual_machine(executable)
+    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=max(runs, 1))
+    args = [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
+    return float(np.median(timer(*args).results) * 1e3)
+
+
+def _target_key(spec: TargetSpec) -> str:
+    return f"{spec.name}-" + hashlib.sha256(str(spec.target).encode()).hexdigest()[:10]
+
+
+def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: TargetSpec, config: Config,
+              record: dict, params: list[str]) -> dict:
+    from importlib.metadata import version
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": imported.name,
+        "inputs": [{"name": source.name, "shape": list(source.static_shape(batch)), "dtype": source.dtype}],
+        "outputs": imported.outputs,
+        "params": params,
+        "target": str(spec.target),
+        "target_features": list(spec.features),
+        "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
+                   "activation_dtype": spec.activation_dtype},
+        "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
+        | {"python": platform.python_version()},
+        "quantization": record,
+    }
+
+
+def with_overrides(config: Config, **changes) -> Config:
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,62 @@
+"""Run the fp32 module over calibration data once, streaming every tensor into its observer."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from tvmq.passes.calibrators import make_observer
+from tvmq.passes.expose import ExposeTensors, exposed_names
+
+from .data import Dataset
+from .errors import TvmqError
+
+logger = logging.getLogger(__name__)
+
+
+def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_factory,
+                   calibrator: str, batch_size: int) -> dict[str, tuple[float, float]]:
+    """Observe every named tensor of ``mod`` over ``data``; return ``{name: (lo, hi)}``.
+
+    ``batch`` is the model's fixed batch size (None when free, then ``batch_size`` is used).
+    Only the observers' state is kept between batches, never the activations themselves.
+    """
+    names = exposed_names(mod, names)
+    vm = vm_factory(ExposeTensors(names)(mod))
+    observers = {name: make_observer(calibrator) for name in names}
+    for outputs in run_batches(vm, data, batch, batch_size, "calibrate"):
+        for name, value in zip(names, outputs[1:]):
+            if not np.isfinite(value).all():
+                raise TvmqError(f"tensor {name!r} became NaN or Inf during calibration")
+            observers[name].observe(value)
+    return {name: observer.range() for name, observer in observers.items()}
+
+
+def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str,
+                labels: bool = False) -> Iterator[list[np.ndarray]]:
+    """Run ``vm["main"]`` over ``data``, yielding each batch's outputs as numpy arrays.
+
+    With a fixed model batch, a last partial batch is dropped. With ``labels`` the batch's
+    labels are yielded after the outputs, as ``(outputs, labels)``.
+    """
+    import tvm
+
+    size = batch or batch_size
+    total = len(data) // size if batch else math.ceil(len(data) / size)
+    if total == 0:
+        raise TvmqError(f"{desc}: the model takes batches of {size} but only {len(data)} samples were given")
+    for i, (x, y) in enumerate(tqdm(data.batches(size), total=total, desc=desc, unit="batch", leave=False)):
+        if i == total:
+            break
+        result = vm["main"](tvm.runtime.tensor(x))
+        outputs = [_flatten(result[0])] + [r.numpy() for r in list(result)[1:]]
+        yield (outputs, y) if labels else outputs
+
+
+def _flatten(result) -> np.ndarray:
+    """The model's first output: a tensor, or the first field of a tuple of tensors."""
+    return result.numpy() if hasattr(result, "numpy") else result[0].numpy()

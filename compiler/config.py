@@ -1,0 +1,52 @@
+"""The one configuration object, frozen and validated, passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TvmqError
+
+
+@dataclass(frozen=True)
+class Config:
+    """How to quantize, build and measure a model.
+
+    Attributes
+    ----------
+    target : ``"host"`` (the x86 machine running tvmq) or another registered target name.
+    calibrator : activation range estimator (``tvmq.passes.calibrators.calibrator_names()``).
+    per_channel : per-output-channel weight scales (else one scale per weight tensor).
+    trials : MetaSchedule trials across all tasks; 0 skips tuning.
+    batch_size : samples per run of the calibration / evaluation module when the model's
+        batch dimension is free.
+    deploy_batch : batch size baked into the deployable module when it is free.
+    input_shapes : static shapes for inputs with symbolic dimensions.
+    tuning_db : tuning-record directory; default ``<cache>/tuning/<model>-<target>``.
+    latency_runs : timed runs per module for the latency report (median reported).
+    """
+
+    target: str = "host"
+    calibrator: str = "minmax"
+    per_channel: bool = True
+    trials: int = 0
+    batch_size: int = 64
+    deploy_batch: int = 1
+    input_shapes: dict = field(default_factory=dict)
+    tuning_db: Path | None = None
+    latency_runs: int = 50
+
+    def __post_init__(self):
+        from tvmq.passes.calibrators import calibrator_names
+        from tvmq.targets import target_names
+
+        if self.target not in target_names():
+            raise TvmqError(f"unknown target {self.target!r}; choose one of: {', '.join(target_names())}")
+        if self.calibrator not in calibrator_names():
+            raise TvmqError(f"unknown calibrator {self.calibrator!r}; choose one of: {', '.join(calibrator_names())}")
+        for name in ("trials", "latency_runs"):
+            if getattr(self, name) < 0:
+                raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "deploy_batch"):
+            if getattr(self, name) < 1:
+                raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")

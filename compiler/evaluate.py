@@ -1,0 +1,55 @@
+"""Accuracy of the int8 module against fp32: top-1, agreement, output cosine, per-tensor SQNR."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibrate import run_batches
+from .data import Dataset
+
+
+def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> dict:
+    """Run both modules (each returning ``(output, *tensors named names)``) over ``data``.
+
+    SQNR of a tensor is ``10 log10(sum(ref^2) / sum((ref - int8)^2))`` over all samples: the
+    error the int8 module has accumulated up to that tensor.
+    """
+    signal, noise = np.zeros(len(names)), np.zeros(len(names))
+    counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0}
+    fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32", labels=True)
+    int8_runs = run_batches(int8_vm, data, batch, batch_size, "evaluate int8")
+    for (ref, labels), quant in zip(fp32_runs, int8_runs):
+        _accumulate_outputs(counts, ref[0], quant[0], labels)
+        for i, (r, q) in enumerate(zip(ref[1:], quant[1:])):
+            signal[i] += float(np.square(r, dtype=np.float64).sum())
+            noise[i] += float(np.square(r.astype(np.float64) - q).sum())
+    n = counts["n"]
+    has_labels = data.y is not None
+    accuracy = {
+        "fp32_top1": counts["fp32_hit"] / n if has_labels else None,
+        "int8_top1": counts["int8_hit"] / n if has_labels else None,
+        "top1_agreement": counts["agree"] / n,
+        "output_cosine": counts["cosine"] / n,
+        "num_samples": n,
+    }
+    sqnr = {name: _sqnr_db(s, e) for name, s, e in zip(names, signal, noise)}
+    return {"accuracy": accuracy, "sqnr_db": sqnr}
+
+
+def _accumulate_outputs(counts: dict, ref: np.ndarray, quant: np.ndarray, labels) -> None:
+    ref2, quant2 = ref.reshape(len(ref), -1), quant.reshape(len(quant), -1)
+    ref_top, quant_top = ref2.argmax(1), quant2.argmax(1)
+    counts["n"] += len(ref2)
+    counts["agree"] += int((ref_top == quant_top).sum())
+    norms = np.linalg.norm(ref2, axis=1) * np.linalg.norm(quant2, axis=1)
+    counts["cosine"] += float(((ref2 * quant2).sum(1) / np.maximum(norms, 1e-30)).sum())
+    if labels is not None:
+        counts["fp32_hit"] += int((ref_top == labels).sum())
+        counts["int8_hit"] += int((quant_top == labels).sum())
+
+
+def _sqnr_db(signal: float, noise: float) -> float | None:
+    """SQNR in dB; None where it is undefined (an all-zero reference or no error at all)."""
+    if signal == 0.0:
+        return None
+    return None if noise == 0.0 else float(10.0 * np.log10(signal / noise))

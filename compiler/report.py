@@ -1,0 +1,56 @@
+"""The accuracy and latency report: ``report.json`` for machines, ``report.md`` for people."""
+
+from __future__ import annotations
+
+import math
+
+
+def layer_rows(nodes: dict, record: dict, sqnr: dict) -> list[dict]:
+    """One row per ONNX node in graph order, keyed by the user's node names.
+
+    A node fused into a layer (a conv followed by its ReLU) shows the SQNR of the fused
+    layer's output. A node whose output a pass folded away (a BatchNorm's conv, say) takes
+    the precision of the tensor it was folded into, the next node's.
+    """
+    precision, fused_into = record["precision"], record["fused_into"]
+    rows, pending = [], []
+    for tensor, (node, op) in nodes.items():
+        row = {"name": node, "op": op, "precision": precision.get(tensor),
+               "sqnr_db": sqnr.get(fused_into.get(tensor, tensor))}
+        if row["precision"] is None:
+            pending.append(row)
+        else:
+            for waiting in pending:
+                waiting["precision"] = row["precision"]
+            pending = []
+        rows.append(row)
+    for row in pending:
+        row["precision"] = "fp32"
+    return rows
+
+
+def to_markdown(report: dict) -> str:
+    acc, lat = report["accuracy"], report["latency_ms"]
+    lines = [f"# tvmq report: {report['model']}", "",
+             f"Target: `{report['target']}`  ", f"Calibrator: {report['calibrator']}; "
+             f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
+             "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
+    if acc["fp32_top1"] is not None:
+        lines.append(f"| top-1 | {acc['fp32_top1']:.2%} | {acc['int8_top1']:.2%} |")
+    lines += [f"| top-1 agreement with fp32 | | {acc['top1_agreement']:.2%} |",
+              f"| output cosine similarity | | {acc['output_cosine']:.5f} |", "",
+              "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
+              "| module | ms |", "|---|---|",
+              f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
+              f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
+              f"Tuning: {report['tuning']['trials']} trials.", "",
+              "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
+              "| node | op | precision | SQNR dB |", "|---|---|---|---|"]
+    for row in sorted(report["layers"], key=_by_sqnr):
+        sqnr = "exact" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
+        lines.append(f"| {row['name']} | {row['op']} | {row['precision']} | {sqnr} |")
+    return "\n".join(lines) + "\n"
+
+
+def _by_sqnr(row: dict) -> float:
+    return math.inf if row["sqnr_db"] is None else row["sqnr_db"]

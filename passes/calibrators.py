@@ -1,0 +1,45 @@
+"""The calibrator registry: one streaming observer class per file, looked up by name.
+
+An observer sees the batches of one tensor (``observe``) and then says which real range
+``(lo, hi)`` to quantize (``range``). Its state must not grow with the number of batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+_CALIBRATORS: dict[str, Callable[[], "Observer"]] = {}
+
+
+class Observer(Protocol):
+    def observe(self, values: np.ndarray) -> None: ...
+
+    def range(self) -> tuple[float, float]: ...
+
+
+def register_calibrator(name: str):
+    """Class decorator: make an observer available as ``--calibrator name``."""
+
+    def wrap(cls):
+        _CALIBRATORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def calibrator_names() -> list[str]:
+    _load_builtin()
+    return sorted(_CALIBRATORS)
+
+
+def make_observer(name: str) -> Observer:
+    _load_builtin()
+    if name not in _CALIBRATORS:
+        raise KeyError(f"unknown calibrator {name!r}; choose one of: {', '.join(sorted(_CALIBRATORS))}")
+    return _CALIBRATORS[name]()
+
+
+def _load_builtin() -> None:
+    from . import minmax  # noqa: F401  (registers itself)
