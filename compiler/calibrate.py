@@ -36,20 +36,23 @@ def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_f
     return {name: observer.range() for name, observer in observers.items()}
 
 
-def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str,
+def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str | None,
                 labels: bool = False) -> Iterator[list[np.ndarray]]:
     """Run ``vm["main"]`` over ``data``, yielding each batch's outputs as numpy arrays.
 
     With a fixed model batch, a last partial batch is dropped. With ``labels`` the batch's
-    labels are yielded after the outputs, as ``(outputs, labels)``.
+    labels are yielded after the outputs, as ``(outputs, labels)``. ``desc`` labels the
+    progress bar (shown on a terminal only); None shows none.
     """
     import tvm
 
     size = batch or batch_size
     total = len(data) // size if batch else math.ceil(len(data) / size)
     if total == 0:
-        raise TvmqError(f"{desc}: the model takes batches of {size} but only {len(data)} samples were given")
-    for i, (x, y) in enumerate(tqdm(data.batches(size), total=total, desc=desc, unit="batch", leave=False)):
+        raise TvmqError(f"the model takes batches of {size} but only {len(data)} samples were given")
+    bar = tqdm(data.batches(size), total=total, desc=desc, unit="batch", leave=False,
+               disable=True if desc is None else None)
+    for i, (x, y) in enumerate(bar):
         if i == total:
             break
         result = vm["main"](tvm.runtime.tensor(x))

@@ -16,8 +16,8 @@ def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None
     """
     signal, noise = np.zeros(len(names)), np.zeros(len(names))
     counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0}
-    fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32", labels=True)
-    int8_runs = run_batches(int8_vm, data, batch, batch_size, "evaluate int8")
+    fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32 vs int8", labels=True)
+    int8_runs = run_batches(int8_vm, data, batch, batch_size, None)
     for (ref, labels), quant in zip(fp32_runs, int8_runs):
         _accumulate_outputs(counts, ref[0], quant[0], labels)
         for i, (r, q) in enumerate(zip(ref[1:], quant[1:])):

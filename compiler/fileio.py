@@ -42,6 +42,9 @@ def staged_directory(final: Path, force: bool = False) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would hide the artifact from other users
     except OSError as err:
         raise TvmqError(f"cannot write output directory {final}: {err.strerror}") from None
     try:

@@ -32,7 +32,7 @@ class _Lifter(relax.PyExprMutator):
         super().__init__(mod)
         self.new_params, self.values = [], {}
 
-    def visit_constant_(self, const):
+    def visit_generic_const_(self, const):
         array = const.value.numpy()
         if array.size < MIN_ELEMENTS:
             return const

@@ -71,6 +71,7 @@ class _Realizer:
         self.func, self.stats, self.scheme = func, stats, scheme
         self.layers = find_layers(func)
         self.absorbed = {v for layer in self.layers.values() for v in layer.chain[1:]}
+        self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
         self.outputs = set(referenced_vars(func.body.body))
         self.fp, self.q = {}, {}
         self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {}}
@@ -89,7 +90,7 @@ class _Realizer:
                 if expose:
                     named = {b.var.name: b.var for b in dataflow_bindings(self.func)}
                     named.update({p.name: p for p in self.func.params})
-                    exposed = [n for n in sorted(self.stats) if n in named and named[n] not in self.absorbed]
+                    exposed = [n for n in sorted(self.stats) if n in named and named[n] not in self.inner]
                     probes = [self._to_fp(named[n]) for n in exposed]
                     self.record["exposed"] = exposed
                     result = relax.Tuple([result, *probes])

@@ -1,0 +1,22 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tvmq-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## set up, compile the bundled MNIST CNN for this machine, print the report
+	$(VENV)/bin/tvmq demo --out demo-out --force --trials $(or $(TRIALS),64)
+
+test: $(STAMP)  ## set up and run the test suite
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf demo-out .pytest_cache

@@ -1,0 +1,163 @@
+"""The ``tvmq`` command line: ``compile``, ``run`` and ``demo``.
+
+Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import TvmqError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="tvmq: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except TvmqError as err:
+        if args.debug:
+            raise
+        print(f"tvmq: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tvmq: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or a TVM failure: still one line unless --debug
+        if args.debug:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"tvmq: internal error ({type(err).__name__}): {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvmq", description="int8 quantization compiler on Apache TVM")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    comp = sub.add_parser("compile", help="quantize an ONNX model to int8 and build it for a target")
+    comp.add_argument("model", type=Path, help="the float ONNX model")
+    comp.add_argument("--calib", type=Path, required=True, help=".npy inputs or .npz with x (and y)")
+    comp.add_argument("--eval", type=Path, help="evaluation data (.npy or .npz with x, optional y labels)")
+    _add_build_options(comp)
+    comp.set_defaults(handler=_compile)
+
+    demo = sub.add_parser("demo", help="compile the bundled pretrained MNIST CNN and print its report")
+    _add_build_options(demo)
+    demo.set_defaults(handler=_demo)
+
+    run = sub.add_parser("run", help="run a compiled artifact on an input .npy")
+    run.add_argument("artifact", type=Path)
+    run.add_argument("--input", type=Path, required=True)
+    run.add_argument("--output", type=Path, required=True)
+    run.set_defaults(handler=_run)
+    for sub_parser in (comp, demo, run):
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show tracebacks and debug logs")
+    return parser
+
+
+def _add_build_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--target", default="host", help="target name (default: host, the machine running tvmq)")
+    parser.add_argument("--calibrator", default="minmax", help="activation range estimator (default: minmax)")
+    parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",
+                        help="weight scales (default: per-channel)")
+    parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
+    parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                        help="static shape for an input with symbolic dimensions")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch for calibration / evaluation runs")
+
+
+def _config(args):
+    from .config import Config
+
+    return Config(target=args.target, calibrator=args.calibrator,
+                  per_channel=args.granularity == "per-channel", trials=args.trials,
+                  batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
+                  tuning_db=args.tuning_db)
+
+
+def _input_shapes(values: list[str]) -> dict:
+    shapes = {}
+    for value in values:
+        name, _, dims = value.rpartition(":")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise TvmqError(f"--input-shape {value!r} is not NAME:D0,D1,... with integer dimensions") from None
+        if not name:
+            raise TvmqError(f"--input-shape {value!r} names no input (use NAME:D0,D1,...)")
+    return shapes
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """Fail before any work if the output directory cannot be created."""
+    if out.exists() and not force:
+        raise TvmqError(f"output directory {out} already exists (pass --force to replace it)")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TvmqError(f"cannot write output directory {out}: {parent} is not writable")
+
+
+def _compile(args) -> int:
+    from . import api
+
+    config = _config(args)
+    _check_output(args.out, args.force)
+    compiled = api.compile(args.model, args.calib, config=config, eval_data=args.eval)
+    compiled.save(args.out, force=args.force)
+    _summarize(args.out)
+    return 0
+
+
+def _demo(args) -> int:
+    from . import api
+
+    config = _config(args)
+    _check_output(args.out, args.force)
+    api.demo(args.out, config=config, force=args.force)
+    _summarize(args.out)
+    return 0
+
+
+def _summarize(out: Path) -> None:
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/ (model.so, params.npz, manifest.json, report.json, report.md)")
+
+
+def _run(args) -> int:
+    import numpy as np
+
+    from .fileio import atomic_write_bytes
+    from .runtime import load
+
+    model = load(args.artifact)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise TvmqError(f"cannot read input {args.input}: {err}") from None
+    y = model.run(x)
+    buffer = io.BytesIO()
+    np.save(buffer, y)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    print(f"wrote {args.output} {y.dtype} {tuple(y.shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

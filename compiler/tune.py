@@ -1,0 +1,91 @@
+"""MetaSchedule tuning with an in-process builder and a reusable JSON record database.
+
+TVM's stock ``LocalBuilder`` starts worker processes that each import every tensor
+intrinsic (~60 s) and time out here, failing every trial; building in this process,
+with only the target's own intrinsics registered once, works (shared/TOOLCHAIN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from tvmq.targets import TargetSpec
+
+logger = logging.getLogger(__name__)
+
+
+def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
+    """Lower ``mod`` to fused TIR, tune the tasks missing from ``work_dir``, apply the records.
+
+    Tasks that already have records in ``work_dir`` are not tuned again, so a second build
+    of the same model and target runs zero new trials.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    with spec.target:
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.transform.CanonicalizeBindings(),
+                                        relax.get_pipeline("zero")])(mod)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    tasks = ms.relax_integration.extract_tasks(mod, spec.target)
+    missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    if missing:
+        spec.prepare()
+        start = time.perf_counter()
+        logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), trials, work_dir)
+        ms.relax_integration.tune_relax(
+            mod, params={}, target=spec.target, work_dir=str(work_dir), max_trials_global=trials,
+            max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
+            builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
+            space=_search_space(), seed=0)
+        logger.info("tuned in %.1f s", time.perf_counter() - start)
+    else:
+        logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
+    with spec.target, tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod)
+
+
+def _search_space():
+    """TVM's generic CPU schedule rules, without auto-tensorization.
+
+    MetaSchedule's default x86 space tries the VNNI intrinsic on weights in their natural
+    layout, which was measured to compute wrong results (shared/TOOLCHAIN.md); int8
+    intrinsics come with pre-packed weights, not before.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
+
+
+def _in_process_builder():
+    import tvm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support.tar import tar
+
+    @derived_object
+    class InProcessBuilder(ms.builder.PyBuilder):
+        """Build each candidate in this process and export it as a tar for the runner."""
+
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+                    built = tvm.driver.build(mod, target=item.target)
+                    path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "candidate." + tar.output_format)
+                    built.export_library(path, fcompile=tar)
+                    results.append(ms.builder.BuilderResult(path, None))
+                except Exception as err:  # a failing candidate is a tuning outcome, not an error
+                    results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"[:2000]))
+            return results
+
+    return InProcessBuilder()
