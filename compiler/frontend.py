@@ -55,7 +55,6 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -
     """
     model = _read(Path(path))
     nodes = {out: (node.name or out, node.op_type) for node in model.graph.node for out in node.output if out}
-    _split_clips(model)
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
@@ -83,36 +82,6 @@ def _read(path: Path) -> onnx.ModelProto:
     except Exception as err:
         raise TvmqError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
     return model
-
-
-def _split_clips(model: onnx.ModelProto) -> None:
-    """Rewrite ``Clip(x, lo, hi)`` as ``Min(Max(x, lo), hi)``, in place.
-
-    TVM imports Clip as opaque TIR calls; Max / Min with constant bounds import as Relax
-    ``maximum`` / ``minimum``, which realize can fuse into a layer's output clamp.
-    """
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type != "Clip":
-            nodes.append(node)
-            continue
-        bounds = list(node.input[1:]) + [""] * (3 - len(node.input))
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        for i, key in enumerate(("min", "max")):
-            if not bounds[i] and key in attrs:
-                bounds[i] = f"{node.output[0]}::{key}"
-                model.graph.initializer.append(helper.make_tensor(bounds[i], TensorProto.FLOAT, [], [attrs[key]]))
-        current = node.input[0]
-        steps = [(op, b) for op, b in (("Max", bounds[0]), ("Min", bounds[1])) if b]
-        for i, (op, bound) in enumerate(steps):
-            out = node.output[0] if i == len(steps) - 1 else f"{node.output[0]}::{op.lower()}"
-            nodes.append(helper.make_node(op, [current, bound], [out], name=f"{node.name}" if i == len(steps) - 1
-                                          else f"{node.name}::{op.lower()}"))
-            current = out
-        if not steps:
-            nodes.append(helper.make_node("Identity", [current], [node.output[0]], name=node.name))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
 
 def _first_line(err: Exception) -> str:
@@ -191,13 +160,46 @@ def _with_probes(model: onnx.ModelProto, probes: list[str]) -> onnx.ModelProto:
 
 def _import(model: onnx.ModelProto):
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     try:
-        mod = from_onnx(model, keep_params_in_input=False)
+        mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph, opset)
     except Exception as err:
         raise TvmqError(f"cannot import the model into TVM: {_unsupported(model) or _first_line(err)}") from None
     return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(mod))
+
+
+def _importer_class():
+    """TVM's ONNX importer, except that Clip with constant bounds becomes one ``relax.op.clip``.
+
+    TVM imports Clip as opaque TIR calls (``emit_te(topi.maximum)``), which hides a
+    ReLU6 from realize; ``relax.op.clip`` can be fused into a layer's output clamp.
+    """
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    def bound(attrs, inputs, index, key, default):
+        if len(inputs) > index and inputs[index] is not None:
+            value = inputs[index]
+            return float(value.value.numpy()) if isinstance(value, tvm_constant()) and value.ty.ndim == 0 else None
+        return float(attrs.get(key, default))
+
+    class Importer(ONNXGraphImporter):
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            if op_name == "Clip":
+                finite = float(np.finfo(np.float32).max)
+                lo, hi = bound(attrs, inputs, 1, "min", -finite), bound(attrs, inputs, 2, "max", finite)
+                if lo is not None and hi is not None:
+                    return relax.op.clip(inputs[0], max(lo, -finite), min(hi, finite))
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    return Importer
+
+
+def tvm_constant():
+    from tvm import ir
+
+    return ir.expr.Constant
 
 
 def _unsupported(model: onnx.ModelProto) -> str | None:

@@ -80,7 +80,7 @@ def _in_process_builder():
             for item in build_inputs:
                 try:
                     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                    built = tvm.driver.build(mod, target=item.target)
+                    built = tvm.tirx.build(mod, target=item.target)
                     path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "candidate." + tar.output_format)
                     built.export_library(path, fcompile=tar)
                     results.append(ms.builder.BuilderResult(path, None))

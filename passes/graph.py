@@ -65,6 +65,11 @@ def op_name(expr) -> str | None:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op) else None
 
 
+def prim_float(value) -> float:
+    """The Python float inside a Relax ``PrimValue`` argument (clip bounds)."""
+    return float(value.value)
+
+
 def find_layers(func: relax.Function) -> dict:
     """Map the first variable of every quantizable chain to its :class:`Layer`."""
     bindings = dataflow_bindings(func)
@@ -136,6 +141,8 @@ def _extend_with_clamp(layer: Layer, consumer, uses) -> None:
         args = binding.value.args if name else []
         if name == "relax.nn.relu":
             lo = max(lo, 0.0)
+        elif name == "relax.clip":
+            lo, hi = max(lo, prim_float(args[1])), min(hi, prim_float(args[2]))
         elif name in ("relax.maximum", "relax.minimum") and args[0].same_as(layer.out):
             bound = constant_value(args[1])
             if bound is None or bound.size != 1:

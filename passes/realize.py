@@ -72,7 +72,7 @@ class _Realizer:
         self.layers = find_layers(func)
         self.absorbed = {v for layer in self.layers.values() for v in layer.chain[1:]}
         self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
-        self.outputs = set(referenced_vars(func.body.body))
+        self.outputs = _returned_vars(func)
         self.fp, self.q = {}, {}
         self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {}}
         self.builder = relax.BlockBuilder()
@@ -277,6 +277,19 @@ class _Realizer:
             value = relax.op.add(value, _const(np.float32(qp.zero_point)))
         clipped = relax.op.clip(relax.op.round(value), qp.qmin, qp.qmax)
         return self.builder.emit(relax.op.astype(clipped, qp.dtype), f"{name}_q")
+
+
+def _returned_vars(func: relax.Function) -> set:
+    """Variables whose value leaves the function, following aliases and tuples."""
+    values = {b.var: b.value for b in dataflow_bindings(func)}
+    pending, returned = referenced_vars(func.body.body), set()
+    while pending:
+        var = pending.pop()
+        if var not in returned:
+            returned.add(var)
+            if isinstance(values.get(var), (relax.Var, relax.Tuple)):
+                pending.extend(referenced_vars(values[var]))
+    return returned
 
 
 def _const(value):

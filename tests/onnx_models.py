@@ -1,0 +1,90 @@
+"""Tiny ONNX models built with onnx.helper, seeded, for focused tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _model(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _value(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def conv_chain(channels=8, groups=1, stride=1, pad=1, dilation=1, seed=0) -> onnx.ModelProto:
+    """x -> Conv(3x3, groups, stride, pad, dilation) -> Relu -> Conv(1x1) -> y
+
+        x[1,C,12,12] --conv_a--> a --relu_a--> r --conv_b--> y
+    """
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = {
+        "wa": (rng.standard_normal((c, c // groups, 3, 3)) * 0.3).astype(np.float32),
+        "ba": (rng.standard_normal(c) * 0.1).astype(np.float32),
+        "wb": (rng.standard_normal((6, c, 1, 1)) * 0.3).astype(np.float32),
+        "bb": (rng.standard_normal(6) * 0.1).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], group=groups,
+                         strides=[stride, stride], pads=[pad] * 4, dilations=[dilation, dilation]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["y"], name="conv_b", kernel_shape=[1, 1]),
+    ]
+    return _model(nodes, [_value("x", ["N", c, 12, 12])], [_value("y", ["N", 6, "H", "W"])], inits)
+
+
+def dense_chain(seed=0) -> onnx.ModelProto:
+    """x[N,20] --Gemm(transB)--> h --Clip(0,6)--> r --MatMul+Add--> y"""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": (rng.standard_normal((16, 20)) * 0.3).astype(np.float32),
+        "b1": (rng.standard_normal(16) * 0.1).astype(np.float32),
+        "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+        "w2": (rng.standard_normal((16, 5)) * 0.3).astype(np.float32),
+        "b2": (rng.standard_normal(5) * 0.1).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Clip", ["h", "lo", "hi"], ["r"], name="relu6"),
+        helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "b2"], ["y"], name="fc2_bias"),
+    ]
+    return _model(nodes, [_value("x", ["N", 20])], [_value("y", ["N", 5])], inits)
+
+
+def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
+    """x -> Conv -> BatchNormalization -> Relu -> GlobalAveragePool -> Add(residual) -> y
+
+        x[1,4,8,8] --conv--> c --bn--> b --relu--> r --gap--> g
+                                              r + g --add--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w": (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32),
+        "gamma": rng.uniform(0.5, 1.5, 4).astype(np.float32), "beta": rng.standard_normal(4).astype(np.float32),
+        "mean": rng.standard_normal(4).astype(np.float32), "var": rng.uniform(0.5, 2.0, 4).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="bn"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Add", ["r", "g"], ["y"], name="residual"),
+    ]
+    if weights_as_constant_nodes:
+        constants = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in inits.items()]
+        nodes, inits = constants + nodes, {}
+    return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 4, 8, 8])], inits)
+
+
+def save(model: onnx.ModelProto, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)

@@ -1,0 +1,94 @@
+"""The compiled int8 conv / dense kernels agree bit for bit with an independent numpy reference."""
+
+import numpy as np
+import pytest
+
+import onnx_models
+import tvmq
+from reference import conv2d_int, requantize
+from tvmq.config import Config
+
+
+def _scales(compiled, tensor):
+    record = compiled.manifest["quantization"]
+    act = record["activations"][tensor]
+    return np.float32(act["scale"][0]), int(act["zero_point"][0])
+
+
+def _weights(compiled, layer_out, weight, axis):
+    scale = np.asarray(compiled.manifest["quantization"]["weights"][layer_out]["scale"], np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    w_q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int64)
+    return w_q, scale
+
+
+def _bias(bias, s_in, s_w):
+    return np.round(bias.astype(np.float64) / (np.float64(s_in) * s_w.astype(np.float64))).astype(np.int64)
+
+
+def _multiplier(s_in, s_w, s_out):
+    return (np.float64(s_in) * s_w.astype(np.float64) / np.float64(s_out)).astype(np.float32)
+
+
+def _inits(model):
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+@pytest.mark.parametrize("groups,stride,pad,dilation,per_channel", [
+    (1, 1, 1, 1, True), (8, 2, 1, 1, True), (2, 1, 2, 2, True), (1, 1, 1, 1, False),
+])
+def test_conv_matches_integer_reference(tmp_path, rng, groups, stride, pad, dilation, per_channel):
+    model = onnx_models.conv_chain(channels=8, groups=groups, stride=stride, pad=pad, dilation=dilation)
+    path = onnx_models.save(model, tmp_path / "conv.onnx")
+    calib = rng.standard_normal((16, 8, 12, 12)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=Config(per_channel=per_channel, latency_runs=1))
+    _check_conv(compiled, model, calib[:1], stride, pad, dilation, groups)
+
+
+def test_tuned_conv_matches_integer_reference(tmp_path, rng):
+    model = onnx_models.conv_chain(channels=8)
+    path = onnx_models.save(model, tmp_path / "conv.onnx")
+    calib = rng.standard_normal((8, 8, 12, 12)).astype(np.float32)
+    config = Config(trials=8, tuning_db=tmp_path / "db", latency_runs=1)
+    compiled = tvmq.compile(path, calib, config=config)
+    assert list((tmp_path / "db").glob("*.json")), "tuning wrote no records"
+    _check_conv(compiled, model, calib[:1], 1, 1, 1, 1)
+
+
+def _check_conv(compiled, model, x, stride, pad, dilation, groups):
+    w = _inits(model)
+    s_x, z_x = _scales(compiled, "x")
+    s_r, z_r = _scales(compiled, "r")
+    x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
+    wa_q, s_wa = _weights(compiled, "r", w["wa"], 0)
+    acc = conv2d_int(x_q - z_x, wa_q, 0, stride, pad, dilation, groups)
+    acc += _bias(w["ba"], s_x, s_wa).reshape(1, -1, 1, 1)
+    r_q = requantize(acc, _multiplier(s_x, s_wa, s_r).reshape(1, -1, 1, 1), z_r, z_r, 255, np.uint8)
+    wb_q, s_wb = _weights(compiled, "y", w["wb"], 0)
+    acc_b = conv2d_int(r_q.astype(np.int64) - z_r, wb_q, 0, 1, 0, 1, 1)
+    acc_b += _bias(w["bb"], s_r, s_wb).reshape(1, -1, 1, 1)
+    expected = acc_b.astype(np.float32) * (s_r * s_wb).reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(compiled.run(x), expected)
+
+
+def test_dense_matches_integer_reference(tmp_path, rng):
+    model = onnx_models.dense_chain()
+    path = onnx_models.save(model, tmp_path / "dense.onnx")
+    calib = (rng.standard_normal((32, 20)) * 2).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=Config(latency_runs=1))
+    w = _inits(model)
+    x = calib[:1]
+    s_x, z_x = _scales(compiled, "x")
+    s_r, z_r = _scales(compiled, "r")
+    x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
+    w1_q, s_w1 = _weights(compiled, "r", w["w1"].T, 1)
+    acc = (x_q - z_x) @ w1_q + _bias(w["b1"], s_x, s_w1)
+    hi = min(255, z_r + int(np.round(6.0 / s_r)))
+    r_q = requantize(acc, _multiplier(s_x, s_w1, s_r), z_r, z_r, hi, np.uint8)
+    w2_q, s_w2 = _weights(compiled, "y", w["w2"], 1)
+    acc2 = (r_q.astype(np.int64) - z_r) @ w2_q + _bias(w["b2"], s_r, s_w2)
+    expected = acc2.astype(np.float32) * (s_r * s_w2)
+    np.testing.assert_array_equal(compiled.run(x), expected)
