@@ -98,9 +98,10 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
                          config.batch_size)
 
     deploy_batch = batch or config.deploy_batch
+    free_batch = None if batch else deploy_batch
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
-    fp32_exe, fp32_params = _build_deployable(fp32, deploy_batch, spec, config.trials, db)
-    int8_exe, int8_params = _build_deployable(int8, deploy_batch, spec, config.trials, db)
+    fp32_exe, fp32_params = _build_deployable(fp32, free_batch, spec, config.trials, db)
+    int8_exe, int8_params = _build_deployable(int8, free_batch, spec, config.trials, db)
     shape = source.static_shape(deploy_batch)
     latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
                "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
@@ -153,7 +154,7 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
     return load_dataset(value, spec, role)
 
 
-def _build_deployable(mod, batch: int, spec: TargetSpec, trials: int, db: Path):
+def _build_deployable(mod, batch: int | None, spec: TargetSpec, trials: int, db: Path):
     lifted, params = lift_params(bind_batch(mod, batch))
     return build(lifted, spec, trials, db), params
 

@@ -16,15 +16,15 @@ def bundled():
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory, bundled):
-    """The bundled model compiled untuned and saved, shared by the tests that read it."""
+def demo(tmp_path_factory, bundled):
+    """The bundled model compiled untuned and saved: ``(artifact directory, CompiledModel)``."""
     import tvmq
 
     model, calib, evaluation = bundled
     out = tmp_path_factory.mktemp("demo") / "artifact"
     compiled = tvmq.compile(model, calib, eval_data=evaluation)
     compiled.save(out)
-    return out
+    return out, compiled
 
 
 @pytest.fixture()

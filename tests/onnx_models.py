@@ -61,10 +61,10 @@ def dense_chain(seed=0) -> onnx.ModelProto:
 
 
 def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
-    """x -> Conv -> BatchNormalization -> Relu -> GlobalAveragePool -> Add(residual) -> y
+    """x -> Conv -> BatchNormalization -> Relu -> GlobalAveragePool -> Add(residual) -> Flatten -> y
 
         x[1,4,8,8] --conv--> c --bn--> b --relu--> r --gap--> g
-                                              r + g --add--> y
+                                              r + g --add--> s --flatten--> y
     """
     rng = np.random.default_rng(seed)
     inits = {
@@ -77,12 +77,13 @@ def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="bn"),
         helper.make_node("Relu", ["b"], ["r"], name="relu"),
         helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-        helper.make_node("Add", ["r", "g"], ["y"], name="residual"),
+        helper.make_node("Add", ["r", "g"], ["s"], name="residual"),
+        helper.make_node("Flatten", ["s"], ["y"], name="flatten"),
     ]
     if weights_as_constant_nodes:
         constants = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in inits.items()]
         nodes, inits = constants + nodes, {}
-    return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 4, 8, 8])], inits)
+    return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 256])], inits)
 
 
 def save(model: onnx.ModelProto, path) -> str:
