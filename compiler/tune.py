@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from tvmq.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
@@ -38,18 +40,40 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     if missing:
         spec.prepare()
+        _quiet_meta_schedule_console()
         start = time.perf_counter()
         logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), trials, work_dir)
-        ms.relax_integration.tune_relax(
-            mod, params={}, target=spec.target, work_dir=str(work_dir), max_trials_global=trials,
-            max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
-            builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
-            space=_search_space(), seed=0)
-        logger.info("tuned in %.1f s", time.perf_counter() - start)
+        with tqdm(total=trials, desc="tune", unit="trial", leave=False) as bar:
+            ms.relax_integration.tune_relax(
+                mod, params={}, target=spec.target, work_dir=str(work_dir), max_trials_global=trials,
+                max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
+                builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
+                space=_search_space(), measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                                          _progress(bar)], seed=0)
+        logger.info("tuned in %.1f s (per-task logs in %s)", time.perf_counter() - start, work_dir / "logs")
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
     with spec.target, tvm.transform.PassContext(opt_level=3):
         return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod)
+
+
+def _quiet_meta_schedule_console() -> None:
+    """Keep MetaSchedule's per-round tables in its log files, off the console (unless debugging)."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
+def _progress(bar):
+    """A measure callback that advances ``bar`` by each round's measured candidates."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            bar.update(len(runner_results))
+
+    return Progress()
 
 
 def _search_space():

@@ -54,8 +54,12 @@ def test_tuned_conv_matches_integer_reference(tmp_path, rng):
     calib = rng.standard_normal((8, 8, 12, 12)).astype(np.float32)
     config = Config(trials=8, tuning_db=tmp_path / "db", latency_runs=1)
     compiled = tvmq.compile(path, calib, config=config)
-    assert list((tmp_path / "db").glob("*.json")), "tuning wrote no records"
+    records = {p: p.read_bytes() for p in (tmp_path / "db").glob("*.json")}
+    assert any(records.values()), "tuning wrote no records"
     _check_conv(compiled, model, calib[:1], 1, 1, 1, 1)
+    again = tvmq.compile(path, calib, config=config)  # a warm database: no new trials
+    assert {p: p.read_bytes() for p in (tmp_path / "db").glob("*.json")} == records
+    np.testing.assert_array_equal(again.run(calib[:1]), compiled.run(calib[:1]))
 
 
 def _check_conv(compiled, model, x, stride, pad, dilation, groups):
