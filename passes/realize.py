@@ -10,7 +10,8 @@ with ``w_q`` symmetric int8 (per channel or per tensor), ``bias_q`` int32 at sca
 A layer whose result leaves the function is dequantized straight from the accumulator.
 
 Max pooling, reshapes and ReLU run on the quantized values unchanged (they commute with
-an affine quantizer); residual adds and global average pools requantize in place. Every
+an affine quantizer); average pools round the mean of the quantized values; residual adds
+and concatenations requantize their inputs onto the output's scale. Every
 other op runs in fp32 behind dequantize / quantize edges, which are emitted lazily, only
 where a consumer needs the other domain.
 
@@ -104,8 +105,8 @@ class _Realizer:
             return
         if var in self.layers and self._realize_layer(self.layers[var]):
             return
-        handler = {"relax.nn.relu": self._relu, "relax.add": self._add,
-                   "relax.mean": self._mean}.get(op_name(value))
+        handler = {"relax.nn.relu": self._relu, "relax.add": self._add, "relax.concat": self._concat,
+                   "relax.mean": self._average, "relax.nn.avg_pool2d": self._average}.get(op_name(value))
         if op_name(value) in LAYOUT_OPS:
             handler = self._layout
         if handler is not None and handler(var, value):
@@ -253,23 +254,37 @@ class _Realizer:
         out_qp = self._activation_qparams(var) if var not in self.outputs else None
         if out_qp is None or self._to_q(a) is None or self._to_q(b) is None:
             return False
-        total = None
-        for source in (a, b):
-            expr, qp = self.q[source]
-            centred = relax.op.subtract(relax.op.astype(expr, "float32"), _const(np.float32(qp.zero_point)))
-            term = relax.op.multiply(centred, _const(np.float32(qp.scale / out_qp.scale)))
-            total = term if total is None else relax.op.add(total, term)
+        total = relax.op.add(_rescaled(*self.q[a], out_qp), _rescaled(*self.q[b], out_qp))
         self.q[var] = (self._round_to(total, out_qp, var.name), out_qp)
         return True
 
-    def _mean(self, var, value) -> bool:
-        """Global average pooling (mean over H, W) keeps the input's scale and zero point."""
+    def _concat(self, var, value) -> bool:
+        """Concatenate quantized tensors after requantizing each onto the output's scale."""
+        fields = value.args[0].fields if isinstance(value.args[0], relax.Tuple) else []
+        if not fields or not all(isinstance(f, relax.Var) for f in fields) or not any(f in self.q for f in fields):
+            return False
+        out_qp = self._activation_qparams(var) if var not in self.outputs else None
+        if out_qp is None or any(self._to_q(f) is None for f in fields):
+            return False
+        parts = [self.q[f][0] if _same(self.q[f][1], out_qp) else
+                 self._round_to(_rescaled(*self.q[f], out_qp), out_qp, f"{f.name}_rq") for f in fields]
+        self.q[var] = (self.builder.emit(relax.op.concat(parts, axis=value.attrs.axis), f"{var.name}_q"), out_qp)
+        return True
+
+    def _average(self, var, value) -> bool:
+        """Average pooling and mean over H, W keep the input's scale and zero point: round(mean(q))."""
         source = value.args[0]
-        if source not in self.q or [int(a) for a in value.attrs.axis] != [2, 3]:
+        if source not in self.q:
             return False
         expr, qp = self.q[source]
-        mean = relax.op.mean(relax.op.astype(expr, "float32"), axis=[2, 3], keepdims=value.attrs.keepdims)
-        self.q[var] = (self._round_to(mean, qp, var.name, centred=False), qp)
+        if op_name(value) == "relax.mean" and [int(a) for a in value.attrs.axis] != [2, 3]:
+            return False
+        if op_name(value) == "relax.nn.avg_pool2d" and int(qp.zero_point) != 0 and \
+                value.attrs.count_include_pad and any(int(p) for p in value.attrs.padding):
+            return False  # padded zeros would be averaged in as real values -zp * scale
+        average = relax.Call(value.op, [relax.op.astype(expr, "float32"), *value.args[1:]], value.attrs,
+                             value.ty_args)
+        self.q[var] = (self._round_to(average, qp, var.name, centred=False), qp)
         return True
 
     def _round_to(self, value, qp: QParams, name: str, centred: bool = True):
@@ -290,6 +305,16 @@ def _returned_vars(func: relax.Function) -> set:
             if isinstance(values.get(var), (relax.Var, relax.Tuple)):
                 pending.extend(referenced_vars(values[var]))
     return returned
+
+
+def _rescaled(expr, qp: QParams, out_qp: QParams):
+    """``(q - z) * s / s_out`` in fp32: a quantized value expressed in steps of ``out_qp``."""
+    centred = relax.op.subtract(relax.op.astype(expr, "float32"), _const(np.float32(qp.zero_point)))
+    return relax.op.multiply(centred, _const(np.float32(qp.scale / out_qp.scale)))
+
+
+def _same(a: QParams, b: QParams) -> bool:
+    return a.dtype == b.dtype and float(a.scale) == float(b.scale) and int(a.zero_point) == int(b.zero_point)
 
 
 def _const(value):

@@ -89,3 +89,28 @@ def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)
+
+
+def pool_concat(seed=0) -> onnx.ModelProto:
+    """Two conv branches joined by Concat, then AveragePool and a Gemm head.
+
+        x[1,3,8,8] --conv_p--> p --relu_p--> rp --\\
+                   --conv_q--> q --relu_q--> rq --concat--> c --avgpool(2x2)--> a --flatten--> f --fc--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {
+        "wp": (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32),
+        "wq": (rng.standard_normal((4, 3, 1, 1)) * 2.0).astype(np.float32),
+        "wf": (rng.standard_normal((3, 128)) * 0.1).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wp"], ["p"], name="conv_p", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["p"], ["rp"], name="relu_p"),
+        helper.make_node("Conv", ["x", "wq"], ["q"], name="conv_q", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["q"], ["rq"], name="relu_q"),
+        helper.make_node("Concat", ["rp", "rq"], ["c"], name="concat", axis=1),
+        helper.make_node("AveragePool", ["c"], ["a"], name="avgpool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["a"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    return _model(nodes, [_value("x", [1, 3, 8, 8])], [_value("y", [1, 3])], inits)

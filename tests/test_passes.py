@@ -99,3 +99,16 @@ def test_unsupported_layers_fall_back_to_fp32(tmp_path, rng):
     assert precision["sigmoid"] == "fp32"
     assert precision["conv_a"] == precision["conv_b"] == "int8"
     assert compiled.report["accuracy"]["output_cosine"] > 0.99
+
+
+def test_concat_and_average_pool_stay_int8(tmp_path, rng):
+    import tvmq
+
+    path = onnx_models.save(onnx_models.pool_concat(), tmp_path / "pc.onnx")
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=tvmq.Config(latency_runs=1))
+    precision = {row["name"]: row["precision"] for row in compiled.report["layers"]}
+    assert set(precision.values()) == {"int8"}, precision
+    x = calib[:1]
+    reference = ort.InferenceSession(path).run(None, {"x": x})[0]
+    assert np.abs(compiled.run(x) - reference).max() < 0.05 * np.abs(reference).max()
