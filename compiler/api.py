@@ -85,9 +85,12 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         return virtual_machine(build(mod, spec))
 
     names = sorted(set(imported.nodes) | {source.name})
+    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
     logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(calib_data), config.calibrator)
-    stats = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator, config.batch_size)
-    scheme = Scheme(spec.activation_dtype, config.per_channel)
+    start = time.perf_counter()
+    stats, chosen = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator,
+                                   scheme.activation_dtype, config.batch_size)
+    calibration_seconds = time.perf_counter() - start
     int8 = Realize(stats, scheme)(fp32)
     record = quantization_record(int8)
 
@@ -106,10 +109,12 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
                "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
 
-    manifest = _manifest(imported, source, deploy_batch, spec, config, record, list(int8_params))
+    manifest = _manifest(imported, source, deploy_batch, spec, config, scheme, record, list(int8_params))
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
+        "activation_dtype": scheme.activation_dtype, "calibration_seconds": round(calibration_seconds, 2),
+        **({"calibrator_per_tensor": chosen} if chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
@@ -173,7 +178,7 @@ def _target_key(spec: TargetSpec) -> str:
 
 
 def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: TargetSpec, config: Config,
-              record: dict, params: list[str]) -> dict:
+              scheme: Scheme, record: dict, params: list[str]) -> dict:
     from importlib.metadata import version
 
     return {
@@ -185,7 +190,7 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         "target": str(spec.target),
         "target_features": list(spec.features),
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": spec.activation_dtype},
+                   "activation_dtype": scheme.activation_dtype},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
         "quantization": record,

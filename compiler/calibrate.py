@@ -19,21 +19,26 @@ logger = logging.getLogger(__name__)
 
 
 def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_factory,
-                   calibrator: str, batch_size: int) -> dict[str, tuple[float, float]]:
-    """Observe every named tensor of ``mod`` over ``data``; return ``{name: (lo, hi)}``.
+                   calibrator: str, dtype: str, batch_size: int) -> tuple[dict, dict]:
+    """Observe every named tensor of ``mod`` over ``data``.
+
+    Returns ``({name: (lo, hi)}, {name: calibrator chosen})``; the second is filled only by
+    calibrators that choose per tensor (``auto``).
 
     ``batch`` is the model's fixed batch size (None when free, then ``batch_size`` is used).
     Only the observers' state is kept between batches, never the activations themselves.
     """
     names = exposed_names(mod, names)
     vm = vm_factory(ExposeTensors(names)(mod))
-    observers = {name: make_observer(calibrator) for name in names}
+    observers = {name: make_observer(calibrator, dtype) for name in names}
     for outputs in run_batches(vm, data, batch, batch_size, "calibrate"):
         for name, value in zip(names, outputs[1:]):
             if not np.isfinite(value).all():
                 raise TvmqError(f"tensor {name!r} became NaN or Inf during calibration")
             observers[name].observe(value)
-    return {name: observer.range() for name, observer in observers.items()}
+    ranges = {name: observer.range() for name, observer in observers.items()}
+    chosen = {name: obs.chosen for name, obs in observers.items() if getattr(obs, "chosen", None)}
+    return ranges, chosen
 
 
 def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str | None,

@@ -71,9 +71,15 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--target", default="host", help="target name (default: host, the machine running tvmq)")
-    parser.add_argument("--calibrator", default="minmax", help="activation range estimator (default: minmax)")
+    parser.add_argument("--calibrator", default="minmax",
+                        help="activation range estimator: minmax, kld, percentile, mse or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",
                         help="weight scales (default: per-channel)")
+    scheme = parser.add_mutually_exclusive_group()
+    scheme.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                        help="symmetric int8 activations")
+    scheme.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                        help="asymmetric uint8 activations (default on x86)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
     parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
@@ -85,7 +91,7 @@ def _config(args):
     from .config import Config
 
     return Config(target=args.target, calibrator=args.calibrator,
-                  per_channel=args.granularity == "per-channel", trials=args.trials,
+                  per_channel=args.granularity == "per-channel", symmetric=args.symmetric, trials=args.trials,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db)
 

@@ -17,6 +17,8 @@ class Config:
     target : ``"host"`` (the x86 machine running tvmq) or another registered target name.
     calibrator : activation range estimator (``tvmq.passes.calibrators.calibrator_names()``).
     per_channel : per-output-channel weight scales (else one scale per weight tensor).
+    symmetric : activations as symmetric int8 (True), asymmetric uint8 (False), or whatever
+        the target's int8 instructions want (None, the default).
     trials : MetaSchedule trials across all tasks; 0 skips tuning.
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
@@ -29,12 +31,16 @@ class Config:
     target: str = "host"
     calibrator: str = "minmax"
     per_channel: bool = True
+    symmetric: bool | None = None
     trials: int = 0
     batch_size: int = 64
     deploy_batch: int = 1
     input_shapes: dict = field(default_factory=dict)
     tuning_db: Path | None = None
     latency_runs: int = 50
+
+    def activation_dtype(self, target_default: str) -> str:
+        return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")
 
     def __post_init__(self):
         from tvmq.passes.calibrators import calibrator_names

@@ -32,7 +32,9 @@ def layer_rows(nodes: dict, record: dict, sqnr: dict) -> list[dict]:
 def to_markdown(report: dict) -> str:
     acc, lat = report["accuracy"], report["latency_ms"]
     lines = [f"# tvmq report: {report['model']}", "",
-             f"Target: `{report['target']}`  ", f"Calibrator: {report['calibrator']}; "
+             f"Target: `{report['target']}`  ",
+             f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
+             f"{report['activation_dtype']}, weights int8 {'per channel' if report['per_channel'] else 'per tensor'}; "
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
              "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:

@@ -14,6 +14,8 @@ _CALIBRATORS: dict[str, Callable[[], "Observer"]] = {}
 
 
 class Observer(Protocol):
+    """Constructed with the activation dtype it calibrates for (``"uint8"`` or ``"int8"``)."""
+
     def observe(self, values: np.ndarray) -> None: ...
 
     def range(self) -> tuple[float, float]: ...
@@ -34,12 +36,12 @@ def calibrator_names() -> list[str]:
     return sorted(_CALIBRATORS)
 
 
-def make_observer(name: str) -> Observer:
+def make_observer(name: str, dtype: str = "uint8") -> Observer:
     _load_builtin()
     if name not in _CALIBRATORS:
         raise KeyError(f"unknown calibrator {name!r}; choose one of: {', '.join(sorted(_CALIBRATORS))}")
-    return _CALIBRATORS[name]()
+    return _CALIBRATORS[name](dtype)
 
 
 def _load_builtin() -> None:
-    from . import minmax  # noqa: F401  (registers itself)
+    from . import auto, kld, minmax, mse, percentile  # noqa: F401  (each registers itself)

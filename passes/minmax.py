@@ -11,7 +11,7 @@ from .calibrators import register_calibrator
 class MinMaxObserver:
     """Running ``min`` / ``max`` over every batch; robust to nothing, exact for bounded tensors."""
 
-    def __init__(self):
+    def __init__(self, dtype: str = "uint8"):
         self.lo, self.hi = np.inf, -np.inf
 
     def observe(self, values: np.ndarray) -> None:

@@ -84,3 +84,28 @@ def test_wrong_input_shape_is_refused_at_run_time(demo):
     out, _ = demo
     with pytest.raises(tvmq.TvmqError, match=r"input 'input' must be float32 of shape \(1, 1, 28, 28\)"):
         tvmq.load(out).run(np.zeros((2, 1, 28, 28), np.float32))
+
+
+@pytest.mark.parametrize("calibrator", ["kld", "percentile", "mse", "auto"])
+def test_every_calibrator_keeps_top1_within_one_point(calibrator, bundled):
+    from tvmq.data import Dataset
+
+    calib, evaluation = np.load(bundled[1]), np.load(bundled[2])
+    compiled = tvmq.compile(bundled[0], Dataset(calib["x"][:300]), config=tvmq.Config(calibrator=calibrator,
+                            latency_runs=1), eval_data=Dataset(evaluation["x"][:1000], evaluation["y"][:1000]))
+    acc = compiled.report["accuracy"]
+    assert acc["int8_top1"] >= acc["fp32_top1"] - 0.01, acc
+    assert compiled.report["calibrator"] == calibrator
+    if calibrator == "auto":
+        assert set(compiled.report["calibrator_per_tensor"].values()) <= {"minmax", "kld", "percentile", "mse"}
+
+
+def test_cli_demo_with_symmetric_per_tensor_activations(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "tvmq", "demo", "--out", str(out), "--calibrator", "percentile",
+                           "--symmetric", "--granularity", "per-tensor"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["activation_dtype"] == "int8" and report["per_channel"] is False
+    assert report["accuracy"]["int8_top1"] >= report["accuracy"]["fp32_top1"] - 0.01
+    assert "| conv1 | Conv | int8 |" in done.stdout
