@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmq.passes.calibrators import make_observer
 from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.lift_params import lift_params
 from tvmq.passes.realize import Realize, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import assets
+from . import assets, easyquant
 from .build import bind_batch, build, virtual_machine
 from .calibrate import collect_ranges
 from .config import Config
@@ -90,12 +91,15 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     start = time.perf_counter()
     stats, chosen = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator,
                                    scheme.activation_dtype, config.batch_size)
+    weight_scales = {}
+    if getattr(make_observer(config.calibrator), "layerwise_search", False):
+        stats, weight_scales = easyquant.refine(fp32, stats, scheme, calib_data, batch, vm_for, config.batch_size)
     calibration_seconds = time.perf_counter() - start
-    int8 = Realize(stats, scheme)(fp32)
+    int8 = Realize(stats, scheme, weight_scales=weight_scales)(fp32)
     record = quantization_record(int8)
 
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
-    int8_exposed = Realize(stats, scheme, expose=True)(fp32)
+    int8_exposed = Realize(stats, scheme, expose=True, weight_scales=weight_scales)(fp32)
     probes = quantization_record(int8_exposed)["exposed"]
     comparison = compare(vm_for(ExposeTensors(probes)(fp32)), vm_for(int8_exposed), probes, eval_set, batch,
                          config.batch_size)

@@ -29,7 +29,7 @@ def build(mod, spec: TargetSpec, trials: int = 0, work_dir: Path | None = None):
     start = time.perf_counter()
     with tvm.transform.PassContext(opt_level=3):
         executable = tvm.compile(mod, target=spec.target)
-    logger.info("built in %.1f s", time.perf_counter() - start)
+    logger.debug("built in %.1f s", time.perf_counter() - start)
     return executable
 
 

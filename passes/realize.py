@@ -15,8 +15,9 @@ and concatenations requantize their inputs onto the output's scale. Every
 other op runs in fp32 behind dequantize / quantize edges, which are emitted lazily, only
 where a consumer needs the other domain.
 
-The pass records, per ONNX tensor, its precision and quantization parameters as JSON in
-the function attribute ``tvmq.quantization``.
+The pass records, per ONNX tensor, its precision and quantization parameters, and for each
+quantized tensor the tensor whose calibrated range set its parameters (``range_of``: a pool
+or reshape inherits its input's), as JSON in the function attribute ``tvmq.quantization``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ class Realize:
 
     With ``expose`` the function also returns the fp32 value (dequantized where needed) of
     every tensor in ``stats``, in sorted name order, for per-layer error analysis.
+    ``weight_scales`` (layer output name -> per-channel scales) overrides the absmax weight
+    scales of those layers, as EasyQuant's search chooses them.
     """
 
-    def __init__(self, stats: dict, scheme: Scheme, expose: bool = False):
+    def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None):
         self.stats, self.scheme, self.expose = stats, scheme, expose
+        self.weight_scales = weight_scales or {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        func, record = _Realizer(mod["main"], self.stats, self.scheme).run(self.expose)
+        realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales)
+        func, record = realizer.run(self.expose)
         func = func.with_attr(RECORD_ATTR, json.dumps(record))
         return tvm.IRModule({"main": func})
 
@@ -68,13 +73,14 @@ def quantization_record(mod: tvm.IRModule) -> dict:
 
 
 class _Realizer:
-    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme):
-        self.func, self.stats, self.scheme = func, stats, scheme
+    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme, weight_scales: dict):
+        self.func, self.stats, self.scheme, self.weight_scales = func, stats, scheme, weight_scales
         self.layers = find_layers(func)
         self.absorbed = {v for layer in self.layers.values() for v in layer.chain[1:]}
         self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
         self.outputs = _returned_vars(func)
         self.fp, self.q = {}, {}
+        self.roots = {}  # id(QParams) -> the tensor whose calibrated range made them
         self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {}}
         self.builder = relax.BlockBuilder()
 
@@ -97,6 +103,7 @@ class _Realizer:
                     result = relax.Tuple([result, *probes])
                 out = self.builder.emit_output(result)
             self.builder.emit_func_output(out)
+        self.record["range_of"] = {var.name: self.roots[id(qp)] for var, (_, qp) in self.q.items()}
         return self.builder.get()["main"], self.record
 
     def _visit(self, binding) -> None:
@@ -169,6 +176,7 @@ class _Realizer:
             return None
         qp = activation_qparams(*self.stats[var.name], self.scheme.activation_dtype)
         self.record["activations"][var.name] = qp.to_json()
+        self.roots[id(qp)] = var.name
         return qp
 
     # ---- integer layers -----------------------------------------------------------------
@@ -178,6 +186,9 @@ class _Realizer:
             return False
         x_q, x_qp = self._to_q(layer.data)
         w_qp = weight_qparams(layer.weight, layer.channel_axis if self.scheme.per_channel else None)
+        if layer.out.name in self.weight_scales:
+            scale = np.asarray(self.weight_scales[layer.out.name], np.float32)
+            w_qp = QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None)
         w_q = quantize(layer.weight, w_qp)
         channels = layer.weight.shape[layer.channel_axis]
         w_scale = np.broadcast_to(w_qp.scale, (channels,)).astype(np.float32)

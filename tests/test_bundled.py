@@ -86,7 +86,7 @@ def test_wrong_input_shape_is_refused_at_run_time(demo):
         tvmq.load(out).run(np.zeros((2, 1, 28, 28), np.float32))
 
 
-@pytest.mark.parametrize("calibrator", ["kld", "percentile", "mse", "auto"])
+@pytest.mark.parametrize("calibrator", ["kld", "percentile", "mse", "auto", "eq"])
 def test_every_calibrator_keeps_top1_within_one_point(calibrator, bundled):
     from tvmq.data import Dataset
 

@@ -122,4 +122,4 @@ def test_histogram_state_stays_bounded_and_keeps_its_mass(rng):
 
 
 def test_every_calibrator_is_registered():
-    assert calibrator_names() == ["auto", "kld", "minmax", "mse", "percentile"]
+    assert calibrator_names() == ["auto", "eq", "kld", "minmax", "mse", "percentile"]
