@@ -14,7 +14,9 @@ import numpy as np
 
 from tvmq.passes.calibrators import make_observer
 from tvmq.passes.expose import ExposeTensors
+from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
+from tvmq.passes.graph import pass_notes
 from tvmq.passes.lift_params import lift_params
 from tvmq.passes.realize import Realize, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -79,7 +81,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     source = _single_float_input(imported)
     calib_data = _dataset(calib, source, "calibration")
     eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data
-    fp32 = prepare_fp32(imported.mod)
+    fp32 = prepare_fp32(imported.mod, cle=config.cle)
     batch = source.shape[0]
 
     def vm_for(mod):
@@ -123,6 +125,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
+        "passes": pass_notes(fp32),
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     return CompiledModel(int8_exe, int8_params, manifest, report)
@@ -136,14 +139,15 @@ def demo(out: str | Path, config: Config | None = None, force: bool = False) -> 
     return compiled
 
 
-def prepare_fp32(mod):
-    """The exact fp32 -> fp32 passes: constant folding and BatchNorm folding."""
+def prepare_fp32(mod, cle: bool = False):
+    """The fp32 -> fp32 passes: constant folding, BatchNorm folding, optionally CLE."""
     import tvm
     from tvm import relax
 
-    seq = tvm.transform.Sequential([relax.transform.FoldConstant(), FoldBatchNorm(),
-                                    relax.transform.FoldConstant()])
-    return seq(mod)
+    passes = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
+    if cle:
+        passes.append(EqualizeCrossLayer())
+    return tvm.transform.Sequential(passes)(mod)
 
 
 def _single_float_input(imported: ImportedModel) -> InputSpec:

@@ -80,6 +80,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="symmetric int8 activations")
     scheme.add_argument("--asymmetric", dest="symmetric", action="store_false",
                         help="asymmetric uint8 activations (default on x86)")
+    parser.add_argument("--cle", action=argparse.BooleanOptionalAction, default=False,
+                        help="cross-layer equalization before calibration (default: off)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
     parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
@@ -91,7 +93,7 @@ def _config(args):
     from .config import Config
 
     return Config(target=args.target, calibrator=args.calibrator,
-                  per_channel=args.granularity == "per-channel", symmetric=args.symmetric, trials=args.trials,
+                  per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, trials=args.trials,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db)
 

@@ -19,6 +19,7 @@ class Config:
     per_channel : per-output-channel weight scales (else one scale per weight tensor).
     symmetric : activations as symmetric int8 (True), asymmetric uint8 (False), or whatever
         the target's int8 instructions want (None, the default).
+    cle : cross-layer equalization of conv / dense pairs joined by ReLU (ReLU6 becomes ReLU).
     trials : MetaSchedule trials across all tasks; 0 skips tuning.
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
@@ -32,6 +33,7 @@ class Config:
     calibrator: str = "minmax"
     per_channel: bool = True
     symmetric: bool | None = None
+    cle: bool = False
     trials: int = 0
     batch_size: int = 64
     deploy_batch: int = 1

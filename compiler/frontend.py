@@ -190,7 +190,7 @@ def _importer_class():
                 finite = float(np.finfo(np.float32).max)
                 lo, hi = bound(attrs, inputs, 1, "min", -finite), bound(attrs, inputs, 2, "max", finite)
                 if lo is not None and hi is not None:
-                    return relax.op.clip(inputs[0], max(lo, -finite), min(hi, finite))
+                    return self.bb.emit(relax.op.clip(inputs[0], max(lo, -finite), min(hi, finite)))
             return super()._convert_operator(op_name, inputs, attrs, opset)
 
     return Importer

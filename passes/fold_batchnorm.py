@@ -14,14 +14,17 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import constant_value, dataflow_bindings, op_name, use_counts
+from .graph import append_note, constant_value, dataflow_bindings, op_name, use_counts
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.FoldBatchNorm")
 class FoldBatchNorm:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod["main"]
-        folded = _Folder(mod, func).visit_expr(func)
+        folder = _Folder(mod, func)
+        folded = folder.visit_expr(func)
+        if folder.folded:
+            folded = append_note(folded, {"pass": "FoldBatchNorm", "folded": folder.folded})
         return relax.transform.DeadCodeElimination()(tvm.IRModule({"main": folded}))
 
 
@@ -31,6 +34,7 @@ class _Folder(relax.PyExprMutator):
         super().__init__(mod)
         self.values = {b.var: b.value for b in dataflow_bindings(func)}
         self.uses = use_counts(func)
+        self.folded = []
 
     def visit_var_binding_(self, binding):
         folded = self._fold(binding)
@@ -42,6 +46,7 @@ class _Folder(relax.PyExprMutator):
                                                             relax.const(weight)], conv_call.attrs))
         out = self.builder_.emit(relax.op.add(conv, relax.const(bias.reshape(1, -1, 1, 1))), binding.var.name)
         self.set_var_remap(binding.var, out)
+        self.folded.append(binding.var.name)
 
     def _fold(self, binding):
         """``(conv call, folded weight, folded bias)`` when ``binding`` is ``batch_norm(...)[0]``."""

@@ -7,11 +7,15 @@ intermediate used exactly once.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 from tvm import ir, relax
+
+
+PASSES_ATTR = "tvmq.passes"
 
 
 @dataclass
@@ -152,3 +156,15 @@ def _extend_with_clamp(layer: Layer, consumer, uses) -> None:
             break
         layer.chain.append(binding.var)
     layer.clamp = (lo, hi)
+
+
+def append_note(func: relax.Function, note: dict) -> relax.Function:
+    """Record a pass's summary in the function's ``tvmq.passes`` attribute."""
+    notes = json.loads(str(func.attrs[PASSES_ATTR])) if func.attrs and PASSES_ATTR in func.attrs else []
+    return func.with_attr(PASSES_ATTR, json.dumps(notes + [note]))
+
+
+def pass_notes(mod) -> list[dict]:
+    """The summaries the passes appended to ``main``'s ``tvmq.passes`` attribute."""
+    attrs = mod["main"].attrs
+    return json.loads(str(attrs[PASSES_ATTR])) if attrs and PASSES_ATTR in attrs else []

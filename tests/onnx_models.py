@@ -114,3 +114,32 @@ def pool_concat(seed=0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
     ]
     return _model(nodes, [_value("x", [1, 3, 8, 8])], [_value("y", [1, 3])], inits)
+
+
+def mobile_block(relu6=True, seed=0) -> onnx.ModelProto:
+    """A MobileNetV2-style block with badly balanced channel ranges (per-tensor int8's nightmare).
+
+        x[N,4,10,10] --expand 1x1--> e --relu(6)--> re --dw 3x3--> d --relu(6)--> rd --project 1x1--> y
+    """
+    rng = np.random.default_rng(seed)
+    channel_scale = np.geomspace(0.02, 20.0, 12).astype(np.float32)
+    inits = {
+        "we": (rng.standard_normal((12, 4, 1, 1)) * channel_scale.reshape(-1, 1, 1, 1)).astype(np.float32),
+        "be": (rng.standard_normal(12) * channel_scale * 0.1).astype(np.float32),
+        "wd": (rng.standard_normal((12, 1, 3, 3)) / channel_scale.reshape(-1, 1, 1, 1)).astype(np.float32),
+        "bd": (rng.standard_normal(12) * 0.1).astype(np.float32),
+        "wp": (rng.standard_normal((6, 12, 1, 1)) * 0.3).astype(np.float32),
+        "bp": (rng.standard_normal(6) * 0.1).astype(np.float32),
+        "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+    }
+    act = (lambda i, o, n: helper.make_node("Clip", [i, "lo", "hi"], [o], name=n)) if relu6 else \
+        (lambda i, o, n: helper.make_node("Relu", [i], [o], name=n))
+    nodes = [
+        helper.make_node("Conv", ["x", "we", "be"], ["e"], name="expand", kernel_shape=[1, 1]),
+        act("e", "re", "expand_act"),
+        helper.make_node("Conv", ["re", "wd", "bd"], ["d"], name="depthwise", kernel_shape=[3, 3], group=12,
+                         pads=[1, 1, 1, 1]),
+        act("d", "rd", "depthwise_act"),
+        helper.make_node("Conv", ["rd", "wp", "bp"], ["y"], name="project", kernel_shape=[1, 1]),
+    ]
+    return _model(nodes, [_value("x", ["N", 4, 10, 10])], [_value("y", ["N", 6, 10, 10])], inits)
