@@ -21,7 +21,7 @@ from tvmq.passes.lift_params import lift_params
 from tvmq.passes.realize import Realize, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import assets, easyquant
+from . import assets, layerwise
 from .build import bind_batch, build, virtual_machine
 from .calibrate import collect_ranges
 from .config import Config
@@ -93,15 +93,15 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     start = time.perf_counter()
     stats, chosen = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator,
                                    scheme.activation_dtype, config.batch_size)
-    weight_scales = {}
-    if getattr(make_observer(config.calibrator), "layerwise_search", False):
-        stats, weight_scales = easyquant.refine(fp32, stats, scheme, calib_data, batch, vm_for, config.batch_size)
+    refined = layerwise.refine(fp32, stats, scheme, calib_data, batch, vm_for, config.batch_size,
+                               search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
+                               correct_bias=config.bias_correction == "empirical")
     calibration_seconds = time.perf_counter() - start
-    int8 = Realize(stats, scheme, weight_scales=weight_scales)(fp32)
+    int8 = refined.realize(scheme)(fp32)
     record = quantization_record(int8)
 
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
-    int8_exposed = Realize(stats, scheme, expose=True, weight_scales=weight_scales)(fp32)
+    int8_exposed = refined.realize(scheme, expose=True)(fp32)
     probes = quantization_record(int8_exposed)["exposed"]
     comparison = compare(vm_for(ExposeTensors(probes)(fp32)), vm_for(int8_exposed), probes, eval_set, batch,
                          config.batch_size)
@@ -125,7 +125,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
-        "passes": pass_notes(fp32),
+        "passes": pass_notes(fp32) + _bias_note(refined.bias_shifts),
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     return CompiledModel(int8_exe, int8_params, manifest, report)
@@ -148,6 +148,13 @@ def prepare_fp32(mod, cle: bool = False):
     if cle:
         passes.append(EqualizeCrossLayer())
     return tvm.transform.Sequential(passes)(mod)
+
+
+def _bias_note(shifts: dict) -> list[dict]:
+    if not shifts:
+        return []
+    largest = max(float(np.abs(v).max(initial=0.0)) for v in shifts.values())
+    return [{"pass": "CorrectBias", "method": "empirical", "layers": sorted(shifts), "max_abs_bias_shift": largest}]
 
 
 def _single_float_input(imported: ImportedModel) -> InputSpec:

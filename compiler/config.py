@@ -20,6 +20,8 @@ class Config:
     symmetric : activations as symmetric int8 (True), asymmetric uint8 (False), or whatever
         the target's int8 instructions want (None, the default).
     cle : cross-layer equalization of conv / dense pairs joined by ReLU (ReLU6 becomes ReLU).
+    bias_correction : ``"none"`` or ``"empirical"`` (subtract each layer's mean int8 output error
+        on calibration data from its bias).
     trials : MetaSchedule trials across all tasks; 0 skips tuning.
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
@@ -34,6 +36,7 @@ class Config:
     per_channel: bool = True
     symmetric: bool | None = None
     cle: bool = False
+    bias_correction: str = "none"
     trials: int = 0
     batch_size: int = 64
     deploy_batch: int = 1
@@ -52,6 +55,8 @@ class Config:
             raise TvmqError(f"unknown target {self.target!r}; choose one of: {', '.join(target_names())}")
         if self.calibrator not in calibrator_names():
             raise TvmqError(f"unknown calibrator {self.calibrator!r}; choose one of: {', '.join(calibrator_names())}")
+        if self.bias_correction not in ("none", "empirical"):
+            raise TvmqError(f"unknown bias correction {self.bias_correction!r}; choose one of: none, empirical")
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -53,15 +53,17 @@ class Realize:
     With ``expose`` the function also returns the fp32 value (dequantized where needed) of
     every tensor in ``stats``, in sorted name order, for per-layer error analysis.
     ``weight_scales`` (layer output name -> per-channel scales) overrides the absmax weight
-    scales of those layers, as EasyQuant's search chooses them.
+    scales of those layers, as EasyQuant's search chooses them; ``bias_shifts`` (layer output
+    name -> per-channel values) is subtracted from their biases, as bias correction finds.
     """
 
-    def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None):
+    def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None,
+                 bias_shifts: dict | None = None):
         self.stats, self.scheme, self.expose = stats, scheme, expose
-        self.weight_scales = weight_scales or {}
+        self.weight_scales, self.bias_shifts = weight_scales or {}, bias_shifts or {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales)
+        realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts)
         func, record = realizer.run(self.expose)
         func = func.with_attr(RECORD_ATTR, json.dumps(record))
         return tvm.IRModule({"main": func})
@@ -73,8 +75,9 @@ def quantization_record(mod: tvm.IRModule) -> dict:
 
 
 class _Realizer:
-    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme, weight_scales: dict):
-        self.func, self.stats, self.scheme, self.weight_scales = func, stats, scheme, weight_scales
+    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme, weight_scales: dict, bias_shifts: dict):
+        self.func, self.stats, self.scheme = func, stats, scheme
+        self.weight_scales, self.bias_shifts = weight_scales, bias_shifts
         self.layers = find_layers(func)
         self.absorbed = {v for layer in self.layers.values() for v in layer.chain[1:]}
         self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
@@ -193,6 +196,7 @@ class _Realizer:
         channels = layer.weight.shape[layer.channel_axis]
         w_scale = np.broadcast_to(w_qp.scale, (channels,)).astype(np.float32)
         bias = layer.bias if layer.bias is not None else np.zeros(channels, np.float32)
+        bias = bias - self.bias_shifts.get(layer.out.name, 0.0)
         bias_q = fold_zero_point(quantize_bias(bias, x_qp.scale, w_scale), w_q, int(x_qp.zero_point),
                                  layer.channel_axis)
         acc = self._integer_op(layer, x_q, x_qp, w_q)

@@ -1,0 +1,30 @@
+"""Empirical bias correction (Nagel et al. 2019, sec. 4.2; AIMET's empirical BC).
+
+Quantizing weights and inputs shifts a layer's expected output: E[W_q x_q] != E[W x]. On
+calibration data, with the input the int8 network really feeds the layer, the per-channel
+mean of that shift (before the layer's clamp) is subtracted from the bias:
+
+    b' = b - mean_rows( (x_q W_q^T + b) - (x W^T + b) )
+
+Realize then folds ``b'`` into the int32 bias, so the correction costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .eq import LayerProblem, _fake_act, _fake_weight
+from .realize import Scheme
+
+
+def bias_shift(problem: LayerProblem, act_range: tuple[float, float], scheme: Scheme,
+               weight_scale: np.ndarray | None = None) -> np.ndarray:
+    """The per-channel amount to subtract from the layer's bias."""
+    axis = 0 if scheme.per_channel else None
+    if weight_scale is None:
+        absmax = np.abs(problem.weight).max(axis=1 if scheme.per_channel else None)
+        weight_scale = np.maximum(absmax / 127, 1e-8).astype(np.float32)
+    rows = _fake_act(problem.rows_q, act_range, 1.0, scheme.activation_dtype)
+    quantized = rows @ _fake_weight(problem.weight, weight_scale, axis).T
+    exact = problem.rows_fp @ problem.weight.T
+    return (quantized - exact).mean(axis=0).astype(np.float32)
