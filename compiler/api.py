@@ -14,6 +14,7 @@ import numpy as np
 
 from tvmq.passes.calibrators import make_observer
 from tvmq.passes.expose import ExposeTensors
+from tvmq.passes.absorb_high_bias import AbsorbHighBias
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import pass_notes
@@ -81,7 +82,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     source = _single_float_input(imported)
     calib_data = _dataset(calib, source, "calibration")
     eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data
-    fp32 = prepare_fp32(imported.mod, cle=config.cle)
+    fp32 = prepare_fp32(imported.mod, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
     batch = source.shape[0]
 
     def vm_for(mod):
@@ -139,14 +140,16 @@ def demo(out: str | Path, config: Config | None = None, force: bool = False) -> 
     return compiled
 
 
-def prepare_fp32(mod, cle: bool = False):
-    """The fp32 -> fp32 passes: constant folding, BatchNorm folding, optionally CLE."""
+def prepare_fp32(mod, cle: bool = False, absorb_high_bias: bool = False):
+    """The fp32 -> fp32 passes: constant and BatchNorm folding, optionally CLE and high-bias absorption."""
     import tvm
     from tvm import relax
 
     passes = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
     if cle:
         passes.append(EqualizeCrossLayer())
+    if absorb_high_bias:
+        passes.append(AbsorbHighBias())
     return tvm.transform.Sequential(passes)(mod)
 
 

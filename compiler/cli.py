@@ -82,6 +82,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="asymmetric uint8 activations (default on x86)")
     parser.add_argument("--cle", action=argparse.BooleanOptionalAction, default=False,
                         help="cross-layer equalization before calibration (default: off)")
+    parser.add_argument("--absorb-high-bias", action=argparse.BooleanOptionalAction, default=False,
+                        help="move the always-positive part of pre-ReLU biases into the next layer")
     parser.add_argument("--bias-correction", default="none",
                         help="none or empirical (mean int8 error on calibration data folded into the bias)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
@@ -95,7 +97,8 @@ def _config(args):
     from .config import Config
 
     return Config(target=args.target, calibrator=args.calibrator,
-                  per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, bias_correction=args.bias_correction,
+                  per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, absorb_high_bias=args.absorb_high_bias,
+                  bias_correction=args.bias_correction,
                   trials=args.trials,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db)

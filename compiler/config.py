@@ -20,6 +20,8 @@ class Config:
     symmetric : activations as symmetric int8 (True), asymmetric uint8 (False), or whatever
         the target's int8 instructions want (None, the default).
     cle : cross-layer equalization of conv / dense pairs joined by ReLU (ReLU6 becomes ReLU).
+    absorb_high_bias : move the always-positive part of biases before a ReLU into the next
+        layer (needs folded BatchNorm statistics; DFQ pairs it with ``cle``).
     bias_correction : ``"none"`` or ``"empirical"`` (subtract each layer's mean int8 output error
         on calibration data from its bias).
     trials : MetaSchedule trials across all tasks; 0 skips tuning.
@@ -36,6 +38,7 @@ class Config:
     per_channel: bool = True
     symmetric: bool | None = None
     cle: bool = False
+    absorb_high_bias: bool = False
     bias_correction: str = "none"
     trials: int = 0
     batch_size: int = 64

@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Layer, append_note, find_layers, use_counts
+from .graph import Layer, append_note, batchnorm_stats, find_layers, use_counts, with_batchnorm_stats
 
 MAX_ITERATIONS = 20
 TOLERANCE = 1e-6
@@ -46,26 +46,38 @@ class EqualizeCrossLayer:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod["main"]
         layers = find_layers(func)
-        pairs = _pairs(func, layers)
+        pairs = layer_pairs(func, layers)
         weights = {id(layer): layer.weight.copy() for layer in layers.values()}
-        biases = {id(layer): _bias(layer).copy() for layer in layers.values()}
+        biases = {id(layer): layer_bias(layer).copy() for layer in layers.values()}
+        out_scales = {id(layer): np.ones_like(layer_bias(layer)) for layer in layers.values()}
         iterations = 0
         for iterations in range(1, MAX_ITERATIONS + 1):
-            moved = max((_equalize(p, weights, biases) for p in pairs), default=0.0)
+            moved = max((_equalize(p, weights, biases, out_scales) for p in pairs), default=0.0)
             if moved < TOLERANCE:
                 break
         relu6 = [p.first.out.name for p in pairs if np.isfinite(p.first.clamp[1])]
-        rewritten = _Rewriter(mod, pairs, weights, biases).visit_expr(func)
+        rewritten = LayerRewriter(mod, pairs, weights, biases).visit_expr(func)
+        rewritten = with_batchnorm_stats(rewritten, _scaled_stats(func, layers, out_scales))
         note = {"pass": "EqualizeCrossLayer", "pairs": [[p.first.out.name, p.second.out.name] for p in pairs],
                 "iterations": iterations, "relu6_replaced_by_relu": relu6}
         return tvm.IRModule({"main": append_note(rewritten, note)})
 
 
-def _bias(layer: Layer) -> np.ndarray:
+def _scaled_stats(func: relax.Function, layers: dict, out_scales: dict) -> dict:
+    """BatchNorm output statistics divided by the scale each output channel was divided by."""
+    stats = batchnorm_stats(func)
+    for layer in layers.values():
+        for var in layer.chain:
+            if var.name in stats:
+                stats[var.name] = {k: v / out_scales[id(layer)] for k, v in stats[var.name].items()}
+    return stats
+
+
+def layer_bias(layer: Layer) -> np.ndarray:
     return layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[layer.channel_axis], np.float32)
 
 
-def _pairs(func: relax.Function, layers: dict) -> list[_Pair]:
+def layer_pairs(func: relax.Function, layers: dict) -> list[_Pair]:
     """Consecutive layers whose join is used once and is identity, ReLU or ReLU6."""
     uses = use_counts(func)
     by_input = {}
@@ -77,12 +89,12 @@ def _pairs(func: relax.Function, layers: dict) -> list[_Pair]:
         lo, hi = first.clamp
         if len(seconds) != 1 or uses[first.out] != 1 or lo not in (0.0, -np.inf) or (np.isfinite(hi) and lo != 0.0):
             continue
-        if _input_axis(seconds[0]) is not None:
+        if input_channel_axis(seconds[0]) is not None:
             pairs.append(_Pair(first, seconds[0]))
     return pairs
 
 
-def _input_axis(layer: Layer) -> int | None:
+def input_channel_axis(layer: Layer) -> int | None:
     """The axis of ``layer.weight`` that indexes its input channels (None: not equalizable)."""
     if layer.kind == "dense":
         return 0
@@ -96,12 +108,13 @@ def _channel_range(weight: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(weight).max(axis=tuple(i for i in range(weight.ndim) if i != axis))
 
 
-def _equalize(pair: _Pair, weights: dict, biases: dict) -> float:
+def _equalize(pair: _Pair, weights: dict, biases: dict, out_scales: dict) -> float:
     w1, w2 = weights[id(pair.first)], weights[id(pair.second)]
-    out_axis, in_axis = pair.first.channel_axis, _input_axis(pair.second)
+    out_axis, in_axis = pair.first.channel_axis, input_channel_axis(pair.second)
     scales = equalization_scales(_channel_range(w1, out_axis), _channel_range(w2, in_axis))
     weights[id(pair.first)] = w1 / _along(scales, out_axis, w1.ndim)
     biases[id(pair.first)] = biases[id(pair.first)] / scales
+    out_scales[id(pair.first)] = out_scales[id(pair.first)] * scales
     weights[id(pair.second)] = w2 * _along(scales, in_axis, w2.ndim)
     return float(np.abs(np.log(scales)).max(initial=0.0))
 
@@ -113,7 +126,7 @@ def _along(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
 
 
 @relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
+class LayerRewriter(relax.PyExprMutator):
     """Swap in the equalized weights and biases; turn ReLU6 clamps between pairs into ReLU."""
 
     def __init__(self, mod, pairs: list[_Pair], weights: dict, biases: dict):

@@ -6,15 +6,20 @@
 Unlike TVM's ``FoldBatchnormToConv2D`` the folded result keeps the BatchNorm output's
 variable name (the ONNX tensor name), so calibration statistics stay keyed by the user's
 names. Convolutions whose output is used elsewhere too are left alone.
+
+The BatchNorm's output statistics (mean beta, standard deviation |gamma|) are kept in the
+function attribute ``tvmq.batchnorm_stats`` for high-bias absorption.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import append_note, constant_value, dataflow_bindings, op_name, use_counts
+from .graph import BN_STATS_ATTR, append_note, constant_value, dataflow_bindings, op_name, use_counts
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.FoldBatchNorm")
@@ -25,6 +30,7 @@ class FoldBatchNorm:
         folded = folder.visit_expr(func)
         if folder.folded:
             folded = append_note(folded, {"pass": "FoldBatchNorm", "folded": folder.folded})
+            folded = folded.with_attr(BN_STATS_ATTR, json.dumps(folder.statistics))
         return relax.transform.DeadCodeElimination()(tvm.IRModule({"main": folded}))
 
 
@@ -34,7 +40,7 @@ class _Folder(relax.PyExprMutator):
         super().__init__(mod)
         self.values = {b.var: b.value for b in dataflow_bindings(func)}
         self.uses = use_counts(func)
-        self.folded = []
+        self.folded, self.statistics = [], {}
 
     def visit_var_binding_(self, binding):
         folded = self._fold(binding)
@@ -47,6 +53,9 @@ class _Folder(relax.PyExprMutator):
         out = self.builder_.emit(relax.op.add(conv, relax.const(bias.reshape(1, -1, 1, 1))), binding.var.name)
         self.set_var_remap(binding.var, out)
         self.folded.append(binding.var.name)
+        bn = self.values[binding.value.tuple_value]
+        gamma, beta = constant_value(bn.args[1]), constant_value(bn.args[2])
+        self.statistics[binding.var.name] = {"mean": beta.tolist(), "std": np.abs(gamma).tolist()}
 
     def _fold(self, binding):
         """``(conv call, folded weight, folded bias)`` when ``binding`` is ``batch_norm(...)[0]``."""

@@ -16,6 +16,7 @@ from tvm import ir, relax
 
 
 PASSES_ATTR = "tvmq.passes"
+BN_STATS_ATTR = "tvmq.batchnorm_stats"  # {tensor: {"mean": [...], "std": [...]}} of folded BatchNorms
 
 
 @dataclass
@@ -168,3 +169,15 @@ def pass_notes(mod) -> list[dict]:
     """The summaries the passes appended to ``main``'s ``tvmq.passes`` attribute."""
     attrs = mod["main"].attrs
     return json.loads(str(attrs[PASSES_ATTR])) if attrs and PASSES_ATTR in attrs else []
+
+
+def batchnorm_stats(func: relax.Function) -> dict:
+    """Per-channel output mean / std of the BatchNorms folded into ``func``'s layers."""
+    attrs = func.attrs
+    stats = json.loads(str(attrs[BN_STATS_ATTR])) if attrs and BN_STATS_ATTR in attrs else {}
+    return {name: {k: np.asarray(v, np.float32) for k, v in entry.items()} for name, entry in stats.items()}
+
+
+def with_batchnorm_stats(func: relax.Function, stats: dict) -> relax.Function:
+    return func.with_attr(BN_STATS_ATTR, json.dumps({n: {k: np.asarray(v).tolist() for k, v in e.items()}
+                                                     for n, e in stats.items()}))

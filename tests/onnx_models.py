@@ -143,3 +143,25 @@ def mobile_block(relu6=True, seed=0) -> onnx.ModelProto:
         helper.make_node("Conv", ["rd", "wp", "bp"], ["y"], name="project", kernel_shape=[1, 1]),
     ]
     return _model(nodes, [_value("x", ["N", 4, 10, 10])], [_value("y", ["N", 6, 10, 10])], inits)
+
+
+def high_bias_pair(seed=0) -> onnx.ModelProto:
+    """Conv -> BatchNorm with a large beta -> Relu -> 1x1 Conv: the ReLU never clips.
+
+        x[1,4,8,8] --conv--> c --bn(beta=5, gamma=1)--> b --relu--> r --conv 1x1--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": (rng.standard_normal((8, 4, 3, 3)) * 0.02).astype(np.float32),
+        "gamma": np.ones(8, np.float32), "beta": np.full(8, 5.0, np.float32),
+        "mean": np.zeros(8, np.float32), "var": np.ones(8, np.float32),
+        "w2": (rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32),
+        "b2": np.zeros(4, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="bn"),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", kernel_shape=[1, 1]),
+    ]
+    return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 4, 8, 8])], inits)

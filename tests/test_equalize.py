@@ -64,3 +64,20 @@ def test_cle_improves_per_tensor_int8(tmp_path, rng):
         config = tvmq.Config(per_channel=False, cle=cle, latency_runs=1)
         cosines[cle] = tvmq.compile(path, calib, config=config).report["accuracy"]["output_cosine"]
     assert cosines[True] > cosines[False]
+
+
+def test_high_bias_absorption_keeps_outputs_and_shrinks_the_range(tmp_path, rng):
+    from tvmq.passes.absorb_high_bias import AbsorbHighBias
+
+    path = onnx_models.save(onnx_models.high_bias_pair(), tmp_path / "hb.onnx")
+    fp32 = prepare_fp32(load_model(path).mod)
+    equalized = EqualizeCrossLayer()(fp32)
+    absorbed = AbsorbHighBias()(equalized)
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    before, after = _run(fp32, x), _run(absorbed, x)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+    note = pass_notes(absorbed)[-1]
+    assert note["pass"] == "AbsorbHighBias" and note["layers"] == ["r"]
+    bias = {l.out.name: l.bias for l in find_layers(absorbed["main"]).values()}
+    scaled = {l.out.name: l.bias for l in find_layers(equalized["main"]).values()}
+    assert np.all(bias["r"] < 0.7 * scaled["r"])  # about (5 - 3 sigma) / 5 of it moved out of layer 1
