@@ -24,7 +24,7 @@ from tvmq.targets import TargetSpec, get_target
 
 from . import assets, layerwise
 from .build import bind_batch, build, virtual_machine
-from .calibrate import collect_ranges
+from .calibrate import bounded_batch, collect_ranges
 from .config import Config
 from .data import Dataset, check_dataset, load_dataset
 from .errors import TvmqError
@@ -89,12 +89,13 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         return virtual_machine(build(mod, spec))
 
     names = sorted(set(imported.nodes) | {source.name})
+    run_size = bounded_batch(fp32, names, config.batch_size)
     scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
     logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(calib_data), config.calibrator)
     start = time.perf_counter()
     stats, chosen = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator,
-                                   scheme.activation_dtype, config.batch_size)
-    refined = layerwise.refine(fp32, stats, scheme, calib_data, batch, vm_for, config.batch_size,
+                                   scheme.activation_dtype, run_size)
+    refined = layerwise.refine(fp32, stats, scheme, calib_data, batch, vm_for, run_size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical")
     calibration_seconds = time.perf_counter() - start
@@ -105,7 +106,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     int8_exposed = refined.realize(scheme, expose=True)(fp32)
     probes = quantization_record(int8_exposed)["exposed"]
     comparison = compare(vm_for(ExposeTensors(probes)(fp32)), vm_for(int8_exposed), probes, eval_set, batch,
-                         config.batch_size)
+                         run_size)
 
     deploy_batch = batch or config.deploy_batch
     free_batch = None if batch else deploy_batch

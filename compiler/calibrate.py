@@ -10,12 +10,29 @@ import numpy as np
 from tqdm import tqdm
 
 from tvmq.passes.calibrators import make_observer
-from tvmq.passes.expose import ExposeTensors, exposed_names
+from tvmq.passes.expose import ExposeTensors, exposed_names, named_vars
 
 from .data import Dataset
 from .errors import TvmqError
 
 logger = logging.getLogger(__name__)
+EXPOSED_BYTES_BUDGET = 512 << 20  # all tensors of one calibration / evaluation run, alive at once
+
+
+def bounded_batch(mod, names: list[str], batch_size: int) -> int:
+    """The largest batch (<= ``batch_size``) whose exposed tensors fit in the memory budget.
+
+    Exposing every tensor keeps a whole run's activations alive together: 64 samples of a
+    ResNet-50 would hold gigabytes. The bound is computed from the static per-sample shapes.
+    """
+    named = named_vars(mod["main"])
+    per_sample = 0
+    for name in names:
+        ty = named[name].ty if name in named else None
+        if ty is not None and getattr(ty, "shape", None) is not None:
+            dims = [int(d) for d in list(ty.shape)[1:]]
+            per_sample += int(np.prod(dims, dtype=np.int64)) * np.dtype(str(ty.dtype)).itemsize
+    return int(max(1, min(batch_size, EXPOSED_BYTES_BUDGET // max(per_sample, 1))))
 
 
 def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_factory,

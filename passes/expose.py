@@ -21,7 +21,7 @@ class ExposeTensors:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod["main"]
-        named = _named_vars(func)
+        named = named_vars(func)
         probes = [named[n] for n in self.names if n in named]
         builder = relax.BlockBuilder()
         attrs = dict(func.attrs) if func.attrs else None
@@ -35,11 +35,12 @@ class ExposeTensors:
 
 
 def exposed_names(mod: tvm.IRModule, names: list[str]) -> list[str]:
-    named = _named_vars(mod["main"])
+    named = named_vars(mod["main"])
     return [n for n in names if n in named]
 
 
-def _named_vars(func: relax.Function) -> dict:
+def named_vars(func: relax.Function) -> dict:
+    """Parameters and bound variables of ``func`` by name."""
     named = {p.name: p for p in func.params}
     named.update({b.var.name: b.var for b in dataflow_bindings(func)})
     return named

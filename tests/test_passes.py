@@ -112,3 +112,16 @@ def test_concat_and_average_pool_stay_int8(tmp_path, rng):
     x = calib[:1]
     reference = ort.InferenceSession(path).run(None, {"x": x})[0]
     assert np.abs(compiled.run(x) - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def test_calibration_batch_is_bounded_by_activation_memory(tmp_path, monkeypatch):
+    from tvmq import calibrate
+
+    path = onnx_models.save(onnx_models.conv_chain(channels=8), tmp_path / "conv.onnx")
+    fp32 = prepare_fp32(load_model(path).mod)
+    names = ["x", "a", "r", "y"]  # 8x12x12 floats each, 6x12x12 for y: 17,280 bytes a sample
+    assert calibrate.bounded_batch(fp32, names, 64) == 64
+    monkeypatch.setattr(calibrate, "EXPOSED_BYTES_BUDGET", 100_000)
+    assert calibrate.bounded_batch(fp32, names, 64) == 100_000 // (3 * 8 * 144 * 4 + 6 * 144 * 4)
+    monkeypatch.setattr(calibrate, "EXPOSED_BYTES_BUDGET", 10)
+    assert calibrate.bounded_batch(fp32, names, 64) == 1
