@@ -7,19 +7,19 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tvmq.passes.calibrators import make_observer
-from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.absorb_high_bias import AbsorbHighBias
+from tvmq.passes.calibrators import make_observer
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
+from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.realize import Realize, Scheme, quantization_record
+from tvmq.passes.realize import Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
 from . import assets, layerwise
@@ -74,6 +74,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
 
     ``calib`` / ``eval_data``: a ``.npy`` / ``.npz`` path, an array, or a :class:`Dataset`.
     Without ``eval_data`` the report evaluates on the calibration data and says so.
+    ``target`` applies when ``config`` is not given (``config.target`` wins otherwise).
     """
     config = config or Config(target=target)
     spec = get_target(config.target)
@@ -83,54 +84,79 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     calib_data = _dataset(calib, source, "calibration")
     eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data
     fp32 = prepare_fp32(imported.mod, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    batch = source.shape[0]
+    run = _Runs(spec, source.shape[0], bounded_batch(fp32, _tensor_names(imported), config.batch_size))
 
-    def vm_for(mod):
-        return virtual_machine(build(mod, spec))
-
-    names = sorted(set(imported.nodes) | {source.name})
-    run_size = bounded_batch(fp32, names, config.batch_size)
-    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
-    logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(calib_data), config.calibrator)
-    start = time.perf_counter()
-    stats, chosen = collect_ranges(fp32, names, calib_data, batch, vm_for, config.calibrator,
-                                   scheme.activation_dtype, run_size)
-    refined = layerwise.refine(fp32, stats, scheme, calib_data, batch, vm_for, run_size,
-                               search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
-                               correct_bias=config.bias_correction == "empirical")
-    calibration_seconds = time.perf_counter() - start
-    int8 = refined.realize(scheme)(fp32)
-    record = quantization_record(int8)
-
+    quantized = _quantize(fp32, imported, calib_data, config, spec, run)
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
-    int8_exposed = refined.realize(scheme, expose=True)(fp32)
+    int8_exposed = quantized.refined.realize(quantized.scheme, expose=True)(fp32)
     probes = quantization_record(int8_exposed)["exposed"]
-    comparison = compare(vm_for(ExposeTensors(probes)(fp32)), vm_for(int8_exposed), probes, eval_set, batch,
-                         run_size)
+    comparison = compare(run.vm(ExposeTensors(probes)(fp32)), run.vm(int8_exposed), probes, eval_set,
+                         run.batch, run.size)
 
-    deploy_batch = batch or config.deploy_batch
-    free_batch = None if batch else deploy_batch
+    deploy_batch = run.batch or config.deploy_batch
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
-    fp32_exe, fp32_params = _build_deployable(fp32, free_batch, spec, config.trials, db)
-    int8_exe, int8_params = _build_deployable(int8, free_batch, spec, config.trials, db)
+    fp32_exe, fp32_params = _build_deployable(fp32, run.batch, deploy_batch, spec, config.trials, db)
+    int8_exe, int8_params = _build_deployable(quantized.int8, run.batch, deploy_batch, spec, config.trials, db)
     shape = source.static_shape(deploy_batch)
     latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
                "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
 
-    manifest = _manifest(imported, source, deploy_batch, spec, config, scheme, record, list(int8_params))
+    record = quantization_record(quantized.int8)
+    manifest = _manifest(imported, source, deploy_batch, spec, config, quantized.scheme, record, list(int8_params))
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
-        "activation_dtype": scheme.activation_dtype, "calibration_seconds": round(calibration_seconds, 2),
-        **({"calibrator_per_tensor": chosen} if chosen else {}),
+        "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
+        **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
-        "passes": pass_notes(fp32) + _bias_note(refined.bias_shifts),
+        "passes": pass_notes(fp32) + _bias_note(quantized.refined.bias_shifts),
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     return CompiledModel(int8_exe, int8_params, manifest, report)
+
+
+@dataclass
+class _Runs:
+    """How the analysis modules run: on ``spec``, the model's fixed ``batch`` (or None), ``size`` per run."""
+
+    spec: TargetSpec
+    batch: int | None
+    size: int
+
+    def vm(self, mod):
+        return virtual_machine(build(mod, self.spec))
+
+
+@dataclass
+class _Quantized:
+    int8: object
+    refined: layerwise.Refinement
+    scheme: Scheme
+    chosen: dict
+    seconds: float
+
+
+def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec: TargetSpec,
+              run: _Runs) -> _Quantized:
+    """Calibrate every tensor, refine layer by layer (EQ, bias correction), realize int8."""
+    names = _tensor_names(imported)
+    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
+    logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(data), config.calibrator)
+    start = time.perf_counter()
+    stats, chosen = collect_ranges(fp32, names, data, run.batch, run.vm, config.calibrator,
+                                   scheme.activation_dtype, run.size)
+    refined = layerwise.refine(fp32, stats, scheme, data, run.batch, run.vm, run.size,
+                               search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
+                               correct_bias=config.bias_correction == "empirical")
+    seconds = round(time.perf_counter() - start, 2)
+    return _Quantized(refined.realize(scheme)(fp32), refined, scheme, chosen, seconds)
+
+
+def _tensor_names(imported: ImportedModel) -> list[str]:
+    return sorted(set(imported.nodes) | {spec.name for spec in imported.inputs})
 
 
 def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
@@ -178,8 +204,9 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
     return load_dataset(value, spec, role)
 
 
-def _build_deployable(mod, batch: int | None, spec: TargetSpec, trials: int, db: Path):
-    lifted, params = lift_params(bind_batch(mod, batch))
+def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path):
+    """Bind a free batch dimension, lift the weights into params, tune and build."""
+    lifted, params = lift_params(mod if model_batch else bind_batch(mod, deploy_batch))
     return build(lifted, spec, trials, db), params
 
 
@@ -214,7 +241,3 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         | {"python": platform.python_version()},
         "quantization": record,
     }
-
-
-def with_overrides(config: Config, **changes) -> Config:
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -11,11 +11,11 @@ from tvmq.targets import TargetSpec
 logger = logging.getLogger(__name__)
 
 
-def bind_batch(mod, batch: int | None):
-    """Fix a free batch dimension (the symbolic var ``batch``) to ``batch``; None keeps ``mod``."""
+def bind_batch(mod, batch: int):
+    """Fix a free batch dimension (the symbolic var ``batch``) to ``batch``."""
     from tvm import relax
 
-    return mod if batch is None else relax.transform.BindSymbolicVars({"batch": batch})(mod)
+    return relax.transform.BindSymbolicVars({"batch": batch})(mod)
 
 
 def build(mod, spec: TargetSpec, trials: int = 0, work_dir: Path | None = None):

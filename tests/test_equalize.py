@@ -1,7 +1,6 @@
 """Cross-layer equalization keeps the fp32 function, balances ranges, and helps per-tensor int8."""
 
 import numpy as np
-import pytest
 import tvm
 from tvm import relax
 
