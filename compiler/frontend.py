@@ -77,11 +77,46 @@ def _read(path: Path) -> onnx.ModelProto:
         raise TvmqError(f"{path} is not a valid ONNX model (truncated or corrupt protobuf: {err})") from None
     if not model.graph.node:
         raise TvmqError(f"{path} is not an ONNX model with a graph (no nodes found)")
+    _load_external_data(model, path.parent)
     try:
         onnx.checker.check_model(model)
     except Exception as err:
         raise TvmqError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Read tensors stored beside the model, refusing any location outside its folder.
+
+    Never let the importer resolve ``location`` itself: it would read it relative to the
+    working directory, so ``../../etc/passwd`` or an absolute path would be read as weights.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    external = [t for t in _all_tensors(model.graph) if uses_external_data(t)]
+    root = folder.resolve()
+    for tensor in external:
+        location = ExternalDataInfo(tensor).location
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or root not in target.parents or not target.is_file():
+            raise TvmqError(f"tensor {tensor.name!r} stores its data at {location!r}, outside the model's "
+                            f"folder or missing; refusing to read it")
+    if external:
+        onnx.load_external_data_for_model(model, str(root))
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every TensorProto of ``graph``: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
 
 
 def _first_line(err: Exception) -> str:

@@ -4,6 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
+import onnx
 from onnx import helper
 
 import onnx_models
@@ -67,3 +68,29 @@ def test_empty_and_graphless_files_are_refused(tmp_path):
     (tmp_path / "nograph.onnx").write_bytes(helper.make_model(helper.make_graph([], "g", [], [])).SerializeToString())
     with pytest.raises(TvmqError, match="no nodes"):
         load_model(tmp_path / "nograph.onnx")
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "missing.bin"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
+    model = onnx_models.conv_chain()
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    del weight.float_data[:]
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(8 * 8 * 9 * 4))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(TvmqError, match="outside the model's folder or missing; refusing to read it"):
+        load_model(tmp_path / "m.onnx")
+
+
+def test_external_data_beside_the_model_is_read(tmp_path, rng):
+    model = onnx_models.conv_chain()
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").is_file()
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    vm = virtual_machine(build(load_model(tmp_path / "m.onnx").mod, get_target("host")))
+    reference = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), reference, rtol=1e-4, atol=1e-4)
