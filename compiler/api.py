@@ -115,7 +115,15 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "passes": pass_notes(fp32) + _bias_note(quantized.refined.bias_shifts),
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
+    _warn_fp32_layers(report["layers"])
     return CompiledModel(int8_exe, int8_params, manifest, report)
+
+
+def _warn_fp32_layers(rows: list[dict]) -> None:
+    """Say loudly when a conv / dense layer could not be realized in int8."""
+    missed = [row["name"] for row in rows if row["op"] in ("Conv", "Gemm", "MatMul") and row["precision"] != "int8"]
+    if missed:
+        logger.warning("%d conv/dense layer(s) stayed fp32: %s", len(missed), ", ".join(missed[:10]))
 
 
 @dataclass
