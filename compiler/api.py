@@ -32,6 +32,7 @@ from .evaluate import compare
 from .fileio import staged_directory
 from .frontend import ImportedModel, InputSpec, load_model
 from .report import layer_rows, to_markdown
+from .tune import tune
 from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
 
     deploy_batch = run.batch or config.deploy_batch
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
-    fp32_exe, fp32_params = _build_deployable(fp32, run.batch, deploy_batch, spec, config.trials, db)
-    int8_exe, int8_params = _build_deployable(quantized.int8, run.batch, deploy_batch, spec, config.trials, db)
+    fp32_exe, fp32_params, fp32_tuning = _build_deployable(fp32, run.batch, deploy_batch, spec, config.trials, db)
+    int8_exe, int8_params, int8_tuning = _build_deployable(quantized.int8, run.batch, deploy_batch, spec,
+                                                           config.trials, db)
     shape = source.static_shape(deploy_batch)
     latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
                "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
@@ -110,7 +112,8 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
-        "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db)},
+        "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db),
+                                                              "fp32": fp32_tuning, "int8": int8_tuning},
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(fp32) + _bias_note(quantized.refined.bias_shifts),
         "compile_seconds": round(time.perf_counter() - started, 1),
@@ -216,7 +219,10 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path):
     """Bind a free batch dimension, lift the weights into params, tune and build."""
     lifted, params = lift_params(mod if model_batch else bind_batch(mod, deploy_batch))
-    return build(lifted, spec, trials, db), params
+    summary = None
+    if trials > 0:
+        lifted, summary = tune(lifted, spec, trials, db)
+    return build(lifted, spec), params, summary
 
 
 def _median_ms(executable, params: dict, shape, runs: int) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from tvmq.targets import TargetSpec
 
@@ -18,14 +17,10 @@ def bind_batch(mod, batch: int):
     return relax.transform.BindSymbolicVars({"batch": batch})(mod)
 
 
-def build(mod, spec: TargetSpec, trials: int = 0, work_dir: Path | None = None):
-    """Compile ``mod`` for ``spec``; with ``trials`` > 0 tune first, recording into ``work_dir``."""
+def build(mod, spec: TargetSpec):
+    """Compile ``mod`` (tuned or not: see ``tvmq.tune``) for ``spec``."""
     import tvm
 
-    if trials > 0:
-        from .tune import tune
-
-        mod = tune(mod, spec, trials, Path(work_dir))
     start = time.perf_counter()
     with tvm.transform.PassContext(opt_level=3):
         executable = tvm.compile(mod, target=spec.target)

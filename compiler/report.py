@@ -45,13 +45,21 @@ def to_markdown(report: dict) -> str:
               "| module | ms |", "|---|---|",
               f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
               f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
-              f"Tuning: {report['tuning']['trials']} trials.", "",
+              f"Tuning: {_tuning(report['tuning'])}", "",
               "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
               "| node | op | precision | SQNR dB |", "|---|---|---|---|"]
     for row in sorted(report["layers"], key=_by_sqnr):
         sqnr = "exact" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
         lines.append(f"| {row['name']} | {row['op']} | {row['precision']} | {sqnr} |")
     return "\n".join(lines) + "\n"
+
+
+def _tuning(tuning: dict) -> str:
+    if not tuning["trials"]:
+        return "none (--trials 0)."
+    parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now, {s['from_database']} from the database"
+             for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]))]
+    return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
 
 
 def _by_sqnr(row: dict) -> float:

@@ -24,7 +24,8 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     """Lower ``mod`` to fused TIR, tune the tasks missing from ``work_dir``, apply the records.
 
     Tasks that already have records in ``work_dir`` are not tuned again, so a second build
-    of the same model and target runs zero new trials.
+    of the same model and target runs zero new trials. Returns ``(module, summary)`` with
+    the number of tasks tuned now and taken from the database.
     """
     import tvm
     from tvm import relax
@@ -53,8 +54,9 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
         logger.info("tuned in %.1f s (per-task logs in %s)", time.perf_counter() - start, work_dir / "logs")
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
+    summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing)}
     with spec.target, tvm.transform.PassContext(opt_level=3):
-        return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod)
+        return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod), summary
 
 
 def _quiet_meta_schedule_console() -> None:
