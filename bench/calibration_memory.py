@@ -152,15 +152,13 @@ def main(argv=None) -> int:
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         command = "python bench/calibration_memory.py " + " ".join(argv or sys.argv[1:])
         body = (f"## Memory and time of calibration (bundled MNIST CNN)\n\n"
-                f"Measured by `{command.strip()}` on {date} in "
-                f"{(time.perf_counter() - started) / 60:.1f} min at tvmq commit {commit()}; one fresh process "
-                f"per row, the same number of digits of every class, {EVAL_SAMPLES} evaluation digits, "
-                "untuned. *RSS before*: just before calibration "
-                "starts; *calibration peak*: sampled every 2 ms from then until evaluation starts (the fp32 "
-                "streaming run with its build, then realize); *process peak*: `ru_maxrss` of the whole "
-                "compile.\n\n" + text + "\n")
-        header = DOC.read_text().split("<!-- section:", 1)[0] if DOC.exists() else "# Calibration: evidence\n"
-        write_doc({"memory": body}, header)
+                f"One fresh process per row, the same number of digits of every class, {EVAL_SAMPLES} "
+                "evaluation digits, untuned. *RSS before*: just before calibration starts; *calibration "
+                "peak*: sampled every 2 ms from then until evaluation starts (the fp32 streaming run with its "
+                "build, then realize); *process peak*: `ru_maxrss` of the whole compile.\n\n" + text + "\n\n"
+                f"_Measured {date} in {(time.perf_counter() - started) / 60:.1f} min by `{command.strip()}` at "
+                f"tvmq commit {commit()}._\n")
+        write_doc({"memory": body})
         print(f"wrote {DOC}")
     return 0
 
