@@ -260,6 +260,8 @@ def _name_tensors(mod, names: list[str], num_outputs: int):
     """
     from tvm import relax
 
+    from .passes.graph import with_main
+
     func = mod["main"]
     returned = func.body.blocks[-1].bindings[-1]
     fields = list(returned.value.fields) if isinstance(returned.value, relax.Tuple) else [returned.value]
@@ -289,7 +291,7 @@ def _name_tensors(mod, names: list[str], num_outputs: int):
             kept = list(fields[:num_outputs])
             out = builder.emit_output(relax.Tuple(kept) if num_outputs > 1 else kept[0])
         builder.emit_func_output(out)
-    return relax.transform.DeadCodeElimination()(builder.get()), onnx_names
+    return relax.transform.DeadCodeElimination()(with_main(mod, builder.get()["main"])), onnx_names
 
 
 def _unique(name: str, taken: dict) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 
 from .equalize_cross_layer import LayerRewriter, input_channel_axis, layer_bias, layer_pairs
-from .graph import append_note, batchnorm_stats, find_layers, with_batchnorm_stats
+from .graph import append_note, batchnorm_stats, find_layers, with_batchnorm_stats, with_main
 
 SIGMAS = 3.0
 
@@ -59,7 +59,7 @@ class AbsorbHighBias:
         rewritten = with_batchnorm_stats(rewritten, stats)
         note = {"pass": "AbsorbHighBias", "layers": sorted(absorbed), "max_abs_bias_shift": max(absorbed.values(),
                                                                                                   default=0.0)}
-        return tvm.IRModule({"main": append_note(rewritten, note)})
+        return with_main(mod, append_note(rewritten, note))
 
 
 def _stats_of(layer, stats: dict) -> str | None:

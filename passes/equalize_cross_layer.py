@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Layer, append_note, batchnorm_stats, find_layers, use_counts, with_batchnorm_stats
+from .graph import Layer, append_note, batchnorm_stats, find_layers, use_counts, with_batchnorm_stats, with_main
 
 MAX_ITERATIONS = 20
 TOLERANCE = 1e-6
@@ -60,7 +60,7 @@ class EqualizeCrossLayer:
         rewritten = with_batchnorm_stats(rewritten, _scaled_stats(func, layers, out_scales))
         note = {"pass": "EqualizeCrossLayer", "pairs": [[p.first.out.name, p.second.out.name] for p in pairs],
                 "iterations": iterations, "relu6_replaced_by_relu": relu6}
-        return tvm.IRModule({"main": append_note(rewritten, note)})
+        return with_main(mod, append_note(rewritten, note))
 
 
 def _scaled_stats(func: relax.Function, layers: dict, out_scales: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .graph import dataflow_bindings
+from .graph import dataflow_bindings, with_main
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.ExposeTensors")
@@ -31,7 +31,7 @@ class ExposeTensors:
                     builder.emit_normalized(binding)
                 out = builder.emit_output(relax.Tuple([func.body.body, *probes]))
             builder.emit_func_output(out)
-        return builder.get()
+        return with_main(mod, builder.get()["main"])
 
 
 def exposed_names(mod: tvm.IRModule, names: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import BN_STATS_ATTR, append_note, constant_value, dataflow_bindings, op_name, use_counts
+from .graph import BN_STATS_ATTR, append_note, constant_value, dataflow_bindings, op_name, use_counts, with_main
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.FoldBatchNorm")
@@ -31,7 +31,7 @@ class FoldBatchNorm:
         if folder.folded:
             folded = append_note(folded, {"pass": "FoldBatchNorm", "folded": folder.folded})
             folded = folded.with_attr(BN_STATS_ATTR, json.dumps(folder.statistics))
-        return relax.transform.DeadCodeElimination()(tvm.IRModule({"main": folded}))
+        return relax.transform.DeadCodeElimination()(with_main(mod, folded))
 
 
 @relax.expr_functor.mutator

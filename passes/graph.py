@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tvm import ir, relax
 
 
@@ -35,6 +36,14 @@ class Layer:
     @property
     def out(self) -> relax.Var:
         return self.chain[-1]
+
+
+def with_main(mod: tvm.IRModule, main: relax.Function) -> tvm.IRModule:
+    """A copy of ``mod`` whose ``main`` is ``main``; every other function (e.g. the TIR
+    functions TVM's importer emits for some ops) and the module attributes are kept."""
+    functions = {gv: func for gv, func in mod.functions.items() if gv.name_hint != "main"}
+    functions[mod.get_global_var("main")] = main
+    return tvm.IRModule(functions, attrs=mod.attrs)
 
 
 def dataflow_bindings(func: relax.Function) -> list:

@@ -10,6 +10,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .graph import with_main
+
 MIN_ELEMENTS = 2  # constants with fewer elements stay inline
 
 
@@ -23,7 +25,7 @@ def lift_params(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]
     for key, value in (dict(func.attrs) if func.attrs else {}).items():
         lifted = lifted.with_attr(key, value)
     lifted = lifted.with_attr("num_input", len(func.params))
-    return tvm.IRModule({"main": lifted}), lifter.values
+    return with_main(mod, lifted), lifter.values
 
 
 @relax.expr_functor.mutator

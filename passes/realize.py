@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Layer, dataflow_bindings, find_layers, op_name, referenced_vars
+from .graph import Layer, dataflow_bindings, find_layers, op_name, referenced_vars, with_main
 from .qparams import (QParams, activation_qparams, fold_zero_point, quantize, quantize_bias,
                       requantize_multiplier, weight_qparams)
 
@@ -66,7 +66,7 @@ class Realize:
         realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts)
         func, record = realizer.run(self.expose)
         func = func.with_attr(RECORD_ATTR, json.dumps(record))
-        return tvm.IRModule({"main": func})
+        return with_main(mod, func)
 
 
 def quantization_record(mod: tvm.IRModule) -> dict:

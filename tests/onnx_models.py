@@ -41,6 +41,23 @@ def conv_chain(channels=8, groups=1, stride=1, pad=1, dilation=1, seed=0) -> onn
     return _model(nodes, [_value("x", ["N", c, 12, 12])], [_value("y", ["N", 6, "H", "W"])], inits)
 
 
+def edge_pad_chain(seed=0) -> onnx.ModelProto:
+    """x --Conv--> y --Relu--> r --Pad(edge)--> rp --Conv--> out; TVM imports the edge Pad as a TIR function."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w": (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32),
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+        "w2": (rng.standard_normal((2, 4, 3, 3)) * 0.3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["y"], ["r"]),
+        helper.make_node("Pad", ["r", "pads"], ["rp"], mode="edge"),
+        helper.make_node("Conv", ["rp", "w2"], ["out"], kernel_shape=[3, 3]),
+    ]
+    return _model(nodes, [_value("x", [1, 3, 8, 8])], [_value("out", [1, 2, 6, 6])], inits)
+
+
 def dense_chain(seed=0) -> onnx.ModelProto:
     """x[N,20] --Gemm(transB)--> h --Clip(0,6)--> r --MatMul+Add--> y"""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 import onnx_models
+import tvmq
 from tvmq.api import prepare_fp32
 from tvmq.build import build, virtual_machine
 from tvmq.frontend import load_model
@@ -125,3 +126,15 @@ def test_calibration_batch_is_bounded_by_activation_memory(tmp_path, monkeypatch
     assert calibrate.bounded_batch(fp32, names, 64) == 100_000 // (3 * 8 * 144 * 4 + 6 * 144 * 4)
     monkeypatch.setattr(calibrate, "EXPOSED_BYTES_BUDGET", 10)
     assert calibrate.bounded_batch(fp32, names, 64) == 1
+
+
+def test_importer_tir_functions_survive_every_pass(tmp_path, rng):
+    """TVM imports an edge Pad as a TIR function beside ``main``; no pass may drop it."""
+    path = onnx_models.save(onnx_models.edge_pad_chain(), tmp_path / "edge_pad.onnx")
+    assert len(load_model(path).mod.functions) > 1
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=tvmq.Config(cle=True, latency_runs=1))
+    x = calib[:1]
+    expected = ort.InferenceSession(path).run(None, {"x": x})[0]
+    got = compiled.run(x)
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
