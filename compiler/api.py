@@ -98,7 +98,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
     fp32_exe, fp32_params, fp32_tuning = _build_deployable(fp32, run.batch, deploy_batch, spec, config.trials, db)
     int8_exe, int8_params, int8_tuning = _build_deployable(quantized.int8, run.batch, deploy_batch, spec,
-                                                           config.trials, db)
+                                                           config.trials, db, legalize=spec.legalize_int8)
     shape = source.static_shape(deploy_batch)
     latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
                "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
@@ -216,9 +216,12 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
     return load_dataset(value, spec, role)
 
 
-def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path):
-    """Bind a free batch dimension, lift the weights into params, tune and build."""
-    lifted, params = lift_params(mod if model_batch else bind_batch(mod, deploy_batch))
+def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path,
+                      legalize=None):
+    """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
+    tune and build."""
+    mod = mod if model_batch else bind_batch(mod, deploy_batch)
+    lifted, params = lift_params(legalize(mod) if legalize else mod)
     summary = None
     if trials > 0:
         lifted, summary = tune(lifted, spec, trials, db)

@@ -36,27 +36,41 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
                                         relax.transform.CanonicalizeBindings(),
                                         relax.get_pipeline("zero")])(mod)
     work_dir.mkdir(parents=True, exist_ok=True)
+    spec.prepare()
     database = ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
     missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     if missing:
-        spec.prepare()
-        _quiet_meta_schedule_console()
         start = time.perf_counter()
         logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), trials, work_dir)
+        contexts, weights = _tune_contexts(missing, spec, work_dir)
+        _quiet_meta_schedule_console()  # after the contexts: making their loggers configures logging
         with tqdm(total=trials, desc="tune", unit="trial", leave=False) as bar:
-            ms.relax_integration.tune_relax(
-                mod, params={}, target=spec.target, work_dir=str(work_dir), max_trials_global=trials,
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
                 max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
                 builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
-                space=_search_space(), measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                                          _progress(bar)], seed=0)
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _progress(bar)])
         logger.info("tuned in %.1f s (per-task logs in %s)", time.perf_counter() - start, work_dir / "logs")
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
     summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing)}
     with spec.target, tvm.transform.PassContext(opt_level=3):
         return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod), summary
+
+
+def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
+    """One tuning context per task, each with the target's search space for that task."""
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, weights = [], []
+    for task in tasks:
+        space = (spec.search_space and spec.search_space(task.task_name)) or _search_space()
+        context, weight = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task], str(work_dir), space=space, seed=0)
+        contexts += context
+        weights += weight
+    return contexts, weights
 
 
 def _quiet_meta_schedule_console() -> None:
@@ -82,8 +96,8 @@ def _search_space():
     """TVM's generic CPU schedule rules, without auto-tensorization.
 
     MetaSchedule's default x86 space tries the VNNI intrinsic on weights in their natural
-    layout, which was measured to compute wrong results (shared/TOOLCHAIN.md); int8
-    intrinsics come with pre-packed weights, not before.
+    layout, which was measured to compute wrong results (shared/TOOLCHAIN.md); a target
+    offers tensorizing spaces only for its own packed kernels (``TargetSpec.search_space``).
     """
     from tvm.s_tir import meta_schedule as ms
 

@@ -231,7 +231,7 @@ class _Realizer:
         lo, hi = _clamp_range(layer.clamp, out_qp)
         scaled = relax.op.multiply(relax.op.astype(acc, "float32"), _const(_per_channel(multiplier, layer)))
         shifted = relax.op.add(relax.op.round(scaled), _const(np.float32(out_qp.zero_point)))
-        clipped = relax.op.clip(shifted, float(lo), float(hi))
+        clipped = _clamp(shifted, lo, hi)
         return self.builder.emit(relax.op.astype(clipped, out_qp.dtype), f"{layer.out.name}_q")
 
     def _dequantize_accumulator(self, acc, layer: Layer, acc_scale: np.ndarray):
@@ -239,7 +239,7 @@ class _Realizer:
                                    _const(_per_channel(acc_scale.astype(np.float32), layer)))
         lo, hi = layer.clamp
         if np.isfinite(lo) or np.isfinite(hi):
-            scaled = relax.op.clip(scaled, float(max(lo, -3.4e38)), float(min(hi, 3.4e38)))
+            scaled = _clamp(scaled, max(lo, -3.4e38), min(hi, 3.4e38))
         return self.builder.emit(scaled, layer.out.name)
 
     # ---- ops that stay in the integer domain ----------------------------------------------
@@ -305,7 +305,7 @@ class _Realizer:
     def _round_to(self, value, qp: QParams, name: str, centred: bool = True):
         if centred:
             value = relax.op.add(value, _const(np.float32(qp.zero_point)))
-        clipped = relax.op.clip(relax.op.round(value), qp.qmin, qp.qmax)
+        clipped = _clamp(relax.op.round(value), qp.qmin, qp.qmax)
         return self.builder.emit(relax.op.astype(clipped, qp.dtype), f"{name}_q")
 
 
@@ -330,6 +330,13 @@ def _rescaled(expr, qp: QParams, out_qp: QParams):
 
 def _same(a: QParams, b: QParams) -> bool:
     return a.dtype == b.dtype and float(a.scale) == float(b.scale) and int(a.zero_point) == int(b.zero_point)
+
+
+def _clamp(expr, lo: float, hi: float):
+    """``min(max(expr, lo), hi)`` on fp32: unlike ``relax.clip`` these ops carry layout
+    inference, so a target's layout conversion passes straight through the requantize."""
+    lower = relax.op.maximum(expr, _const(np.float32(lo)))
+    return relax.op.minimum(lower, _const(np.float32(hi)))
 
 
 def _const(value):

@@ -24,6 +24,8 @@ class TargetSpec:
     activation_dtype: str
     features: tuple[str, ...] = field(default_factory=tuple)
     prepare: Callable[[], None] = lambda: None  # per-process setup before building or tuning
+    legalize_int8: Callable | None = None  # IRModule -> IRModule: int8 kernels in the target's layouts
+    search_space: Callable[[str], object] | None = None  # tuning task name -> space (None: generic)
 
     @property
     def description(self) -> str:

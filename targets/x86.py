@@ -35,7 +35,20 @@ def host() -> TargetSpec:
     cores = psutil.cpu_count(logical=False) or 1
     target = tvm.target.Target({**_as_dict(detected), "num-cores": cores})
     features = tuple(f for f in INT8_FEATURES if f in cpu_flags())
-    return TargetSpec("x86", target, "uint8", features)
+    if "avx512_vnni" not in features:
+        return TargetSpec("x86", target, "uint8", features)
+    from . import x86_vnni
+    from .x86_legalize import LegalizeInt8ForVNNI
+
+    return TargetSpec("x86", target, "uint8", features, prepare=x86_vnni.register_intrinsic,
+                      legalize_int8=LegalizeInt8ForVNNI(), search_space=_vnni_space)
+
+
+def _vnni_space(task_name: str):
+    """VNNI auto-tensorization for the packed kernels; TVM's generic rules for the rest."""
+    from . import x86_vnni
+
+    return x86_vnni.search_space() if x86_vnni.PACKED_PREFIX in task_name else None
 
 
 def _as_dict(target) -> dict:

@@ -1,0 +1,69 @@
+"""LegalizeInt8ForVNNI: put a realized int8 module into the layout the x86 VNNI kernels want.
+
+1. ``ConvertLayout`` turns every conv2d to NHWC data / OHWI weights; the requantize chains,
+   pads, pools and residual adds follow, so layout transforms remain only at the edges.
+2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
+   a packed kernel of :mod:`tvmq.targets.x86_vnni`, its weight packed here, at compile time.
+   Depthwise and grouped convolutions keep TVM's generic kernels.
+
+Integer results are unchanged (the tests compare them bit for bit).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from tvmq.passes.graph import constant_value, with_main
+
+from . import x86_vnni
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeInt8ForVNNI")
+class LegalizeInt8ForVNNI:
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+        mod = relax.transform.FoldConstant()(mod)
+        packer = _Packer(mod)
+        main = packer.visit_expr(mod["main"])
+        return relax.transform.DeadCodeElimination()(with_main(packer.builder_.get(), main))
+
+
+@relax.expr_functor.mutator
+class _Packer(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or not _is_u8_by_s8_constant(call):
+            return call
+        weight = constant_value(call.args[1])
+        if call.op.name == "relax.nn.conv2d" and _packable_conv(call):
+            attrs = call.attrs
+            return self.builder_.call_te(
+                x86_vnni.conv2d_nhwc, call.args[0], relax.const(x86_vnni.pack_conv_weight(weight)),
+                out_channels=weight.shape[0], strides=_ints(attrs.strides), padding=_ints(attrs.padding),
+                dilation=_ints(attrs.dilation), primfunc_name_hint=x86_vnni.PACKED_PREFIX + "conv2d")
+        if call.op.name == "relax.matmul" and weight.ndim == 2:
+            return self.builder_.call_te(
+                x86_vnni.dense, call.args[0], relax.const(x86_vnni.pack_dense_weight(weight)),
+                out_features=weight.shape[1], primfunc_name_hint=x86_vnni.PACKED_PREFIX + "dense")
+        return call
+
+
+def _is_u8_by_s8_constant(call: relax.Call) -> bool:
+    if len(call.args) < 2 or constant_value(call.args[1]) is None:
+        return False
+    data, weight = call.args[0].ty, call.args[1].ty
+    return getattr(data, "dtype", None) == "uint8" and getattr(weight, "dtype", None) == "int8" \
+        and getattr(call.ty, "dtype", None) == "int32"
+
+
+def _packable_conv(call: relax.Call) -> bool:
+    attrs = call.attrs
+    return int(attrs.groups) == 1 and attrs.data_layout == "NHWC" and attrs.kernel_layout == "OHWI" \
+        and attrs.out_layout == "NHWC"
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
