@@ -41,12 +41,14 @@ FORMAT_VERSION = 1
 
 @dataclass
 class CompiledModel:
-    """The int8 module built for a target, its params, manifest and report."""
+    """The int8 module built for a target, its params, manifest and report; ``baseline`` is the
+    fp32 module built the same way (tuned alike) as ``(executable, params)``, for comparisons."""
 
     executable: object
     params: dict
     manifest: dict
     report: dict
+    baseline: tuple | None = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         import tvm
@@ -119,7 +121,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     _warn_fp32_layers(report["layers"])
-    return CompiledModel(int8_exe, int8_params, manifest, report)
+    return CompiledModel(int8_exe, int8_params, manifest, report, baseline=(fp32_exe, fp32_params))
 
 
 def _warn_fp32_layers(rows: list[dict]) -> None:
