@@ -60,19 +60,19 @@ def clipped_normal_mean(mean: np.ndarray, std: np.ndarray, lo: float = -np.inf, 
     return np.where(std > 0, below + above + inside, np.clip(mean, lo, hi)).astype(np.float32)
 
 
-def expected_output_shift(weight_error: np.ndarray, expected_input: np.ndarray, kind: str,
+def expected_output_shift(error: np.ndarray, expected_input: np.ndarray, kind: str,
                           groups: int = 1) -> np.ndarray:
     """``eps E[x]`` per output channel.
 
-    conv2d: ``weight_error`` is OIHW with I = C_in / groups; output channel o reads input
+    conv2d: ``error`` (``W_q - W``) is OIHW with I = C_in / groups; output channel o reads input
     channels ``g * I ... g * I + I - 1`` of its group g = o // (O / groups) through every tap.
-    dense: ``weight_error`` is (K, N), the shift is ``E[x] @ eps``.
+    dense: ``error`` is (K, N), the shift is ``E[x] @ eps``.
     """
     expected_input = np.asarray(expected_input, np.float64)
     if kind == "dense":
-        return (expected_input @ weight_error.astype(np.float64)).astype(np.float32)
-    out_channels, in_per_group = weight_error.shape[:2]
-    per_tap = weight_error.astype(np.float64).sum(axis=(2, 3))  # (O, I): E[x] is the same at every tap
+        return (expected_input @ error.astype(np.float64)).astype(np.float32)
+    out_channels, in_per_group = error.shape[:2]
+    per_tap = error.astype(np.float64).sum(axis=(2, 3))  # (O, I): E[x] is the same at every tap
     group_of = np.arange(out_channels) // (out_channels // groups)
     inputs = expected_input.reshape(groups, in_per_group)[group_of]  # (O, I)
     return (per_tap * inputs).sum(axis=1).astype(np.float32)
@@ -107,7 +107,7 @@ def analytic_bias_shifts(func: relax.Function, scheme: Scheme, weight_scales: di
     producer = {layer.out: layer for layer in layers.values()}
     result = AnalyticCorrection()
     for layer in layers.values():
-        expected = _expected_input(producer.get(layer.data), stats)
+        expected = predicted_input_mean(producer.get(layer.data), stats)
         if expected is None:
             result.skipped.append(layer.out.name)
             continue
@@ -117,7 +117,7 @@ def analytic_bias_shifts(func: relax.Function, scheme: Scheme, weight_scales: di
     return result
 
 
-def _expected_input(producer: Layer | None, stats: dict) -> np.ndarray | None:
+def predicted_input_mean(producer: Layer | None, stats: dict) -> np.ndarray | None:
     """E[x] per channel of ``producer``'s output, if its pre-clamp value is a recorded BatchNorm."""
     if producer is None:
         return None
