@@ -1,10 +1,12 @@
 """Per-tensor int8 accuracy with no graph passes / +CLE / +CLE+absorption / +CLE+absorption+bias
-correction, and per-channel for reference, each against fp32, on the project's real models.
+correction (empirical or analytic), and per-channel for reference, each against fp32, on the
+project's real models.
 
     .venv/bin/python bench/passes_table.py [--models mobilenet,mnist] [--out docs/passes.md]
 
 Evaluates on the 4,000 held-out MNIST digits (top-1 with labels); calibrates on 500 of the
-1,000 calibration digits (every other one: 50 per class).
+1,000 calibration digits (every other one: 50 per class). The hand-written part of the output
+file, from its ``## Reading it`` heading on, is kept.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ SETTINGS = [  # (label, per_channel, cle, absorb, bias correction)
     ("per-tensor, no passes", False, False, False, "none"),
     ("per-tensor, +CLE", False, True, False, "none"),
     ("per-tensor, +CLE +absorption", False, True, True, "none"),
-    ("per-tensor, +CLE +absorption +bias correction", False, True, True, "empirical"),
-    ("per-tensor, bias correction only", False, False, False, "empirical"),
+    ("per-tensor, +CLE +absorption +bias correction (empirical)", False, True, True, "empirical"),
+    ("per-tensor, +CLE +absorption +bias correction (analytic)", False, True, True, "analytic"),
+    ("per-tensor, bias correction (empirical) only", False, False, False, "empirical"),
+    ("per-tensor, bias correction (analytic) only", False, False, False, "analytic"),
     ("per-channel, no passes", True, False, False, "none"),
-    ("per-channel, +CLE +absorption +bias correction", True, True, True, "empirical"),
+    ("per-channel, +CLE +absorption +bias correction (empirical)", True, True, True, "empirical"),
 ]
 
 
 def table(name: str, model: Path, calib: Dataset, evaluation: Dataset) -> list[str]:
     lines = [f"### {name} (`{model.name}`)", "",
-             "| setting | fp32 top-1 | int8 top-1 | agreement | cosine | ReLU6 replaced | seconds |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting | fp32 top-1 | int8 top-1 | agreement | cosine | ReLU6 replaced | bias-corrected layers "
+             "| seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, per_channel, cle, absorb, bias in SETTINGS:
         config = tvmq.Config(per_channel=per_channel, cle=cle, absorb_high_bias=absorb, bias_correction=bias,
                              latency_runs=1)
@@ -46,9 +51,25 @@ def table(name: str, model: Path, calib: Dataset, evaluation: Dataset) -> list[s
         acc = report["accuracy"]
         replaced = sum(len(p.get("relu6_replaced_by_relu", [])) for p in report["passes"])
         lines.append(f"| {label} | {acc['fp32_top1']:.2%} | {acc['int8_top1']:.2%} | {acc['top1_agreement']:.2%} "
-                     f"| {acc['output_cosine']:.4f} | {replaced if cle else '-'} | {time.perf_counter() - start:.0f} |")
+                     f"| {acc['output_cosine']:.4f} | {replaced if cle else '-'} | {_corrected(report, bias)} "
+                     f"| {time.perf_counter() - start:.0f} |")
         print(lines[-1], flush=True)
     return lines + [""]
+
+
+def _corrected(report: dict, method: str) -> str:
+    """``corrected / all`` conv-dense layers, or ``-`` without bias correction."""
+    note = next((p for p in report["passes"] if p["pass"] == "CorrectBias"), None)
+    if method == "none":
+        return "-"
+    layers = sum(row["op"] in ("Conv", "Gemm", "MatMul") for row in report["layers"])
+    return f"{len(note['layers']) if note else 0} / {layers}"
+
+
+def _kept_notes(path: Path) -> list[str]:
+    """The hand-written tail of ``path``, from its ``## Reading it`` heading on."""
+    text = path.read_text() if path.exists() else ""
+    return text[text.index("## Reading it"):].splitlines() if "## Reading it" in text else []
 
 
 def main() -> None:
@@ -64,7 +85,7 @@ def main() -> None:
              f"`.venv/bin/python bench/passes_table.py --models {args.models}`.", ""]
     for name in args.models.split(","):
         lines += table(name, MODELS[name] or bundled, calib, evaluation)
-    args.out.write_text("\n".join(lines))
+    args.out.write_text("\n".join(lines + _kept_notes(args.out)) + "\n")
     print(f"wrote {args.out}")
 
 

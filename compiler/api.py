@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tvmq.passes.absorb_high_bias import AbsorbHighBias
+from tvmq.passes.analytic_bias_correction import analytic_bias_shifts
 from tvmq.passes.calibrators import make_observer
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.expose import ExposeTensors
@@ -117,7 +118,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db),
                                                               "fp32": fp32_tuning, "int8": int8_tuning},
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
-        "passes": pass_notes(fp32) + _bias_note(quantized.refined.bias_shifts),
+        "passes": pass_notes(fp32) + quantized.notes,
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     _warn_fp32_layers(report["layers"])
@@ -150,11 +151,13 @@ class _Quantized:
     scheme: Scheme
     chosen: dict
     seconds: float
+    notes: list
 
 
 def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec: TargetSpec,
               run: _Runs) -> _Quantized:
-    """Calibrate every tensor, refine layer by layer (EQ, bias correction), realize int8."""
+    """Calibrate every tensor, refine layer by layer (EQ, empirical bias correction) or correct biases
+    analytically, realize int8."""
     names = _tensor_names(imported)
     scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
     logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(data), config.calibrator)
@@ -164,8 +167,14 @@ def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec
     refined = layerwise.refine(fp32, stats, scheme, data, run.batch, run.vm, run.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical")
+    notes = _bias_note(refined.bias_shifts)
+    if config.bias_correction == "analytic":
+        correction = analytic_bias_shifts(fp32["main"], scheme, refined.weight_scales)
+        refined.bias_shifts.update(correction.bias_shifts)
+        notes = [correction.note()]
+        logger.info(notes[0]["note"])
     seconds = round(time.perf_counter() - start, 2)
-    return _Quantized(refined.realize(scheme)(fp32), refined, scheme, chosen, seconds)
+    return _Quantized(refined.realize(scheme)(fp32), refined, scheme, chosen, seconds, notes)
 
 
 def _tensor_names(imported: ImportedModel) -> list[str]:

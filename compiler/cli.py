@@ -85,7 +85,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absorb-high-bias", action=argparse.BooleanOptionalAction, default=False,
                         help="move the always-positive part of pre-ReLU biases into the next layer")
     parser.add_argument("--bias-correction", default="none",
-                        help="none or empirical (mean int8 error on calibration data folded into the bias)")
+                        help="none, empirical (mean int8 error on calibration data folded into the bias) or "
+                             "analytic (expected weight error from BatchNorm statistics, data-free)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
     parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .errors import TvmqError
 
+BIAS_CORRECTIONS = ("none", "empirical", "analytic")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -22,8 +24,9 @@ class Config:
     cle : cross-layer equalization of conv / dense pairs joined by ReLU (ReLU6 becomes ReLU).
     absorb_high_bias : move the always-positive part of biases before a ReLU into the next
         layer (needs folded BatchNorm statistics; DFQ pairs it with ``cle``).
-    bias_correction : ``"none"`` or ``"empirical"`` (subtract each layer's mean int8 output error
-        on calibration data from its bias).
+    bias_correction : ``"none"``, ``"empirical"`` (subtract each layer's mean int8 output error
+        on calibration data from its bias) or ``"analytic"`` (subtract the expected weight
+        quantization error from folded BatchNorm statistics, DFQ sec. 4.2; data-free).
     trials : MetaSchedule trials across all tasks; 0 skips tuning.
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
@@ -58,8 +61,9 @@ class Config:
             raise TvmqError(f"unknown target {self.target!r}; choose one of: {', '.join(target_names())}")
         if self.calibrator not in calibrator_names():
             raise TvmqError(f"unknown calibrator {self.calibrator!r}; choose one of: {', '.join(calibrator_names())}")
-        if self.bias_correction not in ("none", "empirical"):
-            raise TvmqError(f"unknown bias correction {self.bias_correction!r}; choose one of: none, empirical")
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise TvmqError(f"unknown bias correction {self.bias_correction!r}; "
+                            f"choose one of: {', '.join(BIAS_CORRECTIONS)}")
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -188,10 +188,7 @@ class _Realizer:
         if (layer.out not in self.outputs and out_qp is None) or self._to_q(layer.data) is None:
             return False
         x_q, x_qp = self._to_q(layer.data)
-        w_qp = weight_qparams(layer.weight, layer.channel_axis if self.scheme.per_channel else None)
-        if layer.out.name in self.weight_scales:
-            scale = np.asarray(self.weight_scales[layer.out.name], np.float32)
-            w_qp = QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None)
+        w_qp = layer_weight_qparams(layer, self.scheme, self.weight_scales.get(layer.out.name))
         w_q = quantize(layer.weight, w_qp)
         channels = layer.weight.shape[layer.channel_axis]
         w_scale = np.broadcast_to(w_qp.scale, (channels,)).astype(np.float32)
@@ -307,6 +304,16 @@ class _Realizer:
             value = relax.op.add(value, _const(np.float32(qp.zero_point)))
         clipped = _clamp(relax.op.round(value), qp.qmin, qp.qmax)
         return self.builder.emit(relax.op.astype(clipped, qp.dtype), f"{name}_q")
+
+
+def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None) -> QParams:
+    """The int8 weight parameters realize gives ``layer``: absmax per channel or per tensor,
+    or the given ``scale`` (EasyQuant's search) instead."""
+    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None)
+    if scale is None:
+        return w_qp
+    scale = np.asarray(scale, np.float32)
+    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None)
 
 
 def _returned_vars(func: relax.Function) -> set:

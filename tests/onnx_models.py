@@ -182,3 +182,35 @@ def high_bias_pair(seed=0) -> onnx.ModelProto:
         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", kernel_shape=[1, 1]),
     ]
     return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 4, 8, 8])], inits)
+
+
+def conv_bn_relu_conv(relu6=False, seed=0) -> onnx.ModelProto:
+    """Conv -> BatchNorm whose statistics match N(0, 1) inputs -> Relu / Clip(0, 6) -> 3x3 Conv whose
+    output channels' weight ranges span 20x (coarse per-tensor int8 weights).
+
+        x[N,8,10,10] --conv1 3x3 pad 1--> c --bn--> b --relu(6)--> r --conv2 3x3--> y[N,8,8,8]
+
+    The BatchNorm's running mean / variance are conv1's output moments for i.i.d. N(0, 1) inputs
+    (exact away from the zero-padded border), so its output is N(beta, |gamma|) per channel.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    ranges = np.geomspace(0.05, 1.0, 8).astype(np.float32).reshape(-1, 1, 1, 1)
+    inits = {
+        "w1": w1, "gamma": rng.uniform(0.5, 2.0, 16).astype(np.float32),
+        "beta": rng.normal(0.5, 1.0, 16).astype(np.float32), "mean": np.zeros(16, np.float32),
+        "var": (w1.astype(np.float64) ** 2).sum(axis=(1, 2, 3)).astype(np.float32),
+        "w2": (rng.standard_normal((8, 16, 3, 3)) * ranges * 0.3).astype(np.float32),
+        "b2": (rng.standard_normal(8) * 0.1).astype(np.float32),
+        "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+    }
+    act = helper.make_node("Clip", ["b", "lo", "hi"], ["r"], name="relu6") if relu6 else \
+        helper.make_node("Relu", ["b"], ["r"], name="relu")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="bn",
+                         epsilon=1e-5),
+        act,
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", kernel_shape=[3, 3]),
+    ]
+    return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 8, 8])], inits)
