@@ -10,6 +10,7 @@ on the same calibration data. Every engine is then timed in a fresh process of i
 threads; after run, TVM's and ONNX Runtime's thread pools keep spinning, so engines never share
 a process), ``--rounds`` rounds with the engine order rotated each round; each process reports
 the median of ``--runs`` runs after warm-up, and the table shows the median over rounds.
+Rows of models not measured in this run are kept in the results file (each row is one run).
 
 Writes ``bench/results/<cpu model>-<int8 flags>.json``: a list of ``{"model", "batch",
 "cpu_flags", "ort_fp32_ms", "ort_int8_ms", "tvmq_fp32_ms", "tvmq_int8_ms", "trials",
@@ -54,6 +55,9 @@ def main() -> None:
             if batch == 1 or not _static_batch(name)]
     out = HERE / "results" / f"{_cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
+    measured = {(r["model"], r["batch"]) for r in rows}
+    kept = json.loads(out.read_text()) if out.exists() else []
+    rows = [r for r in kept if (r["model"], r["batch"]) not in measured] + rows
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print_table(rows)
     print(f"\nwrote {out.relative_to(HERE.parent)}")

@@ -58,8 +58,15 @@ def _tuning(tuning: dict) -> str:
     if not tuning["trials"]:
         return "none (--trials 0)."
     parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now, {s['from_database']} from the database"
-             for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]))]
+             + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]))]
     return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
+
+
+def _rate(summary: dict) -> str:
+    if not summary.get("measured"):
+        return ""
+    per_minute = 60 * summary["measured"] / max(summary["seconds"], 1e-9)
+    return f" ({summary['measured']} candidates measured in {summary['seconds']:.0f} s, {per_minute:.0f} a minute)"
 
 
 def _by_sqnr(row: dict) -> float:

@@ -40,6 +40,7 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     database = ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
     missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    measured, seconds = 0, 0.0
     if missing:
         start = time.perf_counter()
         logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), trials, work_dir)
@@ -51,10 +52,13 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
                 max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
                 builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _progress(bar)])
-        logger.info("tuned in %.1f s (per-task logs in %s)", time.perf_counter() - start, work_dir / "logs")
+            measured, seconds = bar.n, time.perf_counter() - start
+        logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
+                    60 * measured / max(seconds, 1e-9), work_dir / "logs")
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
-    summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing)}
+    summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing),
+               "measured": measured, "seconds": round(seconds, 1)}
     with spec.target, tvm.transform.PassContext(opt_level=3):
         return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod), summary
 
