@@ -51,16 +51,25 @@ def main() -> None:
         engine, directory, batch = args.child
         print(json.dumps({"ms": time_engine(engine, Path(directory), int(batch), args.runs)}))
         return
-    rows = [measure(name, batch, args) for name in args.models for batch in args.batches
-            if batch == 1 or not _static_batch(name)]
     out = HERE / "results" / f"{_cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
-    measured = {(r["model"], r["batch"]) for r in rows}
-    kept = json.loads(out.read_text()) if out.exists() else []
-    rows = [r for r in kept if (r["model"], r["batch"]) not in measured] + rows
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = []
+    for name in args.models:
+        for batch in [b for b in args.batches if b == 1 or not _static_batch(name)]:
+            rows.append(measure(name, batch, args))
+            _write(out, rows)
     print_table(rows)
     print(f"\nwrote {out.relative_to(HERE.parent)}")
+
+
+def _write(out: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into the results file by (model, batch), atomically."""
+    measured = {(r["model"], r["batch"]) for r in rows}
+    kept = json.loads(out.read_text()) if out.exists() else []
+    merged = [r for r in kept if (r["model"], r["batch"]) not in measured] + rows
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(out)
 
 
 def measure(name: str, batch: int, args) -> dict:

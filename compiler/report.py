@@ -45,7 +45,7 @@ def to_markdown(report: dict) -> str:
               "| module | ms |", "|---|---|",
               f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
               f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
-              f"Tuning: {_tuning(report['tuning'])}", "",
+              f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report["tuning"]),
               "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
               "| node | op | precision | SQNR dB |", "|---|---|---|---|"]
     for row in sorted(report["layers"], key=_by_sqnr):
@@ -60,6 +60,17 @@ def _tuning(tuning: dict) -> str:
     parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now, {s['from_database']} from the database"
              + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]))]
     return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
+
+
+def _kernels(tuning: dict, top: int = 8) -> list[str]:
+    """The slowest tuned kernels of each module (MetaSchedule's measurements), most time first."""
+    lines = []
+    for name in ("fp32", "int8"):
+        kernels = ((tuning.get(name) or {}).get("kernels") or [])[:top]
+        if kernels:
+            lines += [f"Slowest {name} kernels (tuned latency):", "", "| kernel | calls | µs each |", "|---|---|---|",
+                      *[f"| `{k['kernel'][:60]}` | {k['calls']} | {k['us']:.1f} |" for k in kernels], ""]
+    return lines
 
 
 def _rate(summary: dict) -> str:

@@ -58,23 +58,38 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
     summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing),
-               "measured": measured, "seconds": round(seconds, 1)}
+               "measured": measured, "seconds": round(seconds, 1), "kernels": _kernel_latencies(database, tasks)}
     with spec.target, tvm.transform.PassContext(opt_level=3):
         return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod), summary
 
 
-def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
-    """One tuning context per task, each with the target's search space for that task."""
-    from tvm.s_tir import meta_schedule as ms
-
-    contexts, weights = [], []
+def _kernel_latencies(database, tasks: list) -> list[dict]:
+    """Each task's best measured latency in the database, slowest total first: where the time goes."""
+    rows = []
     for task in tasks:
-        space = (spec.search_space and spec.search_space(task.task_name)) or _search_space()
-        context, weight = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], str(work_dir), space=space, seed=0)
-        contexts += context
-        weights += weight
-    return contexts, weights
+        if not database.has_workload(task.dispatched[0]):
+            continue
+        top = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+        if top and top[0].run_secs:
+            us = 1e6 * sum(float(t) for t in top[0].run_secs) / len(top[0].run_secs)
+            rows.append({"kernel": task.task_name, "calls": int(task.weight), "us": round(us, 2)})
+    return sorted(rows, key=lambda r: -r["us"] * r["calls"])
+
+
+def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
+    """One tuning context per task (as MetaSchedule's relax integration makes them), each with
+    the target's search space for that task."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
+    contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, task_name=task.task_name,
+                               space_generator=(spec.search_space and spec.search_space(task.task_name))
+                               or _search_space(), search_strategy="evolutionary", logger=task_logger,
+                               rand_state=seed, num_threads="physical").clone()
+                for task, task_logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)))]
+    return contexts, [t.weight for t in tasks]
 
 
 def _quiet_meta_schedule_console() -> None:
