@@ -1,7 +1,8 @@
 """The ``tvmq`` command line: ``compile``, ``run`` and ``demo``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
-the traceback instead.
+the traceback instead. Every command runs in a worker process (``isolate``), so a native
+crash inside TVM is reported the same way instead of killing ``tvmq`` with a signal.
 """
 
 from __future__ import annotations
@@ -10,15 +11,26 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
+from . import isolate
 from .errors import TvmqError
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, isolated: bool | None = None) -> int:
+    """Run the command line ``argv``; ``isolated`` (default: unless already a worker) runs it in a worker."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = _parser()
     args = parser.parse_args(argv)
+    if isolated is None:
+        isolated = not isolate.in_worker()
+    if isolated:
+        return isolate.supervise(argv, getattr(args, "out", None))
+    if isolate.in_worker():
+        isolate.worker_signals(args.debug)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="tvmq: %(message)s", stream=sys.stderr)
     try:
@@ -28,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tvmq: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("tvmq: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        name = err.args[0] if err.args and isinstance(err.args[0], str) else "SIGINT"
+        print(f"tvmq: interrupted ({name}); nothing was written", file=sys.stderr)
+        return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
     except Exception as err:  # a bug or a TVM failure: still one line unless --debug
         if args.debug:
             raise
@@ -121,11 +134,17 @@ def _check_output(out: Path, force: bool) -> None:
     """Fail before any work if the output directory cannot be created."""
     if out.exists() and not force:
         raise TvmqError(f"output directory {out} already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise TvmqError(f"output {out} exists and is not a directory")
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TvmqError(f"cannot write output directory {out}: {parent} is not writable")
+    if not parent.is_dir():
+        raise TvmqError(f"cannot write output directory {out}: {parent} is not a directory")
+    try:  # os.access says yes to root everywhere; only a real directory creation is proof
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".tvmq-probe-"))
+    except OSError as err:
+        raise TvmqError(f"cannot write output directory {out}: {parent} is not writable ({err.strerror})") from None
 
 
 def _compile(args) -> int:
