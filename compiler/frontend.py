@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import TvmqError
+from .resources import check_model_fits
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,19 @@ class ImportedModel:
     onnx_names: dict[str, str] = field(default_factory=dict)  # variable name -> ONNX tensor name
 
 
-def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -> ImportedModel:
+def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, batch_size: int = 64) -> ImportedModel:
     """Read, check and import an ONNX model.
 
     ``input_shapes`` fixes symbolic dimensions (``{"input": (1, 3, 224, 224)}``); a symbolic
-    leading dimension that is not fixed stays free as the batch size.
+    leading dimension that is not fixed stays free as the batch size. A model whose
+    quantization would not fit in memory (``resources``, with calibration batches of
+    ``batch_size``) is refused before TVM sees it.
     """
     model = _read(Path(path))
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
+    check_model_fits(model, Path(path).name, batch_size)
     outputs = [o.name for o in model.graph.output]
     probes = _float_tensors(model, exclude=set(outputs))
     mod = _import(_with_probes(model, probes))
@@ -86,7 +90,17 @@ def _read(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as err:
         raise TvmqError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
+    _check_opset(model, path)
     return model
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    """The checker accepts any opset version; an operator set newer than onnx knows has no schemas."""
+    latest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= latest:
+            raise TvmqError(f"{path} imports opset {opset.version} of the ONNX domain; this onnx "
+                            f"{onnx.__version__} knows opsets 1 to {latest}")
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
