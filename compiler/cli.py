@@ -40,17 +40,23 @@ def main(argv: list[str] | None = None, isolated: bool | None = None) -> int:
             raise
         print(f"tvmq: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as err:
-        name = err.args[0] if err.args and isinstance(err.args[0], str) else "SIGINT"
-        print(f"tvmq: interrupted ({name}); nothing was written", file=sys.stderr)
-        return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+    except KeyboardInterrupt:
+        return _interrupted()
     except Exception as err:  # a bug or a TVM failure: still one line unless --debug
+        if isolate.interruption() is not None:  # the interrupt surfaced through a TVM call
+            return _interrupted()
         if args.debug:
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"tvmq: internal error ({type(err).__name__}): {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+def _interrupted() -> int:
+    sig = isolate.interruption() or signal.SIGINT
+    print(f"tvmq: interrupted ({sig.name}); nothing was written", file=sys.stderr)
+    return 128 + int(sig)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -61,6 +61,7 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, b
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
+    _check_inferred_shapes(model)
     check_model_fits(model, Path(path).name, batch_size)
     outputs = [o.name for o in model.graph.output]
     probes = _float_tensors(model, exclude=set(outputs))
@@ -154,7 +155,10 @@ def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple]) -> list[In
 
 def _input_spec(value: onnx.ValueInfoProto, override: tuple | None) -> InputSpec:
     tensor = value.type.tensor_type
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    except (KeyError, ValueError, TypeError):
+        raise TvmqError(f"input {value.name!r} has an unknown element type ({tensor.elem_type})") from None
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     if override is not None:
         if len(override) != len(dims) or any(d is not None and d != o for d, o in zip(dims, override)):
@@ -194,6 +198,23 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as err:
         raise TvmqError(f"ONNX shape inference failed: {_first_line(err)}") from None
+
+
+def _check_inferred_shapes(model: onnx.ModelProto) -> None:
+    """Shape inference happily computes negative or zero sizes from bad attributes (a dilation
+    of 2^20 on a 12-pixel image); TVM would fail on them deep inside a pass."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in dims):
+            node = producer.get(value.name)
+            where = f" by node {node.name or node.op_type!r} ({node.op_type})" if node is not None else ""
+            raise TvmqError(f"tensor {value.name!r} is given the empty or negative shape {_fmt(_dims(dims))}{where}: "
+                            f"check its attributes (kernel, strides, pads, dilations) against its input")
+
+
+def _dims(dims) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
 def _float_tensors(model: onnx.ModelProto, exclude: set[str]) -> list[str]:

@@ -13,8 +13,7 @@ removes the staging directory the worker left. The cost is one Python start-up
 
 Signals: the worker runs in its own process group; the supervisor forwards SIGINT,
 SIGTERM and SIGHUP to it exactly once (a Ctrl-C reaches only the supervisor's group).
-The worker turns SIGTERM / SIGHUP into ``KeyboardInterrupt``, so staged outputs are
-removed as on Ctrl-C. If the supervisor itself is killed, Linux sends the worker SIGTERM
+The worker turns them into ``KeyboardInterrupt``, so staged outputs are removed. If the supervisor itself is killed, Linux sends the worker SIGTERM
 (``PR_SET_PDEATHSIG``), so no orphan keeps running.
 """
 
@@ -50,7 +49,8 @@ def supervise(argv: list[str], out: Path | None) -> int:
     if code >= 0:
         return code
     removed = [_remove(d) for d in _staging_dirs(out) - before]
-    print(f"tvmq: error: {_death(-code)}; {_outcome(out, removed)}", file=sys.stderr)
+    # a new line first: the worker may have died in the middle of a progress bar's line
+    print(f"\ntvmq: error: {_death(-code)}; {_outcome(out, removed)}", file=sys.stderr)
     return 128 - code
 
 
@@ -64,10 +64,12 @@ def worker_signals(debug: bool) -> None:
     Python stack dump, which then re-raises into the default action.
     """
     def interrupt(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        global _interrupted
+        _interrupted = signal.Signals(signum)
+        raise KeyboardInterrupt(_interrupted.name)
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for sig in FORWARDED:
+        signal.signal(sig, interrupt)
     import tvm_ffi  # noqa: F401  (installs its handler on load; replace it now, not later)
 
     for sig in CRASHES:
@@ -76,6 +78,18 @@ def worker_signals(debug: bool) -> None:
         import faulthandler
 
         faulthandler.enable()
+
+
+def interruption() -> signal.Signals | None:
+    """The signal that interrupted this worker, if any.
+
+    Raised inside a TVM call (TVM polls for signals in long loops), the ``KeyboardInterrupt``
+    comes back out of the FFI as a ``RuntimeError``; this says what it really was.
+    """
+    return _interrupted
+
+
+_interrupted: signal.Signals | None = None
 
 
 def _worker_setup(parent: int) -> None:

@@ -180,6 +180,19 @@ def _(tmp, mp):
     return compile_argv(tmp, _save(tmp, _mutated(huge)))
 
 
+@case("model: attributes that give a negative shape (found by fuzzing)",
+      r"tensor 'a' is given the empty or negative shape \(\?, 8, -2097138, 12\) by node 'conv_a' \(Conv\)")
+def _(tmp, mp):
+    def dilate(model):
+        next(a for a in _node(model, "conv_a").attribute if a.name == "dilations").ints[0] = 1 << 20
+    return compile_argv(tmp, _save(tmp, _mutated(dilate)))
+
+
+@case("model: input of an unknown element type (found by fuzzing)", r"input 'x' has an unknown element type \(99\)")
+def _(tmp, mp):
+    return compile_argv(tmp, _save(tmp, _mutated(lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 99))))
+
+
 @case("model: initializer dims claim 2^40 elements", r"needs about .* TiB of memory|fails the ONNX checker|"
                                                       r"shape inference failed")
 def _(tmp, mp):
