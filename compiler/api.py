@@ -83,7 +83,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     config = config or Config(target=target)
     spec = get_target(config.target)
     started = time.perf_counter()
-    imported = load_model(model, config.input_shapes)
+    imported = load_model(model, config.input_shapes, config.batch_size)
     source = _single_float_input(imported)
     calib_data = _dataset(calib, source, "calibration")
     eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data

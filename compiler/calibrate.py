@@ -14,9 +14,9 @@ from tvmq.passes.expose import ExposeTensors, exposed_names, named_vars
 
 from .data import Dataset
 from .errors import TvmqError
+from .resources import EXPOSED_BYTES_BUDGET  # all tensors of one calibration / evaluation run, alive at once
 
 logger = logging.getLogger(__name__)
-EXPOSED_BYTES_BUDGET = 512 << 20  # all tensors of one calibration / evaluation run, alive at once
 
 
 def bounded_batch(mod, names: list[str], batch_size: int) -> int:

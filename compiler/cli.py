@@ -1,7 +1,8 @@
 """The ``tvmq`` command line: ``compile``, ``run`` and ``demo``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
-the traceback instead.
+the traceback instead. Every command runs in a worker process (``isolate``), so a native
+crash inside TVM is reported the same way instead of killing ``tvmq`` with a signal.
 """
 
 from __future__ import annotations
@@ -10,15 +11,26 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
+from . import isolate
 from .errors import TvmqError
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, isolated: bool | None = None) -> int:
+    """Run the command line ``argv``; ``isolated`` (default: unless already a worker) runs it in a worker."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = _parser()
     args = parser.parse_args(argv)
+    if isolated is None:
+        isolated = not isolate.in_worker()
+    if isolated:
+        return isolate.supervise(argv, getattr(args, "out", None))
+    if isolate.in_worker():
+        isolate.worker_signals(args.debug)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="tvmq: %(message)s", stream=sys.stderr)
     try:
@@ -29,15 +41,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tvmq: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("tvmq: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as err:  # a bug or a TVM failure: still one line unless --debug
+        if isolate.interruption() is not None:  # the interrupt surfaced through a TVM call
+            return _interrupted()
         if args.debug:
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         print(f"tvmq: internal error ({type(err).__name__}): {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+def _interrupted() -> int:
+    sig = isolate.interruption() or signal.SIGINT
+    print(f"tvmq: interrupted ({sig.name}); nothing was written", file=sys.stderr)
+    return 128 + int(sig)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,11 +141,17 @@ def _check_output(out: Path, force: bool) -> None:
     """Fail before any work if the output directory cannot be created."""
     if out.exists() and not force:
         raise TvmqError(f"output directory {out} already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise TvmqError(f"output {out} exists and is not a directory")
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TvmqError(f"cannot write output directory {out}: {parent} is not writable")
+    if not parent.is_dir():
+        raise TvmqError(f"cannot write output directory {out}: {parent} is not a directory")
+    try:  # os.access says yes to root everywhere; only a real directory creation is proof
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".tvmq-probe-"))
+    except OSError as err:
+        raise TvmqError(f"cannot write output directory {out}: {parent} is not writable ({err.strerror})") from None
 
 
 def _compile(args) -> int:

@@ -6,6 +6,7 @@ never loaded (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +15,7 @@ import numpy as np
 
 from .errors import TvmqError
 from .frontend import InputSpec
+from .resources import check_array_fits
 
 
 @dataclass
@@ -63,8 +65,11 @@ def _read_arrays(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise TvmqError(f"{role} data file not found: {path}")
     try:
         if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                _check_header(handle, path.stat().st_size, f"{role} data {path.name}")
             return np.load(path, allow_pickle=False), None
         if path.suffix == ".npz":
+            _check_members(path, f"{role} data {path.name}")
             with np.load(path, allow_pickle=False) as archive:
                 if "x" not in archive.files:
                     raise TvmqError(f"{role} data {path.name} has no array 'x' (found: {', '.join(archive.files)})")
@@ -78,3 +83,34 @@ def _read_arrays(path: Path, role: str) -> tuple[np.ndarray, np.ndarray | None]:
     except Exception as err:
         raise TvmqError(f"{role} data {path.name} is not a readable numpy file: {err}") from None
     raise TvmqError(f"{role} data must be a .npy or .npz file, got {path.name}")
+
+
+def _check_header(handle, size: int, what: str) -> None:
+    """Read a ``.npy`` header; refuse pickled, truncated or too-large arrays before loading them.
+
+    ``size`` is the bytes from the start of ``handle`` to the end of the array's file.
+    """
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(handle)
+    if version not in ((1, 0), (2, 0)):
+        raise TvmqError(f"{what} uses .npy format version {version}; only 1.0 and 2.0 are read")
+    reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _fortran, dtype = reader(handle)
+    if dtype.hasobject:
+        raise TvmqError(f"{what} holds pickled objects; only plain arrays are accepted")
+    check_array_fits(shape, dtype, what)
+    declared = math.prod(shape) * dtype.itemsize
+    if size - handle.tell() < declared:
+        raise TvmqError(f"{what} is truncated: its header declares {declared} bytes of data, "
+                        f"the file holds {size - handle.tell()}")
+
+
+def _check_members(path: Path, what: str) -> None:
+    """Check the header of every ``.npy`` member of an ``.npz`` (a zip bomb declares huge arrays)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                _check_header(member, info.file_size, f"{what} (array {info.filename!r})")

@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import TvmqError
+from .resources import check_model_fits
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,20 @@ class ImportedModel:
     onnx_names: dict[str, str] = field(default_factory=dict)  # variable name -> ONNX tensor name
 
 
-def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None) -> ImportedModel:
+def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, batch_size: int = 64) -> ImportedModel:
     """Read, check and import an ONNX model.
 
     ``input_shapes`` fixes symbolic dimensions (``{"input": (1, 3, 224, 224)}``); a symbolic
-    leading dimension that is not fixed stays free as the batch size.
+    leading dimension that is not fixed stays free as the batch size. A model whose
+    quantization would not fit in memory (``resources``, with calibration batches of
+    ``batch_size``) is refused before TVM sees it.
     """
     model = _read(Path(path))
     specs = _input_specs(model, input_shapes or {})
     _set_input_shapes(model, specs)
     model = _infer_shapes(model)
+    _check_inferred_shapes(model)
+    check_model_fits(model, Path(path).name, batch_size)
     outputs = [o.name for o in model.graph.output]
     probes = _float_tensors(model, exclude=set(outputs))
     mod = _import(_with_probes(model, probes))
@@ -86,7 +91,17 @@ def _read(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except Exception as err:
         raise TvmqError(f"{path} fails the ONNX checker: {_first_line(err)}") from None
+    _check_opset(model, path)
     return model
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    """The checker accepts any opset version; an operator set newer than onnx knows has no schemas."""
+    latest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= latest:
+            raise TvmqError(f"{path} imports opset {opset.version} of the ONNX domain; this onnx "
+                            f"{onnx.__version__} knows opsets 1 to {latest}")
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
@@ -140,7 +155,10 @@ def _input_specs(model: onnx.ModelProto, overrides: dict[str, tuple]) -> list[In
 
 def _input_spec(value: onnx.ValueInfoProto, override: tuple | None) -> InputSpec:
     tensor = value.type.tensor_type
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    except (KeyError, ValueError, TypeError):
+        raise TvmqError(f"input {value.name!r} has an unknown element type ({tensor.elem_type})") from None
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     if override is not None:
         if len(override) != len(dims) or any(d is not None and d != o for d, o in zip(dims, override)):
@@ -180,6 +198,23 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as err:
         raise TvmqError(f"ONNX shape inference failed: {_first_line(err)}") from None
+
+
+def _check_inferred_shapes(model: onnx.ModelProto) -> None:
+    """Shape inference happily computes negative or zero sizes from bad attributes (a dilation
+    of 2^20 on a 12-pixel image); TVM would fail on them deep inside a pass."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for value in list(model.graph.value_info) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in dims):
+            node = producer.get(value.name)
+            where = f" by node {node.name or node.op_type!r} ({node.op_type})" if node is not None else ""
+            raise TvmqError(f"tensor {value.name!r} is given the empty or negative shape {_fmt(_dims(dims))}{where}: "
+                            f"check its attributes (kernel, strides, pads, dilations) against its input")
+
+
+def _dims(dims) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
 def _float_tensors(model: onnx.ModelProto, exclude: set[str]) -> list[str]:

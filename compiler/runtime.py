@@ -36,6 +36,9 @@ class DeployedModel:
         self._device = tvm.cpu()
         self._vm = VirtualMachine(tvm.runtime.load_module(str(self.directory / LIBRARY)), self._device)
         with np.load(self.directory / PARAMS, allow_pickle=False) as archive:
+            missing = sorted(set(self.manifest["params"]) - set(archive.files))
+            if missing:
+                raise TvmqError(f"{PARAMS} lacks the parameter(s) {', '.join(missing[:5])} named in the manifest")
             self._params = [tvm.runtime.tensor(archive[name], self._device) for name in self.manifest["params"]]
         self.inputs = self.manifest["inputs"]
 
@@ -67,13 +70,26 @@ def _read_manifest(directory: Path) -> dict:
     if not path.is_file():
         raise TvmqError(f"{directory} is not a tvmq artifact (no {MANIFEST})")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TvmqError(f"{path} is corrupt: {err}") from None
+    if not isinstance(manifest, dict) or not _well_formed(manifest):
+        raise TvmqError(f"{path} is not a valid tvmq manifest (missing or malformed files, params or inputs)")
+    return manifest
+
+
+def _well_formed(manifest: dict) -> bool:
+    """The fields ``load`` relies on: a sha256 for the library and the params, params and inputs lists."""
+    files, params, inputs = manifest.get("files"), manifest.get("params"), manifest.get("inputs")
+    return (isinstance(files, dict) and {LIBRARY, PARAMS} <= set(files)
+            and all(isinstance(v, str) for v in files.values())
+            and isinstance(params, list) and all(isinstance(p, str) for p in params)
+            and isinstance(inputs, list) and all(isinstance(i, dict) and {"name", "shape", "dtype"} <= set(i)
+                                                 for i in inputs))
 
 
 def _verify_files(directory: Path, manifest: dict) -> None:
-    for name, digest in manifest.get("files", {}).items():
+    for name, digest in manifest["files"].items():
         path = directory / name
         if Path(name).name != name or not path.is_file():
             raise TvmqError(f"artifact file {name!r} listed in the manifest is missing")

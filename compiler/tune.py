@@ -7,6 +7,7 @@ with only the target's own intrinsics registered once, works (shared/TOOLCHAIN.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -21,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 
 def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
+    """``_tune`` holding the database's lock: one tvmq process tunes into ``work_dir`` at a time."""
+    with _locked(work_dir):
+        return _tune(mod, spec, trials, work_dir)
+
+
+def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     """Lower ``mod`` to fused TIR, tune the tasks missing from ``work_dir``, apply the records.
 
     Tasks that already have records in ``work_dir`` are not tuned again, so a second build
@@ -35,11 +42,10 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
                                         relax.get_pipeline("zero")])(mod)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    database = _open_database(work_dir)
     spec.prepare()
-    database = ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
-    missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    missing = [t for t in tasks if database.query_tuning_record(t.dispatched[0], spec.target, t.task_name) is None]
     measured, seconds = 0, 0.0
     if missing:
         start = time.perf_counter()
@@ -67,11 +73,9 @@ def _kernel_latencies(database, tasks: list) -> list[dict]:
     """Each task's best measured latency in the database, slowest total first: where the time goes."""
     rows = []
     for task in tasks:
-        if not database.has_workload(task.dispatched[0]):
-            continue
-        top = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
-        if top and top[0].run_secs:
-            us = 1e6 * sum(float(t) for t in top[0].run_secs) / len(top[0].run_secs)
+        record = database.query_tuning_record(task.dispatched[0], task.target, task.task_name)
+        if record is not None and record.run_secs:
+            us = 1e6 * sum(float(t) for t in record.run_secs) / len(record.run_secs)
             rows.append({"kernel": task.task_name, "calls": int(task.weight), "us": round(us, 2)})
     return sorted(rows, key=lambda r: -r["us"] * r["calls"])
 
@@ -90,6 +94,46 @@ def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
                                rand_state=seed, num_threads="physical").clone()
                 for task, task_logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)))]
     return contexts, [t.weight for t in tasks]
+
+
+@contextlib.contextmanager
+def _locked(work_dir: Path):
+    """An exclusive ``flock`` on ``work_dir/.lock`` (the kernel drops it when a process dies).
+
+    MetaSchedule's JSONDatabase numbers workloads by its in-memory count at open time and
+    appends lines; two processes appending to one database would write records that point
+    at each other's workloads. Tuning is therefore serialized per database; the second
+    process then finds the first one's records and tunes only what is still missing.
+    """
+    import fcntl
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another tvmq process to finish tuning into %s", work_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _open_database(work_dir: Path):
+    """Open the JSON database, first cutting a torn last line left by a killed process.
+
+    Records are appended one line at a time, so only the last line can be partial, and a
+    partial workload line has no record pointing at it yet (records follow their workload).
+    JSONDatabase would refuse to parse the whole file otherwise.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        path = work_dir / name
+        data = path.read_bytes() if path.is_file() else b""
+        if data and not data.endswith(b"\n"):
+            logger.warning("dropping a partial line at the end of %s (an interrupted run)", path)
+            with open(path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
 
 
 def _quiet_meta_schedule_console() -> None:
