@@ -391,7 +391,8 @@ def table(case: Case, result: dict) -> str:
     head += ["int8 conv/matmul", "calibration s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for what, reason in case.failures:
-        lines.append("| " + " | ".join(["tvmq", "minmax", what, f"**failed**: {reason}"] + [""] * (len(head) - 4)) + " |")
+        outcome = reason if reason.startswith("compiles") else f"**failed**: {reason}"
+        lines.append("| " + " | ".join(["tvmq", "minmax", what, outcome] + [""] * (len(head) - 4)) + " |")
     for row in result["rows"]:
         if "not_run" in row:
             cells = [row["tool"], row["calibrator"], "both", f"**not run**: {row['not_run']}"]
@@ -531,6 +532,8 @@ def main(argv=None) -> int:
             sections[key] = f"## {key}\n\n**Could not be fetched or prepared**: {_one_line(err)}\n"
             print(sections[key])
             continue
+        if args.section:
+            case.title += f": {', '.join(calibrators)} re-run (section {args.section})"
         result = run_case(case, calibrators, [True, False], not args.no_ort)
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         section = args.section or key
