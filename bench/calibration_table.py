@@ -53,6 +53,7 @@ class Case:
     extra_name: str | None = None  # an extra per-model metric, computed on all outputs
     extra: object = None  # callable(outputs fp32 list, outputs int8 list) -> str
     failures: list[tuple[str, str]] = field(default_factory=list)  # (what, reason) rows
+    not_run: dict[str, str] = field(default_factory=dict)  # calibrator -> why this model skips it
 
 
 # ----------------------------------------------------------------------------- models
@@ -139,6 +140,9 @@ def nsfw_case(quick: bool) -> Case:
                  "(`tvmq.zoo.fold_constants`, `merge_pads`; exact, checked below). The shipped file fails in tvmq "
                  "(rows *as shipped* / *folded only*)."],
                 batch_size=4, extra_name="Δ NSFW score mean / max", extra=nsfw_delta)
+    case.not_run["eq"] = ("EasyQuant builds and runs the whole int8 network once per conv / dense layer, 54 "
+                          "here: from this model's compile times in the rows below (minutes per compile, "
+                          "several builds each), estimated at about an hour per granularity on 2 cores")
     case.shipped = shipped
     return case
 
@@ -332,6 +336,10 @@ def _run_case(case: Case, calibrators: list[str], granularities: list[bool], wit
                                f"(ONNX Runtime): {diff:.3g}.")
         tvmq_failure_rows(case)
     for calibrator in calibrators:
+        if calibrator in case.not_run:
+            result["rows"].append({"tool": "tvmq", "calibrator": calibrator, "per_channel": None,
+                                   "not_run": case.not_run[calibrator]})
+            continue
         for per_channel in granularities:
             what = f"tvmq {calibrator} {'per-channel' if per_channel else 'per-tensor'}"
             logger.info("%s: %s", case.key, what)
@@ -383,8 +391,13 @@ def table(case: Case, result: dict) -> str:
     head += ["int8 conv/matmul", "calibration s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for what, reason in case.failures:
-        lines.append("| " + " | ".join(["tvmq", "minmax", what, f"**failed**: {reason}"] + [""] * (len(head) - 4)) + " |")
+        outcome = reason if reason.startswith("compiles") else f"**failed**: {reason}"
+        lines.append("| " + " | ".join(["tvmq", "minmax", what, outcome] + [""] * (len(head) - 4)) + " |")
     for row in result["rows"]:
+        if "not_run" in row:
+            cells = [row["tool"], row["calibrator"], "both", f"**not run**: {row['not_run']}"]
+            lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
+            continue
         cells = [row["tool"], row["calibrator"], "per-channel" if row["per_channel"] else "per-tensor"]
         if "error" in row:
             cells.append(f"**failed**: {row['error']}")
@@ -446,7 +459,7 @@ def machine() -> str:
             f"- Python {platform.python_version()}; {versions}")
 
 
-SECTIONS = ["notes", "mnist", "rnet", "onet", "nsfw", "memory"]  # "notes": written by hand, never replaced
+SECTIONS = ["notes", "mnist", "rnet", "onet", "nsfw", "nsfw-rerun", "memory"]  # "notes": by hand, never replaced
 
 
 def write_doc(sections: dict[str, str]) -> None:
@@ -498,7 +511,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calibration / evaluation samples")
     parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime rows")
     parser.add_argument("--no-write", action="store_true", help=f"print only; do not update {DOC.relative_to(ROOT)}")
+    parser.add_argument("--section", choices=SECTIONS[1:], default=None,
+                        help="write the (single) model's table into this section instead of its own, e.g. a "
+                             "re-run of some calibrators beside the full table (nsfw-rerun)")
     args = parser.parse_args(argv)
+    if args.section and len(args.models) != 1:
+        parser.error("--section takes exactly one model")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("tvmq", "tvm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -514,13 +532,16 @@ def main(argv=None) -> int:
             sections[key] = f"## {key}\n\n**Could not be fetched or prepared**: {_one_line(err)}\n"
             print(sections[key])
             continue
+        if args.section:
+            case.title += f": {', '.join(calibrators)} re-run (section {args.section})"
         result = run_case(case, calibrators, [True, False], not args.no_ort)
         date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        sections[key] = table(case, result) + (f"\n_Measured {date} in {result['seconds'] / 60:.1f} min by "
+        section = args.section or key
+        sections[section] = table(case, result) + (f"\n_Measured {date} in {result['seconds'] / 60:.1f} min by "
                                                f"`{command.strip()}` at tvmq commit {commit()}._\n")
-        print("\n" + sections[key], flush=True)
+        print("\n" + sections[section], flush=True)
         if not args.no_write:  # write as we go: a long run keeps what it has measured
-            write_doc({key: sections[key]})
+            write_doc({section: sections[section]})
     if not args.no_write and sections:
         print(f"wrote {DOC}")
     logger.info("done in %.1f min", (time.perf_counter() - started) / 60)

@@ -3,7 +3,9 @@
 When a batch falls outside the current range, the range is widened (to the next power-of-two
 multiple of its width, so regrowth is rare) and the old counts are redistributed into the new
 bins by linear interpolation of their cumulative distribution, as torch's HistogramObserver and
-ONNX Runtime's HistogramCalibrater do in spirit.
+ONNX Runtime's HistogramCalibrater do in spirit. A ``symmetric`` histogram spans ``[-h, h]``
+(as ONNX Runtime's entropy histogram), so that 0 is the edge between its two middle bins and a
+doubling keeps the old edges (every new bin is exactly two old ones).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ NUM_BINS = 2048
 class Histogram:
     """Counts of observed values over ``[lo, hi]`` in ``bins`` equal bins, plus the exact extremes."""
 
-    def __init__(self, bins: int = NUM_BINS, lower: float | None = None):
-        self.bins, self.lower = bins, lower  # ``lower``: a fixed start of the range (0 for |x|)
+    def __init__(self, bins: int = NUM_BINS, symmetric: bool = False):
+        if symmetric and bins % 2:
+            raise ValueError(f"a symmetric histogram needs an even number of bins, got {bins}")
+        self.bins, self.symmetric = bins, symmetric
         self.counts = np.zeros(bins, np.float64)
         self.lo = self.hi = None  # histogram range
         self.min, self.max = np.inf, -np.inf  # exact extremes seen
@@ -37,8 +41,10 @@ class Histogram:
             return
         vmin, vmax = float(values.min()), float(values.max())
         self.min, self.max = min(self.min, vmin), max(self.max, vmax)
+        if self.symmetric:
+            vmin, vmax = -max(-vmin, vmax, 1e-8), max(-vmin, vmax, 1e-8)
         if self.lo is None:
-            self.lo = vmin if self.lower is None else min(self.lower, vmin)
+            self.lo = vmin
             self.hi = vmax if vmax > self.lo else self.lo + 1e-8
         elif vmin < self.lo or vmax > self.hi:
             self._grow(vmin, vmax)
@@ -46,12 +52,16 @@ class Histogram:
         self.counts += counts
 
     def _grow(self, vmin: float, vmax: float) -> None:
-        """Double the width until it covers the new values, keeping the side that did not move."""
+        """Double the width until it covers the new values, keeping the side that did not move
+        (both sides move when symmetric: the range stays centred on 0)."""
         lo, hi = min(self.lo, vmin), max(self.hi, vmax)
         width = self.hi - self.lo
         while width < hi - lo:
             width *= 2
-        new_lo = hi - width if vmin < self.lo and vmax <= self.hi else lo
+        if self.symmetric:
+            new_lo = -width / 2
+        else:
+            new_lo = hi - width if vmin < self.lo and vmax <= self.hi else lo
         new_edges = np.linspace(new_lo, new_lo + width, self.bins + 1)
         self.counts = rebin(self.counts, self.edges, new_edges)
         self.lo, self.hi = new_edges[0], new_edges[-1]
