@@ -91,7 +91,7 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--target", default="host", help="target name (default: host, the machine running tvmq)")
     parser.add_argument("--calibrator", default="minmax",
-                        help="activation range estimator: minmax, kld, percentile, mse or auto (default: minmax)")
+                        help="activation range estimator: minmax, kld, percentile, mse, eq or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",
                         help="weight scales (default: per-channel)")
     scheme = parser.add_mutually_exclusive_group()
