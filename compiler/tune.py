@@ -42,8 +42,8 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
                                         relax.get_pipeline("zero")])(mod)
+    spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
-    spec.prepare()
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
     missing = [t for t in tasks if database.query_tuning_record(t.dispatched[0], spec.target, t.task_name) is None]
     measured, seconds = 0, 0.0
