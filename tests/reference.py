@@ -8,16 +8,22 @@ import numpy as np
 def conv2d_int(x_q: np.ndarray, w_q: np.ndarray, pad_value: int, stride: int, pad: int, dilation: int,
                groups: int) -> np.ndarray:
     """NCHW x OIHW integer convolution, accumulated exactly in int64."""
+    return conv2d(x_q, w_q, pad_value, stride, pad, dilation, groups, np.int64)
+
+
+def conv2d(x_q: np.ndarray, w_q: np.ndarray, pad_value, stride: int, pad: int, dilation: int, groups: int,
+           dtype=np.float64) -> np.ndarray:
+    """NCHW x OIHW convolution accumulated in ``dtype``, one kernel tap at a time."""
     n, c, h, w = x_q.shape
     o, cg, kh, kw = w_q.shape
-    x = np.pad(x_q.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=pad_value)
+    x = np.pad(x_q.astype(dtype), ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=pad_value)
     oh = (h + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
     ow = (w + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
-    out = np.zeros((n, o, oh, ow), np.int64)
+    out = np.zeros((n, o, oh, ow), dtype)
     og = o // groups
     for g in range(groups):
         xs = x[:, g * cg:(g + 1) * cg]
-        ws = w_q[g * og:(g + 1) * og].astype(np.int64)
+        ws = w_q[g * og:(g + 1) * og].astype(dtype)
         for i in range(kh):
             for j in range(kw):
                 patch = xs[:, :, i * dilation: i * dilation + stride * oh: stride,
