@@ -84,10 +84,9 @@ def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
     """One tuning context per task (as MetaSchedule's relax integration makes them), each with
     the target's search space for that task."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
+    loggers = _task_loggers(work_dir, [t.task_name for t in tasks])
     contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, task_name=task.task_name,
                                space_generator=(spec.search_space and spec.search_space(task.task_name))
                                or _search_space(), search_strategy="evolutionary", logger=task_logger,
@@ -134,6 +133,23 @@ def _open_database(work_dir: Path):
             with open(path, "r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
     return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+
+
+def _task_loggers(work_dir: Path, names: list[str]) -> list:
+    """MetaSchedule's per-task loggers. Its logging setup lists the handlers already on its
+    global logger by name and fails on an unnamed one (another library's or a test's), so
+    those are set aside while it configures logging."""
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    global_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in global_logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        global_logger.removeHandler(handler)
+    try:
+        return get_loggers_from_work_dir(str(work_dir), names)
+    finally:
+        for handler in unnamed:
+            global_logger.addHandler(handler)
 
 
 def _quiet_meta_schedule_console() -> None:
