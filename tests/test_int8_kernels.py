@@ -7,6 +7,7 @@ import onnx_models
 import tvmq
 from reference import conv2d_int, requantize
 from tvmq.config import Config
+from tvmq.targets.x86 import cpu_flags
 
 
 def _scales(compiled, tensor):
@@ -60,6 +61,18 @@ def test_tuned_conv_matches_integer_reference(tmp_path, rng):
     again = tvmq.compile(path, calib, config=config)  # a warm database: no new trials
     assert {p: p.read_bytes() for p in (tmp_path / "db").glob("*.json")} == records
     np.testing.assert_array_equal(again.run(calib[:1]), compiled.run(calib[:1]))
+
+
+@pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="CPU without AVX-512 VNNI")
+def test_tuned_vnni_conv_runs_vpdpbusd_and_matches_integer_reference(tmp_path, rng):
+    """The auto-tensorized kernel (packed weights) is in the code and computes the same integers."""
+    model = onnx_models.conv_chain(channels=32)
+    path = onnx_models.save(model, tmp_path / "conv.onnx")
+    calib = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=Config(trials=24, tuning_db=tmp_path / "db", latency_runs=1))
+    asm = "\n".join(m.inspect_source("asm") for m in compiled.executable.mod.imports if m.kind == "llvm")
+    assert "vpdpbusd" in asm, "no tuned kernel uses the VNNI instruction"
+    _check_conv(compiled, model, calib[:1], 1, 1, 1, 1)
 
 
 def _check_conv(compiled, model, x, stride, pad, dilation, groups):
