@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,11 +29,13 @@ def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
 
 
 def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
-    """Lower ``mod`` to fused TIR, tune the tasks missing from ``work_dir``, apply the records.
+    """Lower ``mod`` to fused TIR, tune what the budget still asks of ``work_dir``, apply the records.
 
-    Tasks that already have records in ``work_dir`` are not tuned again, so a second build
-    of the same model and target runs zero new trials. Returns ``(module, summary)`` with
-    the number of tasks tuned now and taken from the database.
+    ``trials`` is split evenly over the tasks; a task tuned before to at least its share
+    (:func:`_trials_done`) is not tuned again, so a second build of the same model and target
+    runs zero new trials, a larger budget tunes on from the best records, and a killed run
+    resumes. Returns ``(module, summary)`` with the number of tasks tuned now and taken from
+    the database.
     """
     import tvm
     from tvm import relax
@@ -45,28 +48,72 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
-    missing = [t for t in tasks if database.query_tuning_record(t.dispatched[0], spec.target, t.task_name) is None]
+    share = max(1, -(-trials // len(tasks)))
+    ledger = _Ledger(work_dir)
+    owed = {i: share - _trials_done(database, ledger, t, share) for i, t in enumerate(tasks)}
+    missing = [tasks[i] for i, n in owed.items() if n > 0]
     measured, seconds = 0, 0.0
     if missing:
         start = time.perf_counter()
-        logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), trials, work_dir)
+        budget = sum(n for n in owed.values() if n > 0)
+        logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), budget, work_dir)
         contexts, weights = _tune_contexts(missing, spec, work_dir)
         _quiet_meta_schedule_console()  # after the contexts: making their loggers configures logging
-        with tqdm(total=trials, desc="tune", unit="trial", leave=False) as bar:
+        with tqdm(total=budget, desc="tune", unit="trial", leave=False, disable=None) as bar:
+            progress = _progress(bar)
             ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                max_trials_per_task=max(1, -(-trials // len(missing))), num_trials_per_iter=min(32, trials),
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=budget,
+                max_trials_per_task=max(owed.values()), num_trials_per_iter=min(32, budget),
                 builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _progress(bar)])
-            measured, seconds = bar.n, time.perf_counter() - start
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress])
+            measured, seconds = progress.measured, time.perf_counter() - start
+        ledger.record(database, missing, share)
         logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
                     60 * measured / max(seconds, 1e-9), work_dir / "logs")
     else:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
     summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing),
                "measured": measured, "seconds": round(seconds, 1), "kernels": _kernel_latencies(database, tasks)}
-    with spec.target, tvm.transform.PassContext(opt_level=3):
-        return relax.transform.MetaScheduleApplyDatabase(str(work_dir), enable_warning=False)(mod), summary
+    with spec.target, database, tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod), summary
+
+
+def _trials_done(database, ledger: "_Ledger", task, share: int) -> int:
+    """How many of ``share`` trials ``task`` already had: its records (a killed run's count too),
+    or the share of a finished run, which may have measured fewer (a small space runs out)."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    workload = database.commit_workload(mod)  # the stored one: has_workload said it is there
+    return max(len(database.get_top_k(workload, share)), ledger.trials(workload))
+
+
+class _Ledger:
+    """``trials.json`` in the database directory: the trials each workload was given by tuning
+    runs that finished, keyed by MetaSchedule's structural hash of the workload."""
+
+    def __init__(self, work_dir: Path):
+        import json
+
+        self.path = work_dir / "trials.json"
+        self.given = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def trials(self, workload) -> int:
+        return int(self.given.get(_workload_key(workload), 0))
+
+    def record(self, database, tasks: list, share: int) -> None:
+        import json
+
+        from tvmq.fileio import atomic_write_bytes
+
+        for task in tasks:
+            key = _workload_key(database.commit_workload(task.dispatched[0]))
+            self.given[key] = max(self.given.get(key, 0), share)
+        atomic_write_bytes(self.path, json.dumps(self.given, indent=0, sort_keys=True).encode())
+
+
+def _workload_key(workload) -> str:
+    return str(workload.as_json()[0])
 
 
 def _kernel_latencies(database, tasks: list) -> list[dict]:
@@ -159,13 +206,17 @@ def _quiet_meta_schedule_console() -> None:
 
 
 def _progress(bar):
-    """A measure callback that advances ``bar`` by each round's measured candidates."""
+    """A measure callback that counts measured candidates and advances ``bar`` (which is
+    silent when the output is not a terminal) by each round's."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
+        measured = 0
+
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.measured += len(runner_results)
             bar.update(len(runner_results))
 
     return Progress()
@@ -190,21 +241,29 @@ def _in_process_builder():
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
     from tvm.support.tar import tar
 
+    def build_one(item):
+        try:
+            mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+            built = tvm.tirx.build(mod, target=item.target)
+            path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "candidate." + tar.output_format)
+            built.export_library(path, fcompile=tar)
+            return ms.builder.BuilderResult(path, None)
+        except Exception as err:  # a failing candidate is a tuning outcome, not an error
+            return ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"[:2000])
+
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
-        """Build each candidate in this process and export it as a tar for the runner."""
+        """Build candidates on threads of this process (TVM's build releases the GIL: two
+        threads halve a round's build time on two cores) and export each as a tar for the runner."""
 
         def build(self, build_inputs):
-            results = []
-            for item in build_inputs:
-                try:
-                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                    built = tvm.tirx.build(mod, target=item.target)
-                    path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "candidate." + tar.output_format)
-                    built.export_library(path, fcompile=tar)
-                    results.append(ms.builder.BuilderResult(path, None))
-                except Exception as err:  # a failing candidate is a tuning outcome, not an error
-                    results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"[:2000]))
-            return results
+            with ThreadPoolExecutor(max_workers=_build_threads()) as pool:
+                return list(pool.map(build_one, build_inputs))
 
     return InProcessBuilder()
+
+
+def _build_threads() -> int:
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or 1)

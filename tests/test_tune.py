@@ -17,3 +17,36 @@ def test_task_loggers_survive_an_unnamed_handler_on_meta_schedules_logger(tmp_pa
         assert handler in ms_logger.handlers
     finally:
         ms_logger.removeHandler(handler)
+
+
+def _dense_module():
+    """One float dense: a single tuning task."""
+    import numpy as np
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 32), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            w = relax.const(np.ones((32, 16), np.float32))
+            out = builder.emit_output(relax.op.matmul(x, w))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def test_a_larger_budget_tunes_on_and_an_equal_one_runs_nothing(tmp_path):
+    """The budget is split over the tasks: a task is tuned again only when its share grew."""
+    from tvmq.targets import get_target
+    from tvmq.tune import tune
+
+    spec, db = get_target("host"), tmp_path / "db"
+
+    def tuned(trials):
+        return tune(_dense_module(), spec, trials, db)[1]
+
+    first = tuned(2)
+    assert first["tuned_now"] == first["tasks"] == 1 and first["measured"] >= 1
+    again = tuned(2)
+    assert again["tuned_now"] == 0 and again["measured"] == 0 and again["from_database"] == 1
+    more = tuned(4)
+    assert more["tuned_now"] == 1 and more["measured"] >= 1
