@@ -332,7 +332,7 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         "target": str(spec.target),
         "target_features": list(spec.features),
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": scheme.activation_dtype},
+                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
         "quantization": _with_onnx_names(record, imported.onnx_names),

@@ -93,8 +93,11 @@ def _fallback(section: dict | None) -> list[str]:
         return lines + [f"Latency fallback: {section['status']}.", ""]
     kept = [row for row in section["layers"] if row["kept_fp32"]]
     if not kept:
-        return lines + [f"Every int8 layer ({len(section['layers'])}) was faster than its tuned fp32 kernel "
-                        "(int8 kernel plus its quantize / dequantize edges, tuned latency).", ""]
+        compared = [row for row in section["layers"] if row["fp32_us"] is not None and row["int8_us"] is not None]
+        unmeasured = len(section["layers"]) - len(compared)
+        return lines + [f"Every int8 layer ({len(compared)} compared) was faster than its tuned fp32 kernel "
+                        "(int8 kernel plus its quantize / dequantize edges, tuned latency)"
+                        + (f"; {unmeasured} without measurements stay int8." if unmeasured else "."), ""]
     return lines + ["Kept fp32: these layers' int8 kernel plus quantize / dequantize edges measured slower "
                     "than their tuned fp32 kernel (the int8 module was rebuilt without them).", "",
                     "| layer | fp32 µs | int8 µs |", "|---|---|---|",

@@ -173,3 +173,14 @@ def test_cli_flag_turns_the_fallback_off():
     args = ["demo", "--out", "x"]
     assert _config(_parser().parse_args(args)).latency_fallback is True
     assert _config(_parser().parse_args(args + ["--no-latency-fallback"])).latency_fallback is False
+
+
+def test_report_text_says_when_every_int8_layer_was_faster_or_nothing_ran():
+    from tvmq.report import _fallback
+
+    rows = [{"layer": "conv1", "fp32_us": 5.0, "int8_us": 2.0, "kept_fp32": False},
+            {"layer": "fc1", "fp32_us": None, "int8_us": 2.0, "kept_fp32": False}]
+    text = "\n".join(_fallback({"status": "ran", "layers": rows, "kept_fp32": []}))
+    assert "Every int8 layer (1 compared) was faster" in text and "1 without measurements stay int8" in text
+    text = "\n".join(_fallback({"status": "not run: no tuning (--trials 0)", "layers": [], "kept_fp32": []}))
+    assert "Latency fallback: not run: no tuning (--trials 0)." in text
