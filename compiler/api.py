@@ -34,7 +34,7 @@ from .errors import TvmqError
 from .evaluate import compare
 from .fileio import staged_directory
 from .frontend import ImportedModel, InputSpec, load_model
-from .report import layer_node, layer_rows, to_markdown
+from .report import LAYER_OPS, layer_node, layer_rows, to_markdown
 from .tune import tune
 from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
@@ -149,7 +149,7 @@ def _fallback_report(config: Config, fallback: _Fallback | None, nodes: dict) ->
 
 def _warn_fp32_layers(rows: list[dict]) -> None:
     """Say loudly when a conv / dense layer could not be realized in int8 (not when kept fp32 on purpose)."""
-    missed = [row["name"] for row in rows if row["op"] in ("Conv", "Gemm", "MatMul") and row["precision"] == "fp32"]
+    missed = [row["name"] for row in rows if row["op"] in LAYER_OPS and row["precision"] == "fp32"]
     if missed:
         logger.warning("%d conv/dense layer(s) stayed fp32: %s", len(missed), ", ".join(missed[:10]))
 
