@@ -1,7 +1,9 @@
-"""``tvmq.compile``: load -> fold -> calibrate -> realize -> evaluate -> build -> measure."""
+"""``tvmq.compile``: load -> fold -> calibrate -> realize -> build (tune, latency fallback) -> measure -> evaluate."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,12 +20,12 @@ from tvmq.passes.calibrators import make_observer
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
-from tvmq.passes.graph import pass_notes
+from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
 from tvmq.passes.realize import Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import assets, layerwise
+from . import assets, latency, layerwise
 from .build import bind_batch, build, virtual_machine
 from .calibrate import bounded_batch, collect_ranges
 from .config import Config
@@ -32,7 +34,7 @@ from .errors import TvmqError
 from .evaluate import compare
 from .fileio import staged_directory
 from .frontend import ImportedModel, InputSpec, load_model
-from .report import layer_rows, to_markdown
+from .report import LAYER_OPS, layer_node, layer_rows, to_markdown
 from .tune import tune
 from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
@@ -91,22 +93,29 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     run = _Runs(spec, source.shape[0], bounded_batch(fp32, _tensor_names(imported), config.batch_size))
 
     quantized = _quantize(fp32, imported, calib_data, config, spec, run)
+
+    deploy_batch = run.batch or config.deploy_batch
+    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
+    deployable = functools.partial(_build_deployable, model_batch=run.batch, deploy_batch=deploy_batch, spec=spec,
+                                   trials=config.trials, db=db)
+    fp32_built = deployable(fp32)
+    int8_built = deployable(quantized.int8, legalize=spec.legalize_int8)
+    fallback = None
+    if config.latency_fallback and config.trials > 0:
+        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec,
+                                                            functools.partial(deployable, legalize=spec.legalize_int8))
+    shape = source.static_shape(deploy_batch)
+    latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
+                  "int8": _median_ms(int8_built.executable, int8_built.params, shape, config.latency_runs)}
+
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
-    int8_exposed = quantized.refined.realize(quantized.scheme, expose=True)(fp32)
+    int8_exposed = quantized.refined.realize(quantized.scheme, expose=True, keep_fp32=quantized.keep_fp32)(fp32)
     probes = quantization_record(int8_exposed)["exposed"]
     comparison = compare(run.vm(ExposeTensors(probes)(fp32)), run.vm(int8_exposed), probes, eval_set,
                          run.batch, run.size)
 
-    deploy_batch = run.batch or config.deploy_batch
-    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
-    fp32_exe, fp32_params, fp32_tuning = _build_deployable(fp32, run.batch, deploy_batch, spec, config.trials, db)
-    int8_exe, int8_params, int8_tuning = _build_deployable(quantized.int8, run.batch, deploy_batch, spec,
-                                                           config.trials, db, legalize=spec.legalize_int8)
-    shape = source.static_shape(deploy_batch)
-    latency = {"fp32": _median_ms(fp32_exe, fp32_params, shape, config.latency_runs),
-               "int8": _median_ms(int8_exe, int8_params, shape, config.latency_runs)}
-
     record = quantization_record(quantized.int8)
+    int8_params = int8_built.params
     manifest = _manifest(imported, source, deploy_batch, spec, config, quantized.scheme, record, list(int8_params))
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
@@ -114,20 +123,33 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
-        "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
+        "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db),
-                                                              "fp32": fp32_tuning, "int8": int8_tuning},
+                                                              "fp32": fp32_built.tuning, "int8": int8_built.tuning},
+        "latency_fallback": _fallback_report(config, fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(fp32) + quantized.notes,
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     _warn_fp32_layers(report["layers"])
-    return CompiledModel(int8_exe, int8_params, manifest, report, baseline=(fp32_exe, fp32_params))
+    return CompiledModel(int8_built.executable, int8_params, manifest, report,
+                         baseline=(fp32_built.executable, fp32_built.params))
+
+
+def _fallback_report(config: Config, fallback: _Fallback | None, nodes: dict) -> dict:
+    """The report's ``latency_fallback``: whether it ran, each int8 layer's tuned µs, the layers kept fp32."""
+    if fallback is None:
+        why = "off (--no-latency-fallback)" if not config.latency_fallback else "not run: no tuning (--trials 0)"
+        return {"status": why, "layers": [], "kept_fp32": []}
+    layers = [{"layer": layer_node(nodes, fallback.chains[name]), "tensor": name, **dataclasses.asdict(timing),
+               "kept_fp32": name in fallback.kept} for name, timing in fallback.timings.items()]
+    return {"status": "ran", "layers": layers, "kept_fp32": [row["layer"] for row in layers if row["kept_fp32"]],
+            "rebuilt": fallback.rebuilt}
 
 
 def _warn_fp32_layers(rows: list[dict]) -> None:
-    """Say loudly when a conv / dense layer could not be realized in int8."""
-    missed = [row["name"] for row in rows if row["op"] in ("Conv", "Gemm", "MatMul") and row["precision"] != "int8"]
+    """Say loudly when a conv / dense layer could not be realized in int8 (not when kept fp32 on purpose)."""
+    missed = [row["name"] for row in rows if row["op"] in LAYER_OPS and row["precision"] == "fp32"]
     if missed:
         logger.warning("%d conv/dense layer(s) stayed fp32: %s", len(missed), ", ".join(missed[:10]))
 
@@ -152,6 +174,51 @@ class _Quantized:
     chosen: dict
     seconds: float
     notes: list
+    keep_fp32: tuple = ()  # layers the latency fallback keeps fp32 (output names)
+
+
+@dataclass
+class _Built:
+    """A deployable module built for the target: what tuning received (``module``), its tuning summary."""
+
+    executable: object
+    params: dict
+    tuning: dict | None
+    module: object
+
+
+@dataclass
+class _Fallback:
+    """What the latency fallback measured and did: each int8 layer's timing and chain (by output
+    name), the layers kept fp32, whether the int8 module was rebuilt."""
+
+    timings: dict
+    kept: list
+    chains: dict
+    rebuilt: bool
+
+
+def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_built: _Built, spec: TargetSpec,
+                      rebuild) -> tuple[_Quantized, _Built, _Fallback]:
+    """Keep fp32 every layer whose int8 kernel plus its quantize / dequantize edges measured slower
+    (tuning's records) than its tuned fp32 kernel, and rebuild the int8 module (``rebuild``).
+
+    Once, not to a fixed point: a layer kept fp32 gives its neighbours new edges, which are
+    tuned with the rebuilt module but not weighed again.
+    """
+    record = quantization_record(quantized.int8)
+    chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
+              if layer.out.name in record["weights"]}
+    timings = latency.attribute(fp32_built.module, int8_built.module, chains, spec,
+                                fp32_built.tuning["kernels"], int8_built.tuning["kernels"])
+    kept = latency.slower_in_int8(timings)
+    if not kept:
+        return quantized, int8_built, _Fallback(timings, kept, chains, False)
+    logger.info("%d layer(s) slower in int8 than fp32 stay fp32: %s", len(kept), ", ".join(kept))
+    quantized = dataclasses.replace(quantized, keep_fp32=tuple(kept), int8=quantized.refined.realize(
+        quantized.scheme, keep_fp32=kept)(fp32))
+    int8_built = rebuild(quantized.int8)
+    return quantized, int8_built, _Fallback(timings, kept, chains, True)
 
 
 def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec: TargetSpec,
@@ -228,15 +295,15 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
 
 
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path,
-                      legalize=None):
+                      legalize=None) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
     tune and build."""
     mod = mod if model_batch else bind_batch(mod, deploy_batch)
     lifted, params = lift_params(legalize(mod) if legalize else mod)
-    summary = None
+    tuned, summary = lifted, None
     if trials > 0:
-        lifted, summary = tune(lifted, spec, trials, db)
-    return build(lifted, spec), params, summary
+        tuned, summary = tune(lifted, spec, trials, db)
+    return _Built(build(tuned, spec), params, summary, lifted)
 
 
 def _median_ms(executable, params: dict, shape, runs: int) -> float:
@@ -265,7 +332,7 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         "target": str(spec.target),
         "target_features": list(spec.features),
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": scheme.activation_dtype},
+                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
         "quantization": _with_onnx_names(record, imported.onnx_names),
@@ -280,8 +347,8 @@ def _with_onnx_names(record: dict, onnx_names: dict) -> dict:
     out = {}
     for section, value in record.items():
         if isinstance(value, dict):
-            out[section] = {name(k): (name(v) if isinstance(v, str) and section in ("fused_into", "range_of") else v)
-                            for k, v in value.items()}
+            renamed = section in ("fused_into", "range_of", "kept_fp32")
+            out[section] = {name(k): (name(v) if isinstance(v, str) and renamed else v) for k, v in value.items()}
         else:
             out[section] = [name(v) for v in value]
     return out

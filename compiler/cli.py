@@ -108,6 +108,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "analytic (expected weight error from BatchNorm statistics, data-free)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
     parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
+    parser.add_argument("--latency-fallback", action=argparse.BooleanOptionalAction, default=True,
+                        help="after tuning, keep fp32 the layers whose int8 kernel plus quantize / dequantize "
+                             "edges measured slower than fp32 (default: on; needs --trials > 0)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                         help="static shape for an input with symbolic dimensions")
     parser.add_argument("--batch-size", type=int, default=64, help="batch for calibration / evaluation runs")
@@ -119,7 +122,7 @@ def _config(args):
     return Config(target=args.target, calibrator=args.calibrator,
                   per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, absorb_high_bias=args.absorb_high_bias,
                   bias_correction=args.bias_correction,
-                  trials=args.trials,
+                  trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db)
 

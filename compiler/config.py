@@ -34,6 +34,9 @@ class Config:
     input_shapes : static shapes for inputs with symbolic dimensions.
     tuning_db : tuning-record directory; default ``<cache>/tuning/<model>-<target>``.
     latency_runs : timed runs per module for the latency report (median reported).
+    latency_fallback : after tuning, keep fp32 every conv / dense layer whose int8 kernel plus its
+        quantize / dequantize edges measured slower than its tuned fp32 kernel, and rebuild the
+        int8 module once without them (needs ``trials`` > 0: nothing is measured otherwise).
     """
 
     target: str = "host"
@@ -49,6 +52,7 @@ class Config:
     input_shapes: dict = field(default_factory=dict)
     tuning_db: Path | None = None
     latency_runs: int = 50
+    latency_fallback: bool = True
 
     def activation_dtype(self, target_default: str) -> str:
         return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")

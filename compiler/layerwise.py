@@ -42,9 +42,9 @@ class Refinement:
     weight_scales: dict = field(default_factory=dict)
     bias_shifts: dict = field(default_factory=dict)
 
-    def realize(self, scheme: Scheme, expose: bool = False) -> Realize:
+    def realize(self, scheme: Scheme, expose: bool = False, keep_fp32=()) -> Realize:
         return Realize(self.stats, scheme, expose=expose, weight_scales=self.weight_scales,
-                       bias_shifts=self.bias_shifts)
+                       bias_shifts=self.bias_shifts, keep_fp32=keep_fp32)
 
 
 def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, vm_factory, batch_size: int,

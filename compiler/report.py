@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+KEPT_FP32 = "fp32 (slower in int8)"
+
 
 def layer_rows(nodes: dict, record: dict, sqnr: dict) -> list[dict]:
     """One row per ONNX node in graph order, keyed by the user's node names.
 
     A node fused into a layer (a conv followed by its ReLU) shows the SQNR of the fused
     layer's output. A node whose output a pass folded away (a BatchNorm's conv, say) takes
-    the precision of the tensor it was folded into, the next node's.
+    the precision of the tensor it was folded into, the next node's. A layer the latency
+    fallback kept fp32 shows as ``fp32 (slower in int8)``.
     """
-    precision, fused_into = record["precision"], record["fused_into"]
+    precision, fused_into, kept = record["precision"], record["fused_into"], record.get("kept_fp32", {})
     rows, pending = [], []
     for tensor, (node, op) in nodes.items():
-        row = {"name": node, "op": op, "precision": precision.get(tensor),
+        row = {"name": node, "op": op, "precision": KEPT_FP32 if tensor in kept else precision.get(tensor),
                "sqnr_db": sqnr.get(fused_into.get(tensor, tensor))}
         if row["precision"] is None:
             pending.append(row)
@@ -27,6 +31,12 @@ def layer_rows(nodes: dict, record: dict, sqnr: dict) -> list[dict]:
     for row in pending:
         row["precision"] = "fp32"
     return rows
+
+
+def layer_node(nodes: dict, chain: list[str]) -> str:
+    """The ONNX node a layer (its chain of tensors) is reported under: its conv / dense node."""
+    named = [nodes[tensor] for tensor in chain if tensor in nodes]
+    return next((node for node, op in named if op in LAYER_OPS), named[0][0] if named else chain[-1])
 
 
 def to_markdown(report: dict) -> str:
@@ -46,6 +56,7 @@ def to_markdown(report: dict) -> str:
               f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
               f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report["tuning"]),
+              *_fallback(report.get("latency_fallback")),
               "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
               "| node | op | precision | SQNR dB |", "|---|---|---|---|"]
     for row in sorted(report["layers"], key=_by_sqnr):
@@ -71,6 +82,26 @@ def _kernels(tuning: dict, top: int = 8) -> list[str]:
             lines += [f"Slowest {name} kernels (tuned latency):", "", "| kernel | calls | µs each |", "|---|---|---|",
                       *[f"| `{k['kernel'][:60]}` | {k['calls']} | {k['us']:.1f} |" for k in kernels], ""]
     return lines
+
+
+def _fallback(section: dict | None) -> list[str]:
+    """Which layers stay fp32 because their int8 kernel and edges measured slower than fp32."""
+    if not section:
+        return []
+    lines = ["## Latency fallback", ""]
+    if section["status"] != "ran":
+        return lines + [f"Latency fallback: {section['status']}.", ""]
+    kept = [row for row in section["layers"] if row["kept_fp32"]]
+    if not kept:
+        compared = [row for row in section["layers"] if row["fp32_us"] is not None and row["int8_us"] is not None]
+        unmeasured = len(section["layers"]) - len(compared)
+        return lines + [f"Every int8 layer ({len(compared)} compared) was faster than its tuned fp32 kernel "
+                        "(int8 kernel plus its quantize / dequantize edges, tuned latency)"
+                        + (f"; {unmeasured} without measurements stay int8." if unmeasured else "."), ""]
+    return lines + ["Kept fp32: these layers' int8 kernel plus quantize / dequantize edges measured slower "
+                    "than their tuned fp32 kernel (the int8 module was rebuilt without them).", "",
+                    "| layer | fp32 µs | int8 µs |", "|---|---|---|",
+                    *[f"| {row['layer']} | {row['fp32_us']:.1f} | {row['int8_us']:.1f} |" for row in kept], ""]
 
 
 def _rate(summary: dict) -> str:

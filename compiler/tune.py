@@ -42,9 +42,7 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     from tvm.s_tir import meta_schedule as ms
 
     with spec.target:
-        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                        relax.transform.CanonicalizeBindings(),
-                                        relax.get_pipeline("zero")])(mod)
+        mod = relax.transform.FuseTIR()(fuse(mod, spec))
     spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
@@ -114,6 +112,22 @@ class _Ledger:
 
 def _workload_key(workload) -> str:
     return str(workload.as_json()[0])
+
+
+def fuse(mod, spec: TargetSpec):
+    """``mod`` as tuning lowers it, up to FuseOps: TVM's "zero" pipeline without its FuseTIR.
+
+    Each fused Relax function still holds the original bindings (their variable names kept);
+    FuseTIR then turns each into the PrimFunc of the same name, one tuning task per distinct one.
+    """
+    import tvm
+    from tvm import relax
+
+    with spec.target:
+        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                         relax.transform.CanonicalizeBindings(),
+                                         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                         relax.transform.FoldConstant(), relax.transform.FuseOps()])(mod)
 
 
 def _kernel_latencies(database, tasks: list) -> list[dict]:

@@ -55,15 +55,19 @@ class Realize:
     ``weight_scales`` (layer output name -> per-channel scales) overrides the absmax weight
     scales of those layers, as EasyQuant's search chooses them; ``bias_shifts`` (layer output
     name -> per-channel values) is subtracted from their biases, as bias correction finds.
+    Layers whose output name is in ``keep_fp32`` stay fp32 (the latency fallback's choice);
+    the record's ``kept_fp32`` maps each of their variables to the layer's output name.
     """
 
     def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None,
-                 bias_shifts: dict | None = None):
+                 bias_shifts: dict | None = None, keep_fp32=()):
         self.stats, self.scheme, self.expose = stats, scheme, expose
         self.weight_scales, self.bias_shifts = weight_scales or {}, bias_shifts or {}
+        self.keep_fp32 = frozenset(keep_fp32)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts)
+        realizer = _Realizer(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts,
+                             self.keep_fp32)
         func, record = realizer.run(self.expose)
         func = func.with_attr(RECORD_ATTR, json.dumps(record))
         return with_main(mod, func)
@@ -75,16 +79,18 @@ def quantization_record(mod: tvm.IRModule) -> dict:
 
 
 class _Realizer:
-    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme, weight_scales: dict, bias_shifts: dict):
+    def __init__(self, func: relax.Function, stats: dict, scheme: Scheme, weight_scales: dict, bias_shifts: dict,
+                 keep_fp32: frozenset = frozenset()):
         self.func, self.stats, self.scheme = func, stats, scheme
-        self.weight_scales, self.bias_shifts = weight_scales, bias_shifts
+        self.weight_scales, self.bias_shifts, self.keep_fp32 = weight_scales, bias_shifts, keep_fp32
         self.layers = find_layers(func)
         self.absorbed = {v for layer in self.layers.values() for v in layer.chain[1:]}
         self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
         self.outputs = _returned_vars(func)
         self.fp, self.q = {}, {}
         self.roots = {}  # id(QParams) -> the tensor whose calibrated range made them
-        self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {}}
+        self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {},
+                       "kept_fp32": {}}
         self.builder = relax.BlockBuilder()
 
     # ---- driver -------------------------------------------------------------------------
@@ -184,6 +190,9 @@ class _Realizer:
 
     # ---- integer layers -----------------------------------------------------------------
     def _realize_layer(self, layer: Layer) -> bool:
+        if layer.out.name in self.keep_fp32:
+            self.record["kept_fp32"].update({var.name: layer.out.name for var in layer.chain})
+            return False
         out_qp = None if layer.out in self.outputs else self._activation_qparams(layer.out)
         if (layer.out not in self.outputs and out_qp is None) or self._to_q(layer.data) is None:
             return False

@@ -103,6 +103,20 @@ def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
     return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 256])], inits)
 
 
+def twin_convs(seed=0) -> onnx.ModelProto:
+    """x[N,8,10,10] --conv_a+relu_a--> r --conv_b+relu_b--> y: two convs of one shape (one fp32 kernel)."""
+    rng = np.random.default_rng(seed)
+    inits = {name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape, scale in
+             (("wa", (8, 8, 3, 3), 0.3), ("ba", (8,), 0.1), ("wb", (8, 8, 3, 3), 0.3), ("bb", (8,), 0.1))}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="conv_b", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["b"], ["y"], name="relu_b"),
+    ]
+    return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)
+
+
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)

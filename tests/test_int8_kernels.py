@@ -53,7 +53,7 @@ def test_tuned_conv_matches_integer_reference(tmp_path, rng):
     model = onnx_models.conv_chain(channels=8)
     path = onnx_models.save(model, tmp_path / "conv.onnx")
     calib = rng.standard_normal((8, 8, 12, 12)).astype(np.float32)
-    config = Config(trials=8, tuning_db=tmp_path / "db", latency_runs=1)
+    config = Config(trials=8, tuning_db=tmp_path / "db", latency_runs=1, latency_fallback=False)  # int8 under test
     compiled = tvmq.compile(path, calib, config=config)
     records = {p: p.read_bytes() for p in (tmp_path / "db").glob("*.json")}
     assert any(records.values()), "tuning wrote no records"
@@ -69,7 +69,8 @@ def test_tuned_vnni_conv_runs_vpdpbusd_and_matches_integer_reference(tmp_path, r
     model = onnx_models.conv_chain(channels=32)
     path = onnx_models.save(model, tmp_path / "conv.onnx")
     calib = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
-    compiled = tvmq.compile(path, calib, config=Config(trials=24, tuning_db=tmp_path / "db", latency_runs=1))
+    compiled = tvmq.compile(path, calib, config=Config(trials=24, tuning_db=tmp_path / "db", latency_runs=1,
+                                                       latency_fallback=False))
     asm = "\n".join(m.inspect_source("asm") for m in compiled.executable.mod.imports if m.kind == "llvm")
     assert "vpdpbusd" in asm, "no tuned kernel uses the VNNI instruction"
     _check_conv(compiled, model, calib[:1], 1, 1, 1, 1)
