@@ -4,7 +4,8 @@
    pads, pools and residual adds follow, so layout transforms remain only at the edges.
 2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
    a packed kernel of :mod:`tvmq.targets.x86_vnni`, its weight packed here, at compile time.
-   Depthwise and grouped convolutions keep TVM's generic kernels.
+   Depthwise convolutions become :mod:`tvmq.targets.x86_depthwise`'s kernel on a weight packed
+   channel-innermost; grouped ones keep TVM's generic kernels.
 
 Integer results are unchanged (the tests compare them bit for bit).
 """
@@ -16,7 +17,7 @@ from tvm import relax
 
 from tvmq.passes.graph import constant_value, with_main
 
-from . import x86_vnni
+from . import x86_depthwise, x86_vnni
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeInt8ForVNNI")
@@ -36,6 +37,12 @@ class _Packer(relax.PyExprMutator):
         if not isinstance(call.op, tvm.ir.Op) or not _is_u8_by_s8_constant(call):
             return call
         weight = constant_value(call.args[1])
+        if call.op.name == "relax.nn.conv2d" and _depthwise_conv(call, weight):
+            attrs = call.attrs
+            return self.builder_.call_te(
+                x86_depthwise.conv2d_nhwc, call.args[0], relax.const(x86_depthwise.pack_weight(weight)),
+                strides=_ints(attrs.strides), padding=_ints(attrs.padding), dilation=_ints(attrs.dilation),
+                primfunc_name_hint=x86_depthwise.PREFIX + "conv2d")
         if call.op.name == "relax.nn.conv2d" and _packable_conv(call):
             attrs = call.attrs
             return self.builder_.call_te(
@@ -61,6 +68,14 @@ def _packable_conv(call: relax.Call) -> bool:
     attrs = call.attrs
     return int(attrs.groups) == 1 and attrs.data_layout == "NHWC" and attrs.kernel_layout == "OHWI" \
         and attrs.out_layout == "NHWC"
+
+
+def _depthwise_conv(call: relax.Call, weight) -> bool:
+    """One filter per channel (groups == channels, a multiplier of 1), in NHWC / OHWI."""
+    attrs = call.attrs
+    channels = int(call.args[0].ty.shape[3]) if attrs.data_layout == "NHWC" else None
+    return attrs.data_layout == "NHWC" and attrs.kernel_layout == "OHWI" and attrs.out_layout == "NHWC" \
+        and int(attrs.groups) == channels == weight.shape[0] and weight.shape[3] == 1
 
 
 def _ints(values) -> list[int]:

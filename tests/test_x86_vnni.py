@@ -7,7 +7,7 @@ from tvm import relax
 import onnx_models
 from tvmq.config import Config
 from tvmq.passes.graph import dataflow_bindings, op_name
-from tvmq.targets import get_target, x86_vnni
+from tvmq.targets import get_target, x86_depthwise, x86_vnni
 from tvmq.targets.x86_legalize import LegalizeInt8ForVNNI
 
 
@@ -46,18 +46,21 @@ def _realized(tmp_path, rng, model, calib_shape):
     return bind_batch(quantized.int8, 1), calib[:1]
 
 
-@pytest.mark.parametrize("model,shape,packed", [
-    (onnx_models.conv_chain(channels=8), (16, 8, 12, 12), 2),
-    (onnx_models.conv_chain(channels=8, groups=8, stride=2), (16, 8, 12, 12), 1),  # depthwise stays generic
-    (onnx_models.dense_chain(), (16, 20), 2),
+@pytest.mark.parametrize("model,shape,packed,depthwise", [
+    (onnx_models.conv_chain(channels=8), (16, 8, 12, 12), 2, 0),
+    (onnx_models.conv_chain(channels=8, groups=8, stride=2), (16, 8, 12, 12), 1, 1),
+    (onnx_models.conv_chain(channels=8, groups=8, pad=2, dilation=2), (16, 8, 12, 12), 1, 1),
+    (onnx_models.conv_chain(channels=8, groups=2), (16, 8, 12, 12), 1, 0),  # grouped: generic
+    (onnx_models.dense_chain(), (16, 20), 2, 0),
 ])
-def test_legalized_module_is_bit_identical(tmp_path, rng, model, shape, packed):
+def test_legalized_module_is_bit_identical(tmp_path, rng, model, shape, packed, depthwise):
     import tvm
 
     int8, x = _realized(tmp_path, rng, model, shape)
     legalized = LegalizeInt8ForVNNI()(int8)
     calls = [b.value for b in dataflow_bindings(legalized["main"]) if op_name(b.value) == "relax.call_tir"]
     assert sum(x86_vnni.PACKED_PREFIX in c.args[0].name_hint for c in calls) == packed
+    assert sum(x86_depthwise.PREFIX in c.args[0].name_hint for c in calls) == depthwise
 
     def run(mod):
         vm = relax.VirtualMachine(tvm.compile(mod, get_target("host").target), tvm.cpu())

@@ -1,0 +1,121 @@
+"""Per layer, side by side: where tvmq's int8 wins or loses against ONNX Runtime.
+
+    .venv/bin/python bench/layers.py --model mobilenet_v2_224 --batch 1
+
+Reads what ``bench/latency.py`` left in ``bench/work/<model>-b<batch>``: ONNX Runtime's fp32
+and int8 (QDQ) models, profiled node by node here (2 threads, median of ``--runs`` runs after
+warm-up), and tvmq's report, whose latency-fallback section gives each conv / dense layer's
+tuned fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges,
+from the tuning database's best records). ONNX Runtime fuses a QDQ conv into one QLinearConv
+node named after the conv (``<conv>_token_<n>``), which is how its rows are matched.
+
+Prints the layers worst first (tvmq int8 minus ONNX Runtime int8) with totals, and writes
+``bench/results/<cpu>-layers-<model>-b<batch>.json``. Kernels that are no layer's (input
+quantize, pooling, the classifier's edges) show in the totals only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+THREADS = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v2_224")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--top", type=int, default=20, help="layers to print")
+    args = parser.parse_args()
+    directory = HERE / "work" / f"{args.model}-b{args.batch}"
+    report = json.loads((directory / "tvmq_int8" / "report.json").read_text())
+    ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
+    rows = layer_rows(report, ort)
+    totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
+              **{f"tvmq_{m}_us": kernel_total(report["tuning"][m]) for m in ("fp32", "int8")}}
+    print_table(rows, totals, args.top)
+    from latency import _cpu_key
+
+    out = HERE / "results" / f"{_cpu_key()}-layers-{args.model}-b{args.batch}.json"
+    out.write_text(json.dumps({"model": args.model, "batch": args.batch, "totals": totals, "layers": rows,
+                               "kept_fp32": report["latency_fallback"].get("kept_fp32", [])}, indent=1) + "\n")
+    print(f"\nwrote {out.relative_to(HERE.parent)}")
+
+
+def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
+    """Median µs of each node over ``runs`` profiled runs, keyed by node name."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.parent / f"profile_{path.stem}")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    shape = [batch if not isinstance(d, int) else d for d in spec.shape]
+    feed = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for _ in range(10 + runs):
+        session.run(None, feed)
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    durations = collections.defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            durations[event["name"][:-len("_kernel_time")]].append(event["dur"])
+    return {name: statistics.median(values[-runs:]) for name, values in durations.items()}
+
+
+def layer_rows(report: dict, ort: dict) -> list[dict]:
+    """One row per tvmq layer: its ONNX node, tvmq fp32 / int8 µs and ONNX Runtime fp32 / int8 µs."""
+    int8_by_layer = {}
+    for name, us in ort["int8"].items():
+        int8_by_layer[re.sub(r"_token_\d+$", "", name)] = int8_by_layer.get(re.sub(r"_token_\d+$", "", name), 0) + us
+    rows = []
+    for layer in report["latency_fallback"]["layers"]:
+        node = layer["layer"]
+        rows.append({"layer": node, "tvmq_fp32_us": layer["fp32_us"], "tvmq_int8_us": layer["int8_us"],
+                     "ort_fp32_us": ort["fp32"].get(node), "ort_int8_us": int8_by_layer.get(node),
+                     "kept_fp32": layer["kept_fp32"], "int8_kernels": layer["int8_kernels"]})
+    return sorted(rows, key=lambda r: -_deficit(r))
+
+
+def _deficit(row: dict) -> float:
+    if row["tvmq_int8_us"] is None or row["ort_int8_us"] is None:
+        return 0.0
+    return row["tvmq_int8_us"] - row["ort_int8_us"]
+
+
+def kernel_total(tuning: dict | None) -> float:
+    """The sum over a module's tuned kernels of best-record µs times calls."""
+    return sum(k["us"] * k["calls"] for k in (tuning or {}).get("kernels", []))
+
+
+def print_table(rows: list[dict], totals: dict, top: int) -> None:
+    def us(value):
+        return "-" if value is None else f"{value:.1f}"
+
+    print("| layer | tvmq int8 µs | ORT int8 µs | tvmq int8 / ORT int8 | tvmq fp32 µs | ORT fp32 µs | int8 kernel |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows[:top]:
+        ratio = (f"{row['tvmq_int8_us'] / row['ort_int8_us']:.2f}"
+                 if row["tvmq_int8_us"] and row["ort_int8_us"] else "-")
+        kernel = (row["int8_kernels"] or ["-"])[0][:48] + (" (kept fp32)" if row["kept_fp32"] else "")
+        print(f"| {row['layer']} | {us(row['tvmq_int8_us'])} | {us(row['ort_int8_us'])} | {ratio} | "
+              f"{us(row['tvmq_fp32_us'])} | {us(row['ort_fp32_us'])} | {kernel} |")
+    print(f"\nsums over all kernels / nodes (µs): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in totals.items()))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()
