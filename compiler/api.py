@@ -112,6 +112,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
         "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
+        "weight_bits": spec.weight_bits, "weight_range": [-spec.weight_qmax, spec.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency, "batch": deploy_batch,
@@ -159,7 +160,7 @@ def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec
     """Calibrate every tensor, refine layer by layer (EQ, empirical bias correction) or correct biases
     analytically, realize int8."""
     names = _tensor_names(imported)
-    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
+    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel, spec.weight_qmax)
     logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(data), config.calibrator)
     start = time.perf_counter()
     stats, chosen = collect_ranges(fp32, names, data, run.batch, run.vm, config.calibrator,
@@ -265,7 +266,7 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         "target": str(spec.target),
         "target_features": list(spec.features),
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": scheme.activation_dtype},
+                   "activation_dtype": scheme.activation_dtype, "weight_qmax": scheme.weight_qmax},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
         "quantization": _with_onnx_names(record, imported.onnx_names),
