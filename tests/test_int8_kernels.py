@@ -111,6 +111,21 @@ def _check_conv(compiled, model, x, stride, pad, dilation, groups):
     np.testing.assert_array_equal(compiled.run(x), expected)
 
 
+def test_easyquant_weight_scales_stay_within_7_bits(tmp_path, rng):
+    """EQ may pick weight scales below absmax / 63; realize must still clip at 63 on x86-avx2
+    (the reference clips there, so weights clipped at 127 would not match)."""
+    if "avx2" not in cpu_flags():
+        pytest.skip("CPU without avx2")
+    model = onnx_models.conv_chain(channels=8)
+    path = onnx_models.save(model, tmp_path / "conv.onnx")
+    calib = rng.standard_normal((16, 8, 12, 12)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=Config(target="x86-avx2", calibrator="eq", latency_runs=1))
+    scales = np.asarray(compiled.manifest["quantization"]["weights"]["r"]["scale"])
+    absmax = np.abs(_inits(model)["wa"]).max(axis=(1, 2, 3))
+    assert (scales < absmax / 63 * 0.999).any(), "EQ kept every absmax scale: the test needs one below"
+    _check_conv(compiled, model, calib[:1], 1, 1, 1, 1)
+
+
 @pytest.mark.parametrize("target", ["host", *(_runnable(name) for name in KERNELS)])
 def test_dense_matches_integer_reference(tmp_path, rng, target):
     model = onnx_models.dense_chain()
