@@ -34,7 +34,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# tvmq report: {report['model']}", "",
              f"Target: `{report['target']}`  ",
              f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
-             f"{report['activation_dtype']}, weights {_weights(report)} {'per channel' if report['per_channel'] else 'per tensor'}; "
+             f"{report['activation_dtype']}, weights {_weights(report)} "
+             f"{'per channel' if report['per_channel'] else 'per tensor'}; "
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
              "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:

@@ -74,6 +74,11 @@ def weight_qparams(weight: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX
     return QParams(scale, np.zeros_like(scale, dtype=np.int32), "int8", axis, limit=qmax)
 
 
+def weight_bits(qmax: int) -> int:
+    """Bits of the symmetric range ``[-qmax, qmax]``: 8 for 127, 7 for 63."""
+    return int(qmax).bit_length() + 1
+
+
 def broadcastable(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
     """Reshape per-channel ``values`` so they broadcast along ``axis`` of an ``ndim`` tensor."""
     values = np.asarray(values)

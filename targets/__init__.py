@@ -38,7 +38,9 @@ class TargetSpec:
     @property
     def weight_bits(self) -> int:
         """Bits of the symmetric weight range: 8 for [-127, 127], 7 for [-63, 63]."""
-        return int(self.weight_qmax).bit_length() + 1
+        from tvmq.passes.qparams import weight_bits
+
+        return weight_bits(self.weight_qmax)
 
 
 def register_target(*names: str):

@@ -5,7 +5,7 @@ import pytest
 
 import onnx_models
 import tvmq
-from reference import conv2d_int, requantize
+from reference import conv2d_int, requantize, weights_at_clamp
 from tvmq.config import Config
 from tvmq.targets import get_target, x86_int8
 from tvmq.targets.x86 import KERNELS, cpu_flags
@@ -160,17 +160,11 @@ def _packed_module(x_conv, w_conv, x_dense, w_dense, lanes: int):
                                       out_channels=w_conv.shape[0], strides=[1, 1], padding=[1, 1, 1, 1],
                                       dilation=[1, 1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "conv2d"))
             dense = bb.emit(bb.call_te(x86_int8.dense, xd, relax.const(x86_int8.pack_dense_weight(w_dense, lanes)),
-                                       out_features=w_dense.shape[1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense"))
+                                       out_features=w_dense.shape[1],
+                                       primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense"))
             out = bb.emit_output(relax.Tuple([conv, dense]))
         bb.emit_func_output(out)
     return bb.get()
-
-
-def _at_clamp(rng, shape, qmax: int, pair_axis: int) -> np.ndarray:
-    """Weights all at +-qmax, one sign per adjacent pair of the reduction axis (vpmaddubsw's worst case)."""
-    signs_shape = list(shape)
-    signs_shape[pair_axis] //= 2
-    return (np.repeat(rng.choice([-1, 1], signs_shape), 2, axis=pair_axis) * qmax).astype(np.int8)
 
 
 @pytest.mark.parametrize("target", [_runnable(name) for name in KERNELS])
@@ -185,9 +179,9 @@ def test_tuned_packed_kernels_run_their_instruction_and_match_integer_reference(
     spec = get_target(target)
     intrinsic = KERNELS[target].intrinsic
     x_conv = rng.integers(250, 256, (1, 6, 6, 12)).astype(np.uint8)  # NHWC
-    w_conv = _at_clamp(rng, (20, 3, 3, 12), spec.weight_qmax, 3)  # OHWI
+    w_conv = weights_at_clamp(rng, (20, 3, 3, 12), spec.weight_qmax, 3)  # OHWI
     x_dense = rng.integers(250, 256, (2, 36)).astype(np.uint8)
-    w_dense = _at_clamp(rng, (36, 24), spec.weight_qmax, 0)  # [K, N]
+    w_dense = weights_at_clamp(rng, (36, 24), spec.weight_qmax, 0)  # [K, N]
     tuned, summary = tune(_packed_module(x_conv, w_conv, x_dense, w_dense, intrinsic.lanes), spec, 8, tmp_path / "db")
     assert summary["tuned_now"] == summary["tasks"] == 2
     executable = build(tuned, spec)
@@ -197,3 +191,13 @@ def test_tuned_packed_kernels_run_their_instruction_and_match_integer_reference(
     expected = conv2d_int(x_conv.transpose(0, 3, 1, 2).astype(np.int64), w_conv.transpose(0, 3, 1, 2), 0, 1, 1, 1, 1)
     np.testing.assert_array_equal(conv.numpy(), expected.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(dense.numpy(), x_dense.astype(np.int64) @ w_dense.astype(np.int64))
+
+
+def test_symmetric_activations_keep_8_bit_weights_on_a_vpmaddubsw_target(tmp_path, rng):
+    """Int8 activations do not reach the u8 x s8 kernels, so their int16 limit does not apply."""
+    if "avx2" not in cpu_flags():
+        pytest.skip("CPU without avx2")
+    path = onnx_models.save(onnx_models.dense_chain(), tmp_path / "dense.onnx")
+    calib = rng.standard_normal((32, 20)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=Config(target="x86-avx2", symmetric=True, latency_runs=1))
+    assert compiled.manifest["config"]["weight_qmax"] == 127 and compiled.report["weight_bits"] == 8

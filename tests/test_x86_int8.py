@@ -6,7 +6,7 @@ import pytest
 from tvm import relax
 
 import onnx_models
-from reference import conv2d_int
+from reference import conv2d_int, weights_at_clamp
 from tvmq.config import Config
 from tvmq.passes.graph import dataflow_bindings, op_name
 from tvmq.targets import get_target, target_names, x86_int8
@@ -57,15 +57,6 @@ def test_dense_weight_packing_puts_each_block_where_the_dot_product_reads_it(rng
     assert np.count_nonzero(packed) == np.count_nonzero(w)
 
 
-def _clamped(rng, shape, qmax: int, pair_axis: int) -> np.ndarray:
-    """Weights all at +-qmax, one sign per adjacent pair along the reduction axis: the worst case
-    for ``vpmaddubsw``, which adds each pair of u8 x s8 products into an int16."""
-    signs_shape = list(shape)
-    signs_shape[pair_axis] //= 2
-    signs = np.repeat(rng.choice([-1, 1], signs_shape), 2, axis=pair_axis)
-    return (signs * qmax).astype(np.int8)
-
-
 def _tensorized_build(intrinsic, mcpu: str, kernel, data_shape, packed_shape, **attrs):
     """``kernel`` under a fixed schedule: output channels split by lanes, the reduction's last
     4 innermost, that block tensorized onto ``intrinsic``; built for ``mcpu``."""
@@ -105,7 +96,7 @@ def test_tensorized_conv_emits_the_instruction_and_matches_numpy_at_the_weight_c
     kernel = KERNELS[name]
     intrinsic = kernel.intrinsic
     x = rng.integers(250, 256, (1, 6, 6, 12)).astype(np.uint8)  # NHWC, activations near 255
-    w = _clamped(rng, (20, 3, 3, 12), intrinsic.weight_qmax, 3)  # OHWI; 20 channels: a partial block
+    w = weights_at_clamp(rng, (20, 3, 3, 12), intrinsic.weight_qmax, 3)  # OHWI, 20 channels: a partial block
     lanes = intrinsic.lanes
     lib = _tensorized_build(intrinsic, kernel.mcpu, x86_int8.conv2d_nhwc, x.shape,
                             x86_int8.pack_conv_weight(w, lanes).shape, out_channels=20, strides=[1, 1],
@@ -119,7 +110,7 @@ def test_tensorized_conv_emits_the_instruction_and_matches_numpy_at_the_weight_c
 
     assert check(w)
     if intrinsic.saturates_int16:  # why these kernels get 7-bit weights: 8-bit ones saturate int16
-        assert not check(_clamped(rng, w.shape, 127, 3))
+        assert not check(weights_at_clamp(rng, w.shape, 127, 3))
 
 
 @pytest.mark.parametrize("name", list(KERNELS))
@@ -129,7 +120,7 @@ def test_tensorized_dense_emits_the_instruction_and_matches_numpy_at_the_weight_
     kernel = KERNELS[name]
     intrinsic = kernel.intrinsic
     x = rng.integers(250, 256, (3, 38)).astype(np.uint8)  # K = 38: padded to 40
-    w = _clamped(rng, (40, 24), intrinsic.weight_qmax, 0)[:38]  # [K, N]
+    w = weights_at_clamp(rng, (40, 24), intrinsic.weight_qmax, 0)[:38]  # [K, N]
     lanes = intrinsic.lanes
     lib = _tensorized_build(intrinsic, kernel.mcpu, x86_int8.dense, x.shape,
                             x86_int8.pack_dense_weight(w, lanes).shape, out_features=24)
@@ -141,7 +132,7 @@ def test_tensorized_dense_emits_the_instruction_and_matches_numpy_at_the_weight_
 
     assert check(w)
     if intrinsic.saturates_int16:
-        assert not check(_clamped(rng, (40, 24), 127, 0)[:38])
+        assert not check(weights_at_clamp(rng, (40, 24), 127, 0)[:38])
 
 
 def _realized(tmp_path, rng, model, calib_shape):
