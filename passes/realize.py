@@ -5,8 +5,9 @@ Every conv2d / dense chain (see :func:`tvmq.passes.graph.find_layers`) becomes
     acc  = conv2d(x_q, w_q, out_dtype=int32) + bias_q          # int8 x int8 -> int32
     y_q  = clip(round(float(acc) * M) + z_out, lo_q, hi_q)      # fused requantize + ReLU/Clip
 
-with ``w_q`` symmetric int8 in ``[-weight_qmax, weight_qmax]`` (per channel or per tensor), ``bias_q`` int32 at scale
-``s_in * s_w`` with the input zero point folded in, and ``M = s_in * s_w / s_out`` in fp32.
+with ``w_q`` symmetric int8 in ``[-weight_qmax, weight_qmax]`` (per channel or per tensor),
+``bias_q`` int32 at scale ``s_in * s_w`` with the input zero point folded in, and
+``M = s_in * s_w / s_out`` in fp32.
 A layer whose result leaves the function is dequantized straight from the accumulator.
 
 Max pooling, reshapes and ReLU run on the quantized values unchanged (they commute with
