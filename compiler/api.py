@@ -22,6 +22,7 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
+from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
@@ -121,6 +122,8 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
         "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
+        "weight_bits": weight_bits(quantized.scheme.weight_qmax),
+        "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
@@ -226,7 +229,10 @@ def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec
     """Calibrate every tensor, refine layer by layer (EQ, empirical bias correction) or correct biases
     analytically, realize int8."""
     names = _tensor_names(imported)
-    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel)
+    activation_dtype = config.activation_dtype(spec.activation_dtype)
+    # the target's narrower weight range is for its kernels, which take only its activation dtype
+    weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
+    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
     logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(data), config.calibrator)
     start = time.perf_counter()
     stats, chosen = collect_ranges(fp32, names, data, run.batch, run.vm, config.calibrator,
@@ -332,7 +338,8 @@ def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: Targ
         "target": str(spec.target),
         "target_features": list(spec.features),
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback},
+                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback,
+                   "weight_qmax": scheme.weight_qmax},
         "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
         | {"python": platform.python_version()},
         "quantization": _with_onnx_names(record, imported.onnx_names),

@@ -68,7 +68,7 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
         problem = layer_problem(layer, reference[layer.data.name], quantized[layer.data.name])
         if search_scales:
             result.stats[source], result.weight_scales[layer.out.name] = search(
-                problem, result.stats[source], scheme.activation_dtype, scheme.per_channel)
+                problem, result.stats[source], scheme.activation_dtype, scheme.per_channel, scheme.weight_qmax)
         if correct_bias:
             weight_scale = result.weight_scales.get(layer.out.name)
             result.bias_shifts[layer.out.name] = bias_shift(problem, result.stats[source], scheme, weight_scale)

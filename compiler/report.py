@@ -44,7 +44,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# tvmq report: {report['model']}", "",
              f"Target: `{report['target']}`  ",
              f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
-             f"{report['activation_dtype']}, weights int8 {'per channel' if report['per_channel'] else 'per tensor'}; "
+             f"{report['activation_dtype']}, weights {_weights(report)} "
+             f"{'per channel' if report['per_channel'] else 'per tensor'}; "
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
              "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:
@@ -63,6 +64,12 @@ def to_markdown(report: dict) -> str:
         sqnr = "exact" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
         lines.append(f"| {row['name']} | {row['op']} | {row['precision']} | {sqnr} |")
     return "\n".join(lines) + "\n"
+
+
+def _weights(report: dict) -> str:
+    """``int8``, or ``int8 (7-bit, [-63, 63])`` where the target's kernel needs narrower weights."""
+    bits = report.get("weight_bits", 8)
+    return "int8" if bits == 8 else f"int8 ({bits}-bit, [{report['weight_range'][0]}, {report['weight_range'][1]}])"
 
 
 def _tuning(tuning: dict) -> str:

@@ -23,8 +23,8 @@ def bias_shift(problem: LayerProblem, act_range: tuple[float, float], scheme: Sc
     axis = 0 if scheme.per_channel else None
     if weight_scale is None:
         absmax = np.abs(problem.weight).max(axis=1 if scheme.per_channel else None)
-        weight_scale = np.maximum(absmax / 127, 1e-8).astype(np.float32)
+        weight_scale = np.maximum(absmax / scheme.weight_qmax, 1e-8).astype(np.float32)
     rows = _fake_act(problem.rows_q, act_range, 1.0, scheme.activation_dtype)
-    quantized = rows @ _fake_weight(problem.weight, weight_scale, axis).T
+    quantized = rows @ _fake_weight(problem.weight, weight_scale, axis, scheme.weight_qmax).T
     exact = problem.rows_fp @ problem.weight.T
     return (quantized - exact).mean(axis=0).astype(np.float32)

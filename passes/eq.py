@@ -22,7 +22,7 @@ import numpy as np
 from .calibrators import register_calibrator
 from .graph import Layer
 from .minmax import MinMaxObserver
-from .qparams import activation_qparams, dequantize, quantize
+from .qparams import WEIGHT_QMAX, activation_qparams, dequantize, quantize
 
 NUM_STEPS = 100
 LOW, HIGH = 0.5, 2.0
@@ -64,27 +64,30 @@ def layer_problem(layer: Layer, x_fp: np.ndarray, x_q: np.ndarray, seed: int = 0
     return LayerProblem(rows_fp, rows_q, weight.astype(np.float32), bias, layer.clamp, target)
 
 
-def search(problem: LayerProblem, act_range: tuple[float, float], dtype: str, per_channel: bool):
-    """Alternate the activation and weight searches; return ``((lo, hi), weight scales)``."""
+def search(problem: LayerProblem, act_range: tuple[float, float], dtype: str, per_channel: bool,
+           weight_qmax: int = WEIGHT_QMAX):
+    """Alternate the activation and weight searches (weights on ``[-weight_qmax, weight_qmax]``);
+    return ``((lo, hi), weight scales)``."""
     factors = np.linspace(LOW, HIGH, NUM_STEPS)
     axis = 0 if per_channel else None
-    w_scale = np.maximum(np.abs(problem.weight).max(axis=1 if per_channel else None) / 127, 1e-8)
+    w_scale = np.maximum(np.abs(problem.weight).max(axis=1 if per_channel else None) / weight_qmax, 1e-8)
     w_scale = w_scale.astype(np.float32)
     act_factor = 1.0
     for _ in range(ROUNDS):
-        weight_q = _fake_weight(problem.weight, w_scale, axis)
+        weight_q = _fake_weight(problem.weight, w_scale, axis, weight_qmax)
         scores = [_cosine(problem.target, _apply(_fake_act(problem.rows_q, act_range, f, dtype), weight_q,
                                                   problem.bias, problem.clamp)) for f in factors]
         act_factor = float(factors[int(np.argmax(scores))])
         rows = _fake_act(problem.rows_q, act_range, act_factor, dtype)
-        w_scale = _search_weight_scales(problem, rows, w_scale, factors, axis)
+        w_scale = _search_weight_scales(problem, rows, w_scale, factors, axis, weight_qmax)
     return (act_range[0] * act_factor, act_range[1] * act_factor), w_scale
 
 
-def _search_weight_scales(problem: LayerProblem, rows: np.ndarray, w_scale: np.ndarray, factors, axis):
+def _search_weight_scales(problem: LayerProblem, rows: np.ndarray, w_scale: np.ndarray, factors, axis,
+                          weight_qmax: int):
     per_candidate = []
     for f in factors:
-        out = _apply(rows, _fake_weight(problem.weight, w_scale * f, axis), problem.bias, problem.clamp)
+        out = _apply(rows, _fake_weight(problem.weight, w_scale * f, axis, weight_qmax), problem.bias, problem.clamp)
         per_candidate.append(_channel_cosine(problem.target, out) if axis is not None
                              else np.array([_cosine(problem.target, out)]))
     best = np.argmax(np.stack(per_candidate), axis=0)  # per channel (or one for the tensor)
@@ -96,9 +99,9 @@ def _fake_act(rows: np.ndarray, act_range, factor: float, dtype: str) -> np.ndar
     return dequantize(quantize(rows, qp), qp)
 
 
-def _fake_weight(weight: np.ndarray, scale: np.ndarray, axis) -> np.ndarray:
+def _fake_weight(weight: np.ndarray, scale: np.ndarray, axis, qmax: int = WEIGHT_QMAX) -> np.ndarray:
     scale = scale.reshape(-1, 1) if axis is not None else scale
-    return np.clip(np.round(weight / scale), -127, 127).astype(np.float32) * scale
+    return np.clip(np.round(weight / scale), -qmax, qmax).astype(np.float32) * scale
 
 
 def _apply(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray, clamp) -> np.ndarray:

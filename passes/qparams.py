@@ -11,31 +11,36 @@ from dataclasses import dataclass
 import numpy as np
 
 DTYPE_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
-WEIGHT_QMAX = 127  # weights use the symmetric range [-127, 127]
+WEIGHT_QMAX = 127  # weights use the symmetric range [-127, 127] (a target may ask for less)
 TINY_SCALE = 1e-8  # a tensor that is constant zero still needs a positive scale
 
 
 @dataclass(frozen=True)
 class QParams:
-    """Scale and zero point of one tensor; arrays of length C when per channel along ``axis``."""
+    """Scale and zero point of one tensor; arrays of length C when per channel along ``axis``.
+
+    ``limit`` narrows the dtype's range to ``[-limit, limit]`` (symmetric weights).
+    """
 
     scale: np.ndarray
     zero_point: np.ndarray
     dtype: str
     axis: int | None = None
+    limit: int | None = None
 
     @property
     def qmin(self) -> int:
-        return DTYPE_RANGE[self.dtype][0]
+        return DTYPE_RANGE[self.dtype][0] if self.limit is None else -self.limit
 
     @property
     def qmax(self) -> int:
-        return DTYPE_RANGE[self.dtype][1]
+        return DTYPE_RANGE[self.dtype][1] if self.limit is None else self.limit
 
     def to_json(self) -> dict:
-        return {"scale": np.asarray(self.scale, np.float64).ravel().tolist(),
-                "zero_point": np.asarray(self.zero_point).astype(int).ravel().tolist(),
-                "dtype": self.dtype, "axis": self.axis}
+        out = {"scale": np.asarray(self.scale, np.float64).ravel().tolist(),
+               "zero_point": np.asarray(self.zero_point).astype(int).ravel().tolist(),
+               "dtype": self.dtype, "axis": self.axis}
+        return out if self.limit is None else {**out, "qmin": self.qmin, "qmax": self.qmax}
 
 
 def activation_qparams(lo: float, hi: float, dtype: str) -> QParams:
@@ -57,15 +62,21 @@ def activation_qparams(lo: float, hi: float, dtype: str) -> QParams:
     return QParams(np.float32(scale), np.int32(zero_point), dtype)
 
 
-def weight_qparams(weight: np.ndarray, axis: int | None) -> QParams:
-    """Symmetric int8 parameters, per channel along ``axis`` (or per tensor when ``axis`` is None)."""
+def weight_qparams(weight: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> QParams:
+    """Symmetric int8 parameters onto ``[-qmax, qmax]``, per channel along ``axis`` (or per tensor
+    when ``axis`` is None)."""
     if axis is None:
         absmax = np.abs(weight).max(initial=0.0)
     else:
         reduce = tuple(i for i in range(weight.ndim) if i != axis)
         absmax = np.abs(weight).max(axis=reduce, initial=0.0)
-    scale = np.maximum(absmax / WEIGHT_QMAX, TINY_SCALE).astype(np.float32)
-    return QParams(scale, np.zeros_like(scale, dtype=np.int32), "int8", axis)
+    scale = np.maximum(absmax / qmax, TINY_SCALE).astype(np.float32)
+    return QParams(scale, np.zeros_like(scale, dtype=np.int32), "int8", axis, limit=qmax)
+
+
+def weight_bits(qmax: int) -> int:
+    """Bits of the symmetric range ``[-qmax, qmax]``: 8 for 127, 7 for 63."""
+    return int(qmax).bit_length() + 1
 
 
 def broadcastable(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:

@@ -5,8 +5,9 @@ Every conv2d / dense chain (see :func:`tvmq.passes.graph.find_layers`) becomes
     acc  = conv2d(x_q, w_q, out_dtype=int32) + bias_q          # int8 x int8 -> int32
     y_q  = clip(round(float(acc) * M) + z_out, lo_q, hi_q)      # fused requantize + ReLU/Clip
 
-with ``w_q`` symmetric int8 (per channel or per tensor), ``bias_q`` int32 at scale
-``s_in * s_w`` with the input zero point folded in, and ``M = s_in * s_w / s_out`` in fp32.
+with ``w_q`` symmetric int8 in ``[-weight_qmax, weight_qmax]`` (per channel or per tensor),
+``bias_q`` int32 at scale ``s_in * s_w`` with the input zero point folded in, and
+``M = s_in * s_w / s_out`` in fp32.
 A layer whose result leaves the function is dequantized straight from the accumulator.
 
 Max pooling, reshapes and ReLU run on the quantized values unchanged (they commute with
@@ -30,7 +31,7 @@ import tvm
 from tvm import relax
 
 from .graph import Layer, dataflow_bindings, find_layers, op_name, referenced_vars, with_main
-from .qparams import (QParams, activation_qparams, fold_zero_point, quantize, quantize_bias,
+from .qparams import (WEIGHT_QMAX, QParams, activation_qparams, fold_zero_point, quantize, quantize_bias,
                       requantize_multiplier, weight_qparams)
 
 RECORD_ATTR = "tvmq.quantization"
@@ -40,10 +41,12 @@ LAYOUT_OPS = {"relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims", "rel
 
 @dataclass(frozen=True)
 class Scheme:
-    """How to quantize: the activation dtype the target's int8 instructions want, weight granularity."""
+    """How to quantize: the activation dtype the target's int8 instructions want, weight granularity,
+    and the weight range ``[-weight_qmax, weight_qmax]`` its kernels can take without overflow."""
 
     activation_dtype: str = "uint8"
     per_channel: bool = True
+    weight_qmax: int = WEIGHT_QMAX
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.Realize")
@@ -318,11 +321,12 @@ class _Realizer:
 def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None) -> QParams:
     """The int8 weight parameters realize gives ``layer``: absmax per channel or per tensor,
     or the given ``scale`` (EasyQuant's search) instead."""
-    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None)
+    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None, scheme.weight_qmax)
     if scale is None:
         return w_qp
     scale = np.asarray(scale, np.float32)
-    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None)
+    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None,
+                   limit=scheme.weight_qmax)
 
 
 def _returned_vars(func: relax.Function) -> set:

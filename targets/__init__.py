@@ -16,7 +16,8 @@ class TargetSpec:
     """What the compiler needs to know about one target.
 
     ``activation_dtype`` is the int8 flavour the target's dot-product instructions want for
-    activations (weights are always symmetric int8).
+    activations. Weights are always symmetric int8 in ``[-weight_qmax, weight_qmax]``: 127, or
+    63 (7-bit) where the target's kernel would saturate int16 with 8-bit weights.
     """
 
     name: str
@@ -26,10 +27,20 @@ class TargetSpec:
     prepare: Callable[[], None] = lambda: None  # per-process setup before building or tuning
     legalize_int8: Callable | None = None  # IRModule -> IRModule: int8 kernels in the target's layouts
     search_space: Callable[[str], object] | None = None  # tuning task name -> space (None: generic)
+    weight_qmax: int = 127
 
     @property
     def description(self) -> str:
-        return f"{self.name} ({self.target.attrs.get('mcpu', 'generic')}; {', '.join(self.features) or 'no int8 dot product'})"
+        bits = "" if self.weight_qmax == 127 else f"; {self.weight_bits}-bit weights"
+        return (f"{self.name} ({self.target.attrs.get('mcpu', 'generic')}; "
+                f"{', '.join(self.features) or 'no int8 dot product'}{bits})")
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of the symmetric weight range: 8 for [-127, 127], 7 for [-63, 63]."""
+        from tvmq.passes.qparams import weight_bits
+
+        return weight_bits(self.weight_qmax)
 
 
 def register_target(*names: str):

@@ -1,17 +1,40 @@
-"""x86 CPUs: the host, detected from the running machine (never a hard-coded CPU).
+"""x86 CPUs: the host, detected from the running machine, and one explicit target per int8 kernel.
 
 Activations are asymmetric ``uint8`` because the x86 int8 dot products take one unsigned
-and one signed operand: AVX-512 VNNI ``vpdpbusd`` and AVX2 ``vpmaddubsw`` multiply u8 by s8.
-Weights are symmetric ``int8``.
+and one signed operand: AVX-512 VNNI ``vpdpbusd`` and AVX2 / AVX-512BW ``vpmaddubsw`` multiply
+u8 by s8. Weights are symmetric ``int8``, 7-bit where the kernel uses ``vpmaddubsw``.
+
+``host`` / ``x86`` pick the best kernel the CPU has (VNNI, else AVX-512BW, else AVX2, else
+TVM's generic code); ``x86-vnni``, ``x86-avx512`` and ``x86-avx2`` name one kernel and its
+CPU explicitly, to cross-compile or to force a kernel.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import TargetSpec, register_target
+from .x86_intrinsics import AVX2, AVX512, VNNI, DotIntrinsic
 
 INT8_FEATURES = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """An int8 kernel: the CPU flag it needs, the intrinsic, and a CPU that has it (explicit targets)."""
+
+    flag: str
+    intrinsic: DotIntrinsic
+    mcpu: str
+    features: tuple[str, ...]  # the INT8_FEATURES that ``mcpu`` has
+
+
+KERNELS = {  # best first
+    "x86-vnni": Kernel("avx512_vnni", VNNI, "cascadelake", ("avx512_vnni", "avx512bw", "avx2")),
+    "x86-avx512": Kernel("avx512bw", AVX512, "skylake-avx512", ("avx512bw", "avx2")),
+    "x86-avx2": Kernel("avx2", AVX2, "haswell", ("avx2",)),
+}
 
 
 def cpu_flags() -> set[str]:
@@ -26,29 +49,60 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def best_kernel(flags: set[str]) -> Kernel | None:
+    """The first kernel of :data:`KERNELS` whose CPU flag is in ``flags``."""
+    return next((k for k in KERNELS.values() if k.flag in flags), None)
+
+
 @register_target("host", "x86")
 def host() -> TargetSpec:
     import tvm
-    import psutil
 
     detected = tvm.target.Target.from_device(tvm.cpu())
-    cores = psutil.cpu_count(logical=False) or 1
-    target = tvm.target.Target({**_as_dict(detected), "num-cores": cores})
-    features = tuple(f for f in INT8_FEATURES if f in cpu_flags())
-    if "avx512_vnni" not in features:
+    target = tvm.target.Target({**_as_dict(detected), "num-cores": _cores()})
+    flags = cpu_flags()
+    features = tuple(f for f in INT8_FEATURES if f in flags)
+    kernel = best_kernel(flags)
+    if kernel is None:
         return TargetSpec("x86", target, "uint8", features)
-    from . import x86_vnni
-    from .x86_legalize import LegalizeInt8ForVNNI
-
-    return TargetSpec("x86", target, "uint8", features, prepare=x86_vnni.register_intrinsic,
-                      legalize_int8=LegalizeInt8ForVNNI(), search_space=_vnni_space)
+    return _spec("x86", target, features, kernel.intrinsic)
 
 
-def _vnni_space(task_name: str):
-    """VNNI auto-tensorization for the packed kernels; TVM's generic rules for the rest."""
-    from . import x86_vnni
+def _explicit(name: str):
+    kernel = KERNELS[name]
 
-    return x86_vnni.search_space() if x86_vnni.PACKED_PREFIX in task_name else None
+    def factory() -> TargetSpec:
+        import tvm
+
+        target = tvm.target.Target({"kind": "llvm", "mcpu": kernel.mcpu, "num-cores": _cores()})
+        return _spec(name, target, kernel.features, kernel.intrinsic)
+
+    return factory
+
+
+for _name in KERNELS:
+    register_target(_name)(_explicit(_name))
+
+
+def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic) -> TargetSpec:
+    from .x86_legalize import LegalizeInt8ForX86
+
+    return TargetSpec(name, target, "uint8", features, prepare=intrinsic.register,
+                      legalize_int8=LegalizeInt8ForX86(intrinsic.lanes),
+                      search_space=lambda task: _packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
+
+
+def _packed_space(intrinsic: DotIntrinsic, task_name: str):
+    """Auto-tensorization onto ``intrinsic`` for the packed kernels; TVM's generic rules for the rest."""
+    from . import x86_int8
+
+    return x86_int8.search_space(intrinsic.name) if x86_int8.PACKED_PREFIX in task_name else None
+
+
+def _cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1
 
 
 def _as_dict(target) -> dict:
@@ -58,4 +112,3 @@ def _as_dict(target) -> dict:
             value = target.attrs[key]
             out[key] = list(value) if key == "mattr" else str(value)
     return out
-

@@ -1,9 +1,10 @@
-"""LegalizeInt8ForVNNI: put a realized int8 module into the layout the x86 VNNI kernels want.
+"""LegalizeInt8ForX86: put a realized int8 module into the layout of the packed x86 int8 kernels.
 
 1. ``ConvertLayout`` turns every conv2d to NHWC data / OHWI weights; the requantize chains,
    pads, pools and residual adds follow, so layout transforms remain only at the edges.
 2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
-   a packed kernel of :mod:`tvmq.targets.x86_vnni`, its weight packed here, at compile time.
+   a packed kernel of :mod:`tvmq.targets.x86_int8`, its weight packed here, at compile time,
+   in blocks of ``lanes`` outputs (16 for AVX-512, 8 for AVX2).
    Depthwise convolutions become :mod:`tvmq.targets.x86_depthwise`'s kernel on a weight packed
    channel-innermost; grouped ones keep TVM's generic kernels.
 
@@ -17,21 +18,28 @@ from tvm import relax
 
 from tvmq.passes.graph import constant_value, with_main
 
-from . import x86_depthwise, x86_vnni
+from . import x86_depthwise, x86_int8
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeInt8ForVNNI")
-class LegalizeInt8ForVNNI:
+@tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeInt8ForX86")
+class LegalizeInt8ForX86:
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
         mod = relax.transform.FoldConstant()(mod)
-        packer = _Packer(mod)
+        packer = _Packer(mod, self.lanes)
         main = packer.visit_expr(mod["main"])
         return relax.transform.DeadCodeElimination()(with_main(packer.builder_.get(), main))
 
 
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not isinstance(call.op, tvm.ir.Op) or not _is_u8_by_s8_constant(call):
@@ -46,13 +54,13 @@ class _Packer(relax.PyExprMutator):
         if call.op.name == "relax.nn.conv2d" and _packable_conv(call):
             attrs = call.attrs
             return self.builder_.call_te(
-                x86_vnni.conv2d_nhwc, call.args[0], relax.const(x86_vnni.pack_conv_weight(weight)),
+                x86_int8.conv2d_nhwc, call.args[0], relax.const(x86_int8.pack_conv_weight(weight, self.lanes)),
                 out_channels=weight.shape[0], strides=_ints(attrs.strides), padding=_ints(attrs.padding),
-                dilation=_ints(attrs.dilation), primfunc_name_hint=x86_vnni.PACKED_PREFIX + "conv2d")
+                dilation=_ints(attrs.dilation), primfunc_name_hint=x86_int8.PACKED_PREFIX + "conv2d")
         if call.op.name == "relax.matmul" and weight.ndim == 2:
             return self.builder_.call_te(
-                x86_vnni.dense, call.args[0], relax.const(x86_vnni.pack_dense_weight(weight)),
-                out_features=weight.shape[1], primfunc_name_hint=x86_vnni.PACKED_PREFIX + "dense")
+                x86_int8.dense, call.args[0], relax.const(x86_int8.pack_dense_weight(weight, self.lanes)),
+                out_features=weight.shape[1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense")
         return call
 
 
@@ -80,5 +88,3 @@ def _depthwise_conv(call: relax.Call, weight) -> bool:
 
 def _ints(values) -> list[int]:
     return [int(v) for v in values]
-
-

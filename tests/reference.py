@@ -32,6 +32,14 @@ def conv2d(x_q: np.ndarray, w_q: np.ndarray, pad_value, stride: int, pad: int, d
     return out
 
 
+def weights_at_clamp(rng, shape, qmax: int, pair_axis: int) -> np.ndarray:
+    """Weights all at +-qmax, one sign per adjacent pair along the reduction axis ``pair_axis``:
+    the worst case for x86 ``vpmaddubsw``, which adds each pair of u8 x s8 products into an int16."""
+    signs_shape = list(shape)
+    signs_shape[pair_axis] //= 2
+    return (np.repeat(rng.choice([-1, 1], signs_shape), 2, axis=pair_axis) * qmax).astype(np.int8)
+
+
 def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int, dtype) -> np.ndarray:
     """``clip(round(float32(acc) * M) + z, lo, hi)`` in float32, as the compiled epilogue does."""
     scaled = acc.astype(np.float32) * multiplier.astype(np.float32)

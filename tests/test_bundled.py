@@ -117,3 +117,18 @@ def test_cli_demo_with_symmetric_per_tensor_activations(tmp_path):
     assert report["activation_dtype"] == "int8" and report["per_channel"] is False
     assert report["accuracy"]["int8_top1"] >= report["accuracy"]["fp32_top1"] - 0.01
     assert "| conv1 | Conv | int8 |" in done.stdout
+
+
+@pytest.mark.skipif("avx2" not in __import__("tvmq.targets.x86", fromlist=["cpu_flags"]).cpu_flags(),
+                    reason="CPU without AVX2: cannot run x86-avx2 code")
+def test_avx2_target_keeps_accuracy_with_7_bit_weights(demo, bundled, tmp_path):
+    """x86-avx2's vpmaddubsw kernel needs weights in [-63, 63]; MNIST's agreement with fp32 stays
+    close to the host kernel's (VNNI, 8-bit weights, on a VNNI machine)."""
+    model, calib, evaluation = bundled
+    compiled = tvmq.compile(model, calib, config=tvmq.Config(target="x86-avx2", latency_runs=1), eval_data=evaluation)
+    acc, host = compiled.report["accuracy"], demo[1].report["accuracy"]
+    assert acc["top1_agreement"] >= host["top1_agreement"] - 0.01 and acc["output_cosine"] > 0.99, (acc, host)
+    assert acc["int8_top1"] >= acc["fp32_top1"] - 0.01
+    assert compiled.report["weight_bits"] == 7 and compiled.manifest["config"]["weight_qmax"] == 63
+    assert {w["qmax"] for w in compiled.manifest["quantization"]["weights"].values()} == {63}
+    assert "weights int8 (7-bit, [-63, 63])" in (compiled.save(tmp_path / "avx2") / "report.md").read_text()

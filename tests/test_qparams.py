@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tvmq.passes.calibrators import make_observer
-from tvmq.passes.qparams import (activation_qparams, dequantize, fold_zero_point, quantize, quantize_bias,
+from tvmq.passes.qparams import (QParams, activation_qparams, dequantize, fold_zero_point, quantize, quantize_bias,
                                  weight_qparams)
 
 
@@ -38,6 +38,17 @@ def test_per_channel_weights_use_each_channels_absmax(rng):
     q = quantize(w, qp)
     assert q.dtype == np.int8 and np.abs(q).max() == 127 and np.abs(q).min(initial=0) >= 0
     assert weight_qparams(w, axis=None).scale.shape == ()
+
+
+def test_seven_bit_weights_stay_in_their_range_even_with_a_smaller_scale(rng):
+    """Targets whose kernel saturates int16 (vpmaddubsw) quantize weights onto [-63, 63]; a scale
+    searched below absmax / 63 (EasyQuant) must clip there, not at the dtype's 127."""
+    w = rng.standard_normal((4, 16)).astype(np.float32)
+    qp = weight_qparams(w, axis=0, qmax=63)
+    np.testing.assert_allclose(qp.scale, np.abs(w).max(axis=1) / 63, rtol=1e-6)
+    assert np.abs(quantize(w, qp)).max() == 63 and qp.to_json()["qmax"] == 63
+    narrower = QParams(qp.scale / 2, qp.zero_point, "int8", 0, limit=63)
+    assert quantize(w, narrower).min() == -63 and quantize(w, narrower).max() == 63
 
 
 def test_zero_point_folding_is_exact(rng):
