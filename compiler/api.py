@@ -322,7 +322,12 @@ def _median_ms(executable, params: dict, shape, runs: int) -> float:
 
 
 def _target_key(spec: TargetSpec) -> str:
-    return f"{spec.name}-" + hashlib.sha256(str(spec.target).encode()).hexdigest()[:10]
+    """The default tuning database's name for ``spec``: per target and tvmq version, since a
+    record replays only on the kernels it was tuned for (a block renamed between versions made
+    a shared database unreadable)."""
+    from importlib.metadata import version
+
+    return f"{spec.name}-" + hashlib.sha256(f"{spec.target} tvmq {version('tvmq')}".encode()).hexdigest()[:10]
 
 
 def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: TargetSpec, config: Config,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tvmq.errors import TvmqError
 from tvmq.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing),
                "measured": measured, "seconds": round(seconds, 1), "kernels": _kernel_latencies(database, tasks)}
     with spec.target, database, tvm.transform.PassContext(opt_level=3):
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod), summary
+        try:
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod), summary
+        except tvm.s_tir.schedule.ScheduleError:
+            raise _unreadable(work_dir, "ScheduleError") from None
 
 
 def _round_size(trials_per_task: int, largest: int = 32) -> int:
@@ -201,7 +205,18 @@ def _open_database(work_dir: Path):
             logger.warning("dropping a partial line at the end of %s (an interrupted run)", path)
             with open(path, "r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
-    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    try:
+        return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+    except Exception as err:  # reading a record replays its schedule on its workload
+        raise _unreadable(work_dir, type(err).__name__) from None
+
+
+def _unreadable(work_dir: Path, why: str) -> TvmqError:
+    """A database whose records name blocks its workloads lack: MetaSchedule matches workloads
+    by structure, block names aside, so records of a kernel renamed between tvmq versions attach
+    to the old workload and no longer replay."""
+    return TvmqError(f"cannot use the tuning database {work_dir}: its records do not replay on this tvmq's "
+                     f"kernels (made by another version?); remove it or use another --tuning-db ({why})")
 
 
 def _task_loggers(work_dir: Path, names: list[str]) -> list:

@@ -50,3 +50,28 @@ def test_a_larger_budget_tunes_on_and_an_equal_one_runs_nothing(tmp_path):
     assert again["tuned_now"] == 0 and again["measured"] == 0 and again["from_database"] == 1
     more = tuned(4)
     assert more["tuned_now"] == 1 and more["measured"] >= 1
+
+
+def test_a_database_whose_records_do_not_replay_is_a_clear_error(tmp_path):
+    """A record naming a block its workload lacks (a kernel renamed between versions) made
+    MetaSchedule fail deep inside; tvmq names the database and what to do."""
+    import pytest
+    import tvm
+    from tvm import s_tir, te
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmq.errors import TvmqError
+    from tvmq.tune import _open_database
+
+    a = te.placeholder((8,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((8,), lambda i: a[i] + 1.0, name="add_one")])})
+    sch = s_tir.Schedule(mod)
+    sch.get_sblock("add_one")
+    database = _open_database(tmp_path)
+    workload = database.commit_workload(mod)
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [1e-6], tvm.target.Target("llvm"),
+                                                           ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    records = tmp_path / "database_tuning_record.json"
+    records.write_text(records.read_text().replace("add_one", "add_renamed"))
+    with pytest.raises(TvmqError, match="do not replay"):
+        _open_database(tmp_path)
