@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,6 +22,7 @@ from tvmq.errors import TvmqError
 from tvmq.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
+BUILD_SECONDS = 20  # a candidate normally builds in 0.2-1 s
 
 
 def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
@@ -291,11 +293,27 @@ def _in_process_builder():
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
         """Build candidates on threads of this process (TVM's build releases the GIL: two
-        threads halve a round's build time on two cores) and export each as a tar for the runner."""
+        threads halve a round's build time on two cores) and export each as a tar for the runner.
+
+        A candidate still building at the round's deadline fails as timed out, and the round
+        goes on: LLVM once spent over ten minutes on one heavily unrolled candidate. Its thread
+        cannot be stopped and finishes in the background.
+        """
 
         def build(self, build_inputs):
-            with ThreadPoolExecutor(max_workers=_build_threads()) as pool:
-                return list(pool.map(build_one, build_inputs))
+            pool = ThreadPoolExecutor(max_workers=_build_threads())
+            futures = [pool.submit(build_one, item) for item in build_inputs]
+            deadline = time.monotonic() + BUILD_SECONDS * (1 + len(futures) // _build_threads())
+            try:
+                return [_result_by(future, deadline) for future in futures]
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _result_by(future, deadline: float):
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            return ms.builder.BuilderResult(None, f"build timed out (over {BUILD_SECONDS} s a candidate)")
 
     return InProcessBuilder()
 

@@ -110,8 +110,9 @@ def search_space(intrinsic: str):
         rule.MultiLevelTilingWithIntrin(intrinsic, structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
                                         vector_load_lens=None, reuse_read=None,
                                         reuse_write=rule.ReuseType(req="may", levels=[1, 2], scope="global")),
+        # no 512-step unroll: LLVM once spent over ten minutes on such a tensorized candidate
         rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
-                                        unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+                                        unroll_max_steps=[0, 16, 64], unroll_explicit=True),
         rule.RandomComputeLocation(),
     ]
     post = ms.postproc
