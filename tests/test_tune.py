@@ -75,3 +75,33 @@ def test_a_database_whose_records_do_not_replay_is_a_clear_error(tmp_path):
     records.write_text(records.read_text().replace("add_one", "add_renamed"))
     with pytest.raises(TvmqError, match="do not replay"):
         _open_database(tmp_path)
+
+
+def test_a_candidate_past_the_build_deadline_fails_as_timed_out_and_the_rest_build(monkeypatch):
+    """One candidate that LLVM cannot finish must not stall tuning: the round returns without it."""
+    import time
+
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    import tvmq.tune
+
+    a = te.placeholder((8,), name="a")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((8,), lambda i: a[i] + 1.0, name="b")])})
+    inputs = [ms.builder.BuilderInput(mod, tvm.target.Target("llvm")) for _ in range(2)]
+    build = tvm.tirx.build
+
+    def slow_first(mod, target):
+        if not slow_first.calls:
+            slow_first.calls.append(1)
+            time.sleep(3)
+        return build(mod, target=target)
+
+    slow_first.calls = []
+    monkeypatch.setattr(tvm.tirx, "build", slow_first)
+    monkeypatch.setattr(tvmq.tune, "BUILD_SECONDS", 1)
+    monkeypatch.setattr(tvmq.tune, "_build_threads", lambda: 2)
+    results = tvmq.tune._in_process_builder().build(inputs)
+    assert "timed out" in (results[0].error_msg or "")
+    assert results[1].error_msg is None and results[1].artifact_path
