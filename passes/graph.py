@@ -71,7 +71,10 @@ def use_counts(func: relax.Function) -> Counter:
 
 
 def constant_value(expr) -> np.ndarray | None:
-    return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
+    """A tensor constant's value (None for anything else: TVM 0.27's scalar immediates, such as a
+    PrimValue's FloatImm, are ``Constant`` too, their ``value`` a Python number)."""
+    value = expr.value if isinstance(expr, ir.expr.Constant) else None
+    return value.numpy() if hasattr(value, "numpy") else None
 
 
 def op_name(expr) -> str | None:
