@@ -138,3 +138,15 @@ def test_importer_tir_functions_survive_every_pass(tmp_path, rng):
     expected = ort.InferenceSession(path).run(None, {"x": x})[0]
     got = compiled.run(x)
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_constant_value_reads_tensor_constants_only():
+    """TVM 0.27's scalar immediates are ``Constant`` too; reading one as a tensor crashed the
+    x86 legalization of a module with a layer kept fp32 (a ``clip`` bound as a PrimValue)."""
+    import tvm
+    from tvm import relax
+
+    from tvmq.passes.graph import constant_value
+
+    assert constant_value(relax.prim_value(tvm.tirx.FloatImm("float32", 6.0))) is None
+    np.testing.assert_array_equal(constant_value(relax.const(np.arange(3, dtype="float32"))), [0, 1, 2])
