@@ -78,16 +78,23 @@ def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
 
 def layer_rows(report: dict, ort: dict) -> list[dict]:
     """One row per tvmq layer: its ONNX node, tvmq fp32 / int8 µs and ONNX Runtime fp32 / int8 µs."""
-    int8_by_layer = {}
-    for name, us in ort["int8"].items():
-        int8_by_layer[re.sub(r"_token_\d+$", "", name)] = int8_by_layer.get(re.sub(r"_token_\d+$", "", name), 0) + us
+    by_layer = {kind: _by_layer(nodes) for kind, nodes in ort.items()}
     rows = []
     for layer in report["latency_fallback"]["layers"]:
         node = layer["layer"]
         rows.append({"layer": node, "tvmq_fp32_us": layer["fp32_us"], "tvmq_int8_us": layer["int8_us"],
-                     "ort_fp32_us": ort["fp32"].get(node), "ort_int8_us": int8_by_layer.get(node),
+                     "ort_fp32_us": by_layer["fp32"].get(node), "ort_int8_us": by_layer["int8"].get(node),
                      "kept_fp32": layer["kept_fp32"], "int8_kernels": layer["int8_kernels"]})
     return sorted(rows, key=lambda r: -_deficit(r))
+
+
+def _by_layer(nodes: dict[str, float]) -> dict[str, float]:
+    """Node µs keyed by the ONNX node they compute: ONNX Runtime names a fused node after its
+    conv plus ``_token_<n>``."""
+    out = collections.Counter()
+    for name, us in nodes.items():
+        out[re.sub(r"_token_\d+$", "", name)] += us
+    return dict(out)
 
 
 def _deficit(row: dict) -> float:

@@ -71,10 +71,15 @@ def attribute(fp32_mod, int8_mod, layers: dict, spec: TargetSpec, fp32_kernels: 
     return result
 
 
+MARGIN = 1.1  # int8 must measure this much slower: tuning's records are noisy by about as much
+
+
 def slower_in_int8(latencies: dict[str, LayerLatency]) -> list[str]:
-    """The layers measured slower in int8 (with their edges) than in fp32, by name."""
+    """The layers measured slower in int8 (with their edges) than in fp32 by more than
+    :data:`MARGIN`, by name. On MobileNetV2 without a margin two layers went fp32 at 4% and
+    6% over: within what one tuning record varies on a shared machine."""
     return sorted(name for name, t in latencies.items()
-                  if t.fp32_us is not None and t.int8_us is not None and t.int8_us > t.fp32_us)
+                  if t.fp32_us is not None and t.int8_us is not None and t.int8_us > MARGIN * t.fp32_us)
 
 
 def _params_of(mod, names: set) -> set:

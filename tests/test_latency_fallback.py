@@ -81,7 +81,8 @@ def test_identical_layers_sharing_one_tuning_task_both_get_its_time(tmp_path, rn
 def test_decision_keeps_fp32_exactly_the_layers_slower_in_int8():
     timings = {
         "faster": LayerLatency(["a"], ["b"], 10.0, 4.0),
-        "slower": LayerLatency(["a"], ["b", "q"], 10.0, 10.5),
+        "slower": LayerLatency(["a"], ["b", "q"], 10.0, 11.5),
+        "within_noise": LayerLatency(["a"], ["b", "q"], 10.0, 10.9),
         "equal": LayerLatency(["a"], ["b"], 10.0, 10.0),
         "unmeasured_int8": LayerLatency(["a"], ["b"], 10.0, None),
         "unmeasured_fp32": LayerLatency(["a"], ["b"], None, 99.0),
