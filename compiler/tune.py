@@ -44,8 +44,7 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    with spec.target:
-        mod = relax.transform.FuseTIR()(fuse(mod, spec))
+    mod = relax.transform.FuseTIR()(fuse(mod, spec))  # fuse() enters the target itself
     spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
