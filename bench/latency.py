@@ -51,7 +51,7 @@ def main() -> None:
         engine, directory, batch = args.child
         print(json.dumps({"ms": time_engine(engine, Path(directory), int(batch), args.runs)}))
         return
-    out = HERE / "results" / f"{_cpu_key()}.json"
+    out = HERE / "results" / f"{cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
     rows = []
     for name in args.models:
@@ -228,7 +228,7 @@ def _int8_flags() -> list[str]:
     return [f for f in INT8_FEATURES if f in cpu_flags()]
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("model name")), "cpu")
     return re.sub(r"[^A-Za-z0-9]+", "-", f"{model.strip()}-{'-'.join(_int8_flags())}").strip("-").lower()

@@ -5,8 +5,8 @@
 Reads what ``bench/latency.py`` left in ``bench/work/<model>-b<batch>``: ONNX Runtime's fp32
 and int8 (QDQ) models, profiled node by node here (2 threads, median of ``--runs`` runs after
 warm-up), and tvmq's report, whose latency-fallback section gives each conv / dense layer's
-tuned fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges,
-from the tuning database's best records). ONNX Runtime fuses a QDQ conv into one QLinearConv
+fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges), each
+kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals. ONNX Runtime fuses a QDQ conv into one QLinearConv
 node named after the conv (``<conv>_token_<n>``), which is how its rows are matched.
 
 Prints the layers worst first (tvmq int8 minus ONNX Runtime int8) with totals, and writes
@@ -42,11 +42,11 @@ def main() -> None:
     ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
     rows = layer_rows(report, ort)
     totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
-              **{f"tvmq_{m}_us": kernel_total(report["tuning"][m]) for m in ("fp32", "int8")}}
+              **{f"tvmq_{m}_us": kernel_total(report["kernel_profile"][m]) for m in ("fp32", "int8")}}
     print_table(rows, totals, args.top)
-    from latency import _cpu_key
+    from latency import cpu_key
 
-    out = HERE / "results" / f"{_cpu_key()}-layers-{args.model}-b{args.batch}.json"
+    out = HERE / "results" / f"{cpu_key()}-layers-{args.model}-b{args.batch}.json"
     out.write_text(json.dumps({"model": args.model, "batch": args.batch, "totals": totals, "layers": rows,
                                "kept_fp32": report["latency_fallback"].get("kept_fp32", [])}, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(HERE.parent)}")
@@ -103,9 +103,9 @@ def _deficit(row: dict) -> float:
     return row["tvmq_int8_us"] - row["ort_int8_us"]
 
 
-def kernel_total(tuning: dict | None) -> float:
-    """The sum over a module's tuned kernels of best-record µs times calls."""
-    return sum(k["us"] * k["calls"] for k in (tuning or {}).get("kernels", []))
+def kernel_total(rows: list[dict]) -> float:
+    """The sum over a module's kernels of µs times calls."""
+    return sum(k["us"] * k["calls"] for k in rows)
 
 
 def print_table(rows: list[dict], totals: dict, top: int) -> None:

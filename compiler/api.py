@@ -26,7 +26,7 @@ from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import assets, latency, layerwise
+from . import assets, latency, layerwise, profile
 from .build import bind_batch, build, virtual_machine
 from .calibrate import bounded_batch, collect_ranges
 from .config import Config
@@ -99,15 +99,16 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
     deployable = functools.partial(_build_deployable, model_batch=run.batch, deploy_batch=deploy_batch, spec=spec,
                                    trials=config.trials, db=db)
+    shape = source.static_shape(deploy_batch)
     fp32_built = deployable(fp32)
     int8_built = deployable(quantized.int8, legalize=spec.legalize_int8)
     fallback = None
     if config.latency_fallback and config.trials > 0:
-        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec,
+        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, shape,
                                                             functools.partial(deployable, legalize=spec.legalize_int8))
-    shape = source.static_shape(deploy_batch)
     latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
                   "int8": _median_ms(int8_built.executable, int8_built.params, shape, config.latency_runs)}
+    kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
 
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
     int8_exposed = quantized.refined.realize(quantized.scheme, expose=True, keep_fp32=quantized.keep_fp32)(fp32)
@@ -127,7 +128,8 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
-        "latency_runs": config.latency_runs, "tuning": {"trials": config.trials, "database": str(db),
+        "latency_runs": config.latency_runs, "kernel_profile": kernels,
+        "tuning": {"trials": config.trials, "database": str(db),
                                                               "fp32": fp32_built.tuning, "int8": int8_built.tuning},
         "latency_fallback": _fallback_report(config, fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
@@ -202,9 +204,10 @@ class _Fallback:
 
 
 def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_built: _Built, spec: TargetSpec,
-                      rebuild) -> tuple[_Quantized, _Built, _Fallback]:
+                      shape, rebuild) -> tuple[_Quantized, _Built, _Fallback]:
     """Keep fp32 every layer whose int8 kernel plus its quantize / dequantize edges measured slower
-    (tuning's records) than its tuned fp32 kernel, and rebuild the int8 module (``rebuild``).
+    (each kernel timed in its built module, on an input of ``shape``) than its tuned fp32 kernel,
+    and rebuild the int8 module (``rebuild``).
 
     Once, not to a fixed point: a layer kept fp32 gives its neighbours new edges, which are
     tuned with the rebuilt module but not weighed again.
@@ -213,7 +216,7 @@ def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_buil
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in record["weights"]}
     timings = latency.attribute(fp32_built.module, int8_built.module, chains, spec,
-                                fp32_built.tuning["kernels"], int8_built.tuning["kernels"])
+                                _kernel_profile(fp32_built, shape), _kernel_profile(int8_built, shape))
     kept = latency.slower_in_int8(timings)
     if not kept:
         return quantized, int8_built, _Fallback(timings, kept, chains, False)
@@ -222,6 +225,11 @@ def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_buil
         quantized.scheme, keep_fp32=kept)(fp32))
     int8_built = rebuild(quantized.int8)
     return quantized, int8_built, _Fallback(timings, kept, chains, True)
+
+
+def _kernel_profile(built: _Built, shape) -> list[dict]:
+    """Each kernel's µs in ``built``, timed inside the module (:mod:`tvmq.profile`)."""
+    return profile.profile(built.executable, built.params, shape)
 
 
 def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec: TargetSpec,

@@ -1,10 +1,10 @@
-"""Per-layer latency from tuning's measurements, and which layers are slower in int8.
+"""Per-layer latency from per-kernel measurements, and which layers are slower in int8.
 
-Tuning measures every fused kernel (a MetaSchedule task: its best record in the database).
-A conv / dense layer's fp32 time is that of the kernel that computes it in the fp32 module;
-its int8 time that of the kernel that computes it in the int8 module plus the standalone
-quantize / dequantize kernels on its edges (one shared by several layers is split evenly
-among them). No kernel is measured again.
+Each fused kernel has a time (``{"kernel", "calls", "us"}`` rows: :mod:`tvmq.profile` times
+them inside the built module; tuning's best records give the same rows). A conv / dense
+layer's fp32 time is that of the kernel that computes it in the fp32 module; its int8 time
+that of the kernel that computes it in the int8 module plus the standalone quantize /
+dequantize kernels on its edges (one shared by several layers is split evenly among them).
 
 A layer's kernel is the kernel call that reads its lifted weight (or bias): identical layers
 share one fused function, so the bindings inside it cannot tell them apart, but each reads
@@ -56,7 +56,7 @@ def attribute(fp32_mod, int8_mod, layers: dict, spec: TargetSpec, fp32_kernels: 
 
     ``fp32_mod`` / ``int8_mod`` are the deployable modules as tuning receives them;
     ``layers`` maps each int8 layer's output name to the names of its chain in the fp32 module;
-    ``*_kernels`` are the tuning summaries' ``kernels`` rows (``{"kernel", "calls", "us"}``).
+    ``*_kernels`` are each module's per-kernel rows (``{"kernel", "calls", "us"}``).
     """
     fp32, int8 = _kernels(fp32_mod, spec, fp32_kernels), _kernels(int8_mod, spec, int8_kernels)
     own = {name: _reading(int8, _params_of(int8_mod, {name + s for s in INT8_SUFFIXES})) for name in layers}
@@ -71,13 +71,13 @@ def attribute(fp32_mod, int8_mod, layers: dict, spec: TargetSpec, fp32_kernels: 
     return result
 
 
-MARGIN = 1.1  # int8 must measure this much slower: tuning's records are noisy by about as much
+MARGIN = 1.1  # int8 must measure this much slower: kernel timings vary by about as much
 
 
 def slower_in_int8(latencies: dict[str, LayerLatency]) -> list[str]:
     """The layers measured slower in int8 (with their edges) than in fp32 by more than
     :data:`MARGIN`, by name. On MobileNetV2 without a margin two layers went fp32 at 4% and
-    6% over: within what one tuning record varies on a shared machine."""
+    6% over (by tuning records): within what one kernel's time varies on a shared machine."""
     return sorted(name for name, t in latencies.items()
                   if t.fp32_us is not None and t.int8_us is not None and t.int8_us > MARGIN * t.fp32_us)
 

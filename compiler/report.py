@@ -56,7 +56,7 @@ def to_markdown(report: dict) -> str:
               "| module | ms |", "|---|---|",
               f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
               f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
-              f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report["tuning"]),
+              f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
               *_fallback(report.get("latency_fallback")),
               "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
               "| node | op | precision | SQNR dB |", "|---|---|---|---|"]
@@ -80,14 +80,16 @@ def _tuning(tuning: dict) -> str:
     return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
 
 
-def _kernels(tuning: dict, top: int = 8) -> list[str]:
-    """The slowest tuned kernels of each module (MetaSchedule's measurements), most time first."""
+def _kernels(report: dict, top: int = 8) -> list[str]:
+    """Each module's kernels that take the most time, as timed inside the built module."""
     lines = []
-    for name in ("fp32", "int8"):
-        kernels = ((tuning.get(name) or {}).get("kernels") or [])[:top]
-        if kernels:
-            lines += [f"Slowest {name} kernels (tuned latency):", "", "| kernel | calls | µs each |", "|---|---|---|",
-                      *[f"| `{k['kernel'][:60]}` | {k['calls']} | {k['us']:.1f} |" for k in kernels], ""]
+    for name, rows in (report.get("kernel_profile") or {}).items():
+        total = max(sum(k["us"] * k["calls"] for k in rows), 1e-9)
+        lines += [f"Slowest {name} kernels, each timed in the module ({len(rows)} kernels, "
+                  f"{total / 1e3:.3f} ms a run in all):", "", "| kernel | calls | µs each | share |",
+                  "|---|---|---|---|",
+                  *[f"| `{k['kernel'][:60]}` | {k['calls']} | {k['us']:.1f} | {k['us'] * k['calls'] / total:.0%} |"
+                    for k in rows[:top]], ""]
     return lines
 
 
@@ -103,7 +105,7 @@ def _fallback(section: dict | None) -> list[str]:
         compared = [row for row in section["layers"] if row["fp32_us"] is not None and row["int8_us"] is not None]
         unmeasured = len(section["layers"]) - len(compared)
         return lines + [f"Every int8 layer ({len(compared)} compared) was faster than its tuned fp32 kernel "
-                        "(int8 kernel plus its quantize / dequantize edges, tuned latency)"
+                        "(int8 kernel plus its quantize / dequantize edges, each timed in its module)"
                         + (f"; {unmeasured} without measurements stay int8." if unmeasured else "."), ""]
     return lines + ["Kept fp32: these layers' int8 kernel plus quantize / dequantize edges measured slower "
                     "than their tuned fp32 kernel (the int8 module was rebuilt without them).", "",

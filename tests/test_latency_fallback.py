@@ -1,7 +1,8 @@
 """Latency fallback: per-layer kernel attribution, the slower-in-int8 choice, the rebuilt module and report.
 
-Tuning is replaced by a stand-in that returns the module untuned with made-up kernel latencies
-(real tuning takes minutes here); attribution, decision, realize and rebuild are the product's.
+Tuning is replaced by a stand-in that returns the module untuned (real tuning takes minutes
+here) and the in-module kernel timer by made-up kernel latencies; attribution, decision,
+realize and rebuild are the product's.
 """
 
 import json
@@ -92,17 +93,22 @@ def test_decision_keeps_fp32_exactly_the_layers_slower_in_int8():
     assert slower_in_int8({}) == []
 
 
-def _stand_in_tune(slow_tensor):
-    """A ``tune`` that measures nothing: int8 kernels 1 µs, fp32 kernels 10 µs, and 1000 µs for
-    the int8 kernel that computes ``slow_tensor``."""
-    def tune(mod, spec, trials, db):
+def _stand_in_tune(mod, spec, trials, db):
+    """A ``tune`` that tunes nothing."""
+    return mod, {"tasks": 0, "tuned_now": 0, "from_database": 0, "measured": 0, "seconds": 0.0, "kernels": []}
+
+
+def _stand_in_profile(slow_tensor):
+    """A kernel timer that measures nothing: int8 kernels 1 µs, fp32 kernels 10 µs, and 1000 µs
+    for the int8 kernel that computes ``slow_tensor``."""
+    def profile(built, shape):
+        mod = built.module
         is_int8 = RECORD_ATTR in mod["main"].attrs
+        spec = get_target("host")
         params = latency._params_of(mod, {slow_tensor})
         slow = {k.function for k in latency._kernels(mod, spec, []) if k.params & params}
-        rows = _task_rows(mod, spec, lambda n: (1000.0 if n in slow else 1.0) if is_int8 else 10.0)
-        return mod, {"tasks": len(rows), "tuned_now": 0, "from_database": len(rows), "measured": 0,
-                     "seconds": 0.0, "kernels": rows}
-    return tune
+        return _task_rows(mod, spec, lambda n: (1000.0 if n in slow else 1.0) if is_int8 else 10.0)
+    return profile
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +116,8 @@ def fell_back(bundled, tmp_path_factory):
     """The bundled CNN compiled with tuning standing in, its conv2 (output ``relu2``) slow in int8."""
     model, calib, evaluation = bundled
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(api, "tune", _stand_in_tune("relu2_int"))
+    monkeypatch.setattr(api, "tune", _stand_in_tune)
+    monkeypatch.setattr(api, "_kernel_profile", _stand_in_profile("relu2_int"))
     try:
         compiled = tvmq.compile(model, calib, config=Config(trials=8, latency_runs=1), eval_data=evaluation)
     finally:
@@ -161,7 +168,8 @@ def test_the_rebuilt_module_runs_and_matches_fp32_at_least_as_well(fell_back, de
 
 def test_fallback_off_keeps_every_layer_int8(bundled, monkeypatch):
     model, calib, evaluation = bundled
-    monkeypatch.setattr(api, "tune", _stand_in_tune("relu2_int"))
+    monkeypatch.setattr(api, "tune", _stand_in_tune)
+    monkeypatch.setattr(api, "_kernel_profile", _stand_in_profile("relu2_int"))
     report = tvmq.compile(model, calib, config=Config(trials=8, latency_runs=1, latency_fallback=False),
                           eval_data=np.load(evaluation)["x"][:64]).report
     assert report["latency_fallback"] == {"status": "off (--no-latency-fallback)", "layers": [], "kept_fp32": []}

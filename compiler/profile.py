@@ -1,0 +1,70 @@
+"""Each kernel's time inside a built module, on the arguments it gets in a real run.
+
+TVM 0.27's Relax VM has no profiler, but it calls an instrument around every call it makes.
+Before each kernel call (a PrimFunc of the module's library, not a ``vm.builtin``) the
+instrument times that kernel with TVM's own timer (``time_evaluator``: repeats of at least
+``min_repeat_ms``, median over ``repeat``) on exactly those arguments, so the numbers need no tuning
+record and come from the kernels as deployed; the VM then runs the call as usual.
+
+A kernel re-run on its own arguments finds them in cache where the full run may not, so the
+per-kernel sum can be a little under the end-to-end time; ``total_us`` says how close it is.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+REPEAT, MIN_REPEAT_MS = 5, 1
+
+
+def kernel_rows(executable, args: list, repeat: int = REPEAT) -> list[dict]:
+    """``{"kernel", "calls", "us"}`` per kernel of ``executable``'s ``main`` run on ``args``
+    (tvm tensors: inputs, then params), µs per call (median over its calls), most time first:
+    the rows of the tuning summary's ``kernels``, measured in the module."""
+    import tvm
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(executable, device)
+    library = _library(executable)
+    timers, times = {}, {}
+
+    def instrument(func, symbol, before_run, ret_value, *call_args):
+        if before_run and not symbol.startswith("vm.builtin.") and library.implements_function(symbol):
+            if symbol not in timers:
+                timers[symbol] = library.time_evaluator(symbol, device, number=1, repeat=repeat,
+                                                          min_repeat_ms=MIN_REPEAT_MS)
+            times.setdefault(symbol, []).append(statistics.median(timers[symbol](*call_args).results) * 1e6)
+        return 0  # run the call as usual
+
+    vm.set_instrument(instrument)
+    vm["main"](*args)
+    rows = [{"kernel": name, "calls": len(us), "us": round(statistics.median(us), 2)} for name, us in times.items()]
+    return sorted(rows, key=lambda r: -r["us"] * r["calls"])
+
+
+def total_us(rows: list[dict]) -> float:
+    """The sum of every kernel call's time, µs per run."""
+    return round(sum(r["us"] * r["calls"] for r in rows), 1)
+
+
+def profile(executable, params: dict, shape, repeat: int = REPEAT) -> list[dict]:
+    """:func:`kernel_rows` for a one-input module on a zero input of ``shape`` with ``params``."""
+    import tvm
+
+    args = [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
+    return kernel_rows(executable, args, repeat)
+
+
+def _library(executable):
+    """The compiled kernels' module under a VM executable (in memory or loaded from a file)."""
+    module = getattr(executable, "mod", executable)
+    pending = [module]
+    while pending:
+        current = pending.pop()
+        if current.kind != "relax.VMExecutable":
+            return current
+        pending.extend(current.imports_)
+    raise ValueError("the executable has no kernel library (nothing was compiled into it)")
