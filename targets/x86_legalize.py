@@ -4,7 +4,9 @@
    pads, pools and residual adds follow, so layout transforms remain only at the edges.
 2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
    a packed kernel of :mod:`tvmq.targets.x86_int8`, its weight packed here, at compile time,
-   in blocks of ``lanes`` outputs (16 for AVX-512, 8 for AVX2).
+   in blocks of ``lanes`` outputs (16 for AVX-512, 8 for AVX2); a conv's input channels are
+   zero-padded to a multiple of 4 by a pad op that fuses into the producer (an RGB image's
+   quantize and transpose), not inside the conv kernel.
    Depthwise convolutions become :mod:`tvmq.targets.x86_depthwise`'s kernel on a weight packed
    channel-innermost; grouped ones keep TVM's generic kernels.
 
@@ -54,7 +56,8 @@ class _Packer(relax.PyExprMutator):
         if call.op.name == "relax.nn.conv2d" and _packable_conv(call):
             attrs = call.attrs
             return self.builder_.call_te(
-                x86_int8.conv2d_nhwc, call.args[0], relax.const(x86_int8.pack_conv_weight(weight, self.lanes)),
+                x86_int8.conv2d_nhwc, self._channels_padded(call.args[0]),
+                relax.const(x86_int8.pack_conv_weight(weight, self.lanes)),
                 out_channels=weight.shape[0], strides=_ints(attrs.strides), padding=_ints(attrs.padding),
                 dilation=_ints(attrs.dilation), primfunc_name_hint=x86_int8.PACKED_PREFIX + "conv2d")
         if call.op.name == "relax.matmul" and weight.ndim == 2:
@@ -62,6 +65,15 @@ class _Packer(relax.PyExprMutator):
                 x86_int8.dense, call.args[0], relax.const(x86_int8.pack_dense_weight(weight, self.lanes)),
                 out_features=weight.shape[1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense")
         return call
+
+    def _channels_padded(self, data: relax.Expr) -> relax.Expr:
+        """NHWC ``data`` with its channels zero-padded to whole dot-product groups of 4, as a
+        Relax op of its own: FuseOps folds it into the producer (the input's quantize and
+        transpose, for a 3-channel image) rather than the conv copying its input in the kernel."""
+        missing = -int(data.ty.shape[3]) % x86_int8.REDUCE
+        if not missing:
+            return data
+        return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, missing]))
 
 
 def _is_u8_by_s8_constant(call: relax.Call) -> bool:

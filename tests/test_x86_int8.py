@@ -155,6 +155,7 @@ def _realized(tmp_path, rng, model, calib_shape):
 @pytest.mark.parametrize("lanes", [16, 8])
 @pytest.mark.parametrize("model,shape,packed,depthwise", [
     (onnx_models.conv_chain(channels=8), (16, 8, 12, 12), 2, 0),
+    (onnx_models.conv_chain(channels=3), (16, 3, 12, 12), 2, 0),  # channels padded 3 -> 4 by an op of its own
     (onnx_models.conv_chain(channels=8, groups=8, stride=2), (16, 8, 12, 12), 1, 1),
     (onnx_models.conv_chain(channels=8, groups=8, pad=2, dilation=2), (16, 8, 12, 12), 1, 1),
     (onnx_models.dense_chain(), (16, 20), 2, 0),
