@@ -93,9 +93,14 @@ def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic)
 
 
 def _packed_space(intrinsic: DotIntrinsic, task_name: str):
-    """Auto-tensorization onto ``intrinsic`` for the packed kernels; TVM's generic rules for the rest."""
-    from . import x86_int8
+    """Our sketches for the packed and depthwise convs, auto-tensorization onto ``intrinsic``
+    for the other packed kernels (dense), TVM's generic rules for the rest."""
+    from . import x86_depthwise, x86_int8, x86_sketch
 
+    if x86_int8.PACKED_PREFIX + "conv2d" in task_name:
+        return x86_sketch.conv_space(intrinsic.name, intrinsic.lanes)
+    if x86_depthwise.PREFIX + "conv2d" in task_name:
+        return x86_sketch.depthwise_space()
     return x86_int8.search_space(intrinsic.name) if x86_int8.PACKED_PREFIX in task_name else None
 
 
