@@ -108,19 +108,16 @@ def _around(sch, conv, epilogue, outer, tile) -> None:
 
 
 def _inline_epilogue(sch, conv):
-    """Inline the conv's elementwise consumers (crop, bias, cast, scale, clamp, residual add)
-    into the last one, which writes the output; that block, or None if the conv writes it."""
-    consumers = sch.get_consumers(conv)
-    last = None
-    while consumers:
-        block = consumers[0]
-        following = sch.get_consumers(block)
-        if not following:
-            last = block
-            break
-        sch.compute_inline(block)
-        consumers = sch.get_consumers(conv)
-    return last
+    """Inline every block but the conv, its producers (a pad) and the last block, which writes
+    the output: the conv's elementwise consumers (crop, bias, cast, scale, clamp) and a residual
+    input's own requantize. Returns that last block, or None if the conv writes the output."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    keep = {sch.get(b).name_hint for b in [conv, *sch.get_producers(conv)]}
+    for block in blocks[:-1]:
+        if sch.get(block).name_hint not in keep:
+            sch.compute_inline(block)
+    last = blocks[-1]
+    return None if sch.get(last).name_hint == sch.get(conv).name_hint else last
 
 
 def _vectorize_innermost(sch, block) -> None:

@@ -228,3 +228,22 @@ def conv_bn_relu_conv(relu6=False, seed=0) -> onnx.ModelProto:
         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", kernel_shape=[3, 3]),
     ]
     return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 8, 8])], inits)
+
+
+def residual_block(seed=0) -> onnx.ModelProto:
+    """ResNet's shortcut, in int8 because a conv reads the sum:
+
+        x[N,8,10,10] --conv_a 3x3--> a --relu--> r --conv_b 1x1--> b;  b + x --add--> s --conv_c 1x1--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {f"w{n}": (rng.standard_normal((8, 8, k, k)) * 0.3).astype(np.float32)
+             for n, k in (("a", 3), ("b", 1), ("c", 1))}
+    inits.update({f"b{n}": (rng.standard_normal(8) * 0.1).astype(np.float32) for n in "abc"})
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="conv_b", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["b", "x"], ["s"], name="shortcut"),
+        helper.make_node("Conv", ["s", "wc", "bc"], ["y"], name="conv_c", kernel_shape=[1, 1]),
+    ]
+    return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)
