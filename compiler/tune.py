@@ -318,6 +318,6 @@ def _in_process_builder():
 
 
 def _build_threads() -> int:
-    import psutil
+    from tvmq.threads import physical_cores
 
-    return max(1, psutil.cpu_count(logical=False) or 1)
+    return physical_cores()

@@ -105,9 +105,9 @@ def _packed_space(intrinsic: DotIntrinsic, task_name: str):
 
 
 def _cores() -> int:
-    import psutil
+    from tvmq.threads import physical_cores
 
-    return psutil.cpu_count(logical=False) or 1
+    return physical_cores()
 
 
 def _as_dict(target) -> dict:
