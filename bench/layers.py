@@ -6,8 +6,9 @@ Reads what ``bench/latency.py`` left in ``bench/work/<model>-b<batch>``: ONNX Ru
 and int8 (QDQ) models, profiled node by node here (2 threads, median of ``--runs`` runs after
 warm-up), and tvmq's report, whose latency-fallback section gives each conv / dense layer's
 fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges), each
-kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals. ONNX Runtime fuses a QDQ conv into one QLinearConv
-node named after the conv (``<conv>_token_<n>``), which is how its rows are matched.
+kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals.
+ONNX Runtime fuses a QDQ conv into one QLinearConv node named after the conv
+(``<conv>_token_<n>``), which is how its rows are matched.
 
 Prints the layers worst first (tvmq int8 minus ONNX Runtime int8) with totals, and writes
 ``bench/results/<cpu>-layers-<model>-b<batch>.json``. Kernels that are no layer's (input
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmq.profile import total_us
+
 HERE = Path(__file__).resolve().parent
 THREADS = 2
 
@@ -42,7 +45,7 @@ def main() -> None:
     ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
     rows = layer_rows(report, ort)
     totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
-              **{f"tvmq_{m}_us": kernel_total(report["kernel_profile"][m]) for m in ("fp32", "int8")}}
+              **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")}}
     print_table(rows, totals, args.top)
     from latency import cpu_key
 
@@ -101,11 +104,6 @@ def _deficit(row: dict) -> float:
     if row["tvmq_int8_us"] is None or row["ort_int8_us"] is None:
         return 0.0
     return row["tvmq_int8_us"] - row["ort_int8_us"]
-
-
-def kernel_total(rows: list[dict]) -> float:
-    """The sum over a module's kernels of µs times calls."""
-    return sum(k["us"] * k["calls"] for k in rows)
 
 
 def print_table(rows: list[dict], totals: dict, top: int) -> None:

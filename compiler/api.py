@@ -102,13 +102,15 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     shape = source.static_shape(deploy_batch)
     fp32_built = deployable(fp32)
     int8_built = deployable(quantized.int8, legalize=spec.legalize_int8)
+    kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
     fallback = None
     if config.latency_fallback and config.trials > 0:
-        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, shape,
+        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, kernels,
                                                             functools.partial(deployable, legalize=spec.legalize_int8))
+        if fallback.rebuilt:
+            kernels["int8"] = _kernel_profile(int8_built, shape)
     latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
                   "int8": _median_ms(int8_built.executable, int8_built.params, shape, config.latency_runs)}
-    kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
 
     logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
     int8_exposed = quantized.refined.realize(quantized.scheme, expose=True, keep_fp32=quantized.keep_fp32)(fp32)
@@ -129,8 +131,8 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "kernel_profile": kernels,
-        "tuning": {"trials": config.trials, "database": str(db),
-                                                              "fp32": fp32_built.tuning, "int8": int8_built.tuning},
+        "tuning": {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning,
+                   "int8": int8_built.tuning},
         "latency_fallback": _fallback_report(config, fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(fp32) + quantized.notes,
@@ -204,9 +206,9 @@ class _Fallback:
 
 
 def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_built: _Built, spec: TargetSpec,
-                      shape, rebuild) -> tuple[_Quantized, _Built, _Fallback]:
+                      kernels: dict, rebuild) -> tuple[_Quantized, _Built, _Fallback]:
     """Keep fp32 every layer whose int8 kernel plus its quantize / dequantize edges measured slower
-    (each kernel timed in its built module, on an input of ``shape``) than its tuned fp32 kernel,
+    (``kernels``: each module's kernels timed in the built module) than its tuned fp32 kernel,
     and rebuild the int8 module (``rebuild``).
 
     Once, not to a fixed point: a layer kept fp32 gives its neighbours new edges, which are
@@ -216,7 +218,7 @@ def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_buil
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in record["weights"]}
     timings = latency.attribute(fp32_built.module, int8_built.module, chains, spec,
-                                _kernel_profile(fp32_built, shape), _kernel_profile(int8_built, shape))
+                                kernels["fp32"], kernels["int8"])
     kept = latency.slower_in_int8(timings)
     if not kept:
         return quantized, int8_built, _Fallback(timings, kept, chains, False)
@@ -325,8 +327,7 @@ def _median_ms(executable, params: dict, shape, runs: int) -> float:
 
     vm = virtual_machine(executable)
     timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=max(runs, 1))
-    args = [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
-    return float(np.median(timer(*args).results) * 1e3)
+    return float(np.median(timer(*profile.zero_input_args(params, shape)).results) * 1e3)
 
 
 def _target_key(spec: TargetSpec) -> str:

@@ -28,7 +28,7 @@ INT8_SUFFIXES = ("_int", "_acc")  # realize's names for a layer's integer op and
 
 @dataclass
 class LayerLatency:
-    """One layer's tuned kernels (names as in the tuning summary) and their time in µs per run
+    """One layer's kernels (names as in the built module) and their time in µs per run
     (None where a kernel has no measurement)."""
 
     fp32_kernels: list[str] = field(default_factory=list)

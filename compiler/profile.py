@@ -3,8 +3,8 @@
 TVM 0.27's Relax VM has no profiler, but it calls an instrument around every call it makes.
 Before each kernel call (a PrimFunc of the module's library, not a ``vm.builtin``) the
 instrument times that kernel with TVM's own timer (``time_evaluator``: repeats of at least
-``min_repeat_ms``, median over ``repeat``) on exactly those arguments, so the numbers need no tuning
-record and come from the kernels as deployed; the VM then runs the call as usual.
+``MIN_REPEAT_MS``, median over ``repeat``) on exactly those arguments, so the numbers need no
+tuning record and come from the kernels as deployed; the VM then runs the call as usual.
 
 A kernel re-run on its own arguments finds them in cache where the full run may not, so the
 per-kernel sum can be a little under the end-to-end time; ``total_us`` says how close it is.
@@ -52,10 +52,14 @@ def total_us(rows: list[dict]) -> float:
 
 def profile(executable, params: dict, shape, repeat: int = REPEAT) -> list[dict]:
     """:func:`kernel_rows` for a one-input module on a zero input of ``shape`` with ``params``."""
+    return kernel_rows(executable, zero_input_args(params, shape), repeat)
+
+
+def zero_input_args(params: dict, shape) -> list:
+    """``main``'s arguments for a one-input module: a float32 zero input of ``shape``, then ``params``."""
     import tvm
 
-    args = [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
-    return kernel_rows(executable, args, repeat)
+    return [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
 
 
 def _library(executable):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .profile import total_us
+
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 KEPT_FP32 = "fp32 (slower in int8)"
 
@@ -84,7 +86,7 @@ def _kernels(report: dict, top: int = 8) -> list[str]:
     """Each module's kernels that take the most time, as timed inside the built module."""
     lines = []
     for name, rows in (report.get("kernel_profile") or {}).items():
-        total = max(sum(k["us"] * k["calls"] for k in rows), 1e-9)
+        total = max(total_us(rows), 1e-9)
         lines += [f"Slowest {name} kernels, each timed in the module ({len(rows)} kernels, "
                   f"{total / 1e3:.3f} ms a run in all):", "", "| kernel | calls | µs each | share |",
                   "|---|---|---|---|",
