@@ -4,7 +4,8 @@ TVM sizes its thread pool from ``TVM_NUM_THREADS``, else ``OMP_NUM_THREADS``, el
 logical CPUs on x86 (to skip hyper-threads). A machine without SMT loses half its cores that
 way: on these 2-core machines TVM ran one thread, so tvmq's compile-time latencies, kernel
 timings, latency fallback and tuning measurements were single-threaded, while the same
-ResNet-50 int8 module with ``TVM_NUM_THREADS=2`` ran 2x faster (22.5 vs 11.2 ms).
+ResNet-50 int8 module ran 1.7x faster with ``TVM_NUM_THREADS=2`` (21.9 vs 12.9 ms, timed by
+``bench/latency.py --child``).
 :func:`use_physical_cores` sets ``TVM_NUM_THREADS`` to the physical core count unless the
 user set either variable; it must run before the pool starts (importing ``tvmq`` does it),
 and tuning's runner processes inherit it.

@@ -17,7 +17,8 @@ The w1 x ob1 accumulators stay in registers across the whole reduction; the fuse
 runs on each finished tile while it is in cache; a spatial pad is computed per parallel
 task. Tile sizes are ``sample_perfect_tile`` decisions, so the evolutionary search mutates
 them as usual. At 32 trials it beat MetaSchedule's generic tensorizing space by 1.7x on a
-MobileNetV2 stem and 1.6x on a 1x1 conv (56x56, 24 -> 144), and matched it on a 3x3 conv.
+MobileNetV2 stem and 1.6x on a 1x1 conv (56x56, 24 -> 144), and matched it on a 3x3 conv
+(``bench/spaces.py``).
 
 Depthwise conv (``depthwise_nhwc``, :mod:`tvmq.targets.x86_depthwise`): the same nest
 without the dot product, vectorized over channels:
@@ -25,7 +26,7 @@ without the dot product, vectorized over channels:
     parallel  n, h0, c0
       w0, h1                                     # epilogue here
         rh, rw
-          w1 (unrolled), c1 x 16 (vectorized)    # int32 accumulators
+          w1 (unrolled), c1 x gcd(C, 16) (vectorized)  # int32 accumulators
 
 Loops that a decision makes of extent 1 are kept (``preserve_unit_loops``): the search
 replays traces with other decisions, and a trace must find the same loops each time.
