@@ -101,12 +101,12 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
                                    trials=config.trials, db=db)
     shape = source.static_shape(deploy_batch)
     fp32_built = deployable(fp32)
-    int8_built = deployable(quantized.int8, legalize=spec.legalize_int8)
+    int8_built = deployable(quantized.int8)
     kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
     fallback = None
     if config.latency_fallback and config.trials > 0:
         quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, kernels,
-                                                            functools.partial(deployable, legalize=spec.legalize_int8))
+                                                            deployable)
         if fallback.rebuilt:
             kernels["int8"] = _kernel_profile(int8_built, shape)
     latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
@@ -310,12 +310,12 @@ def _dataset(value, spec: InputSpec, role: str) -> Dataset:
     return load_dataset(value, spec, role)
 
 
-def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int, db: Path,
-                      legalize=None) -> _Built:
+def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
+                      db: Path) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
     tune and build."""
     mod = mod if model_batch else bind_batch(mod, deploy_batch)
-    lifted, params = lift_params(legalize(mod) if legalize else mod)
+    lifted, params = lift_params(spec.legalize(mod) if spec.legalize else mod)
     tuned, summary = lifted, None
     if trials > 0:
         tuned, summary = tune(lifted, spec, trials, db)

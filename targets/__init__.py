@@ -25,7 +25,7 @@ class TargetSpec:
     activation_dtype: str
     features: tuple[str, ...] = field(default_factory=tuple)
     prepare: Callable[[], None] = lambda: None  # per-process setup before building or tuning
-    legalize_int8: Callable | None = None  # IRModule -> IRModule: int8 kernels in the target's layouts
+    legalize: Callable | None = None  # IRModule -> IRModule: conv / dense in the target's kernels and layouts
     search_space: Callable[[str], object] | None = None  # tuning task name -> space (None: generic)
     weight_qmax: int = 127
 

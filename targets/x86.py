@@ -85,18 +85,20 @@ for _name in KERNELS:
 
 
 def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic) -> TargetSpec:
-    from .x86_legalize import LegalizeInt8ForX86
+    from .x86_legalize import LegalizeForX86
 
     return TargetSpec(name, target, "uint8", features, prepare=intrinsic.register,
-                      legalize_int8=LegalizeInt8ForX86(intrinsic.lanes),
+                      legalize=LegalizeForX86(intrinsic.lanes),
                       search_space=lambda task: _packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
 
 
 def _packed_space(intrinsic: DotIntrinsic, task_name: str):
-    """Our sketches for the packed and depthwise convs, auto-tensorization onto ``intrinsic``
-    for the other packed kernels (dense), TVM's generic rules for the rest."""
-    from . import x86_depthwise, x86_int8, x86_sketch
+    """Our sketches for the packed (int8, fp32) and depthwise convs, auto-tensorization onto
+    ``intrinsic`` for the other packed int8 kernels (dense), TVM's generic rules for the rest."""
+    from . import x86_depthwise, x86_fp32, x86_int8, x86_sketch
 
+    if x86_fp32.PREFIX + "conv2d" in task_name:
+        return x86_sketch.fp32_conv_space(intrinsic.lanes)
     if x86_int8.PACKED_PREFIX + "conv2d" in task_name:
         return x86_sketch.conv_space(intrinsic.name, intrinsic.lanes)
     if x86_depthwise.PREFIX + "conv2d" in task_name:

@@ -26,7 +26,7 @@ PACKED_PREFIX = "packed_"  # name prefix of the packed kernels: their tuning tas
 def pack_conv_weight(ohwi: np.ndarray, lanes: int) -> np.ndarray:
     """OHWI int8 -> ``[O/lanes, KH, KW, I/4, lanes, 4]``, zero-padded to whole blocks."""
     o, kh, kw, i = ohwi.shape
-    padded = np.zeros((_round_up(o, lanes), kh, kw, _round_up(i, REDUCE)), np.int8)
+    padded = np.zeros((round_up(o, lanes), kh, kw, round_up(i, REDUCE)), np.int8)
     padded[:o, :, :, :i] = ohwi
     blocks = padded.reshape(-1, lanes, kh, kw, padded.shape[3] // REDUCE, REDUCE)
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 4, 1, 5))
@@ -35,7 +35,7 @@ def pack_conv_weight(ohwi: np.ndarray, lanes: int) -> np.ndarray:
 def pack_dense_weight(kn: np.ndarray, lanes: int) -> np.ndarray:
     """``[K, N]`` int8 -> ``[N/lanes, K/4, lanes, 4]``, zero-padded to whole blocks."""
     k, n = kn.shape
-    padded = np.zeros((_round_up(n, lanes), _round_up(k, REDUCE)), np.int8)
+    padded = np.zeros((round_up(n, lanes), round_up(k, REDUCE)), np.int8)
     padded[:n, :k] = kn.T
     blocks = padded.reshape(-1, lanes, padded.shape[1] // REDUCE, REDUCE)
     return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3))
@@ -43,16 +43,11 @@ def pack_dense_weight(kn: np.ndarray, lanes: int) -> np.ndarray:
 
 def conv2d_nhwc(data, packed, out_channels: int, strides, padding, dilation):
     """TE: uint8 NHWC data x packed int8 weight -> int32 NHWC with ``out_channels`` channels."""
-    from tvm import te, topi
+    from tvm import te
 
-    top, left, bottom, right = padding
-    channel_pad = packed.shape[3] * REDUCE - data.shape[3]
-    if any((top, left, bottom, right, channel_pad)):
-        data = topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, channel_pad], name="pad")
-    _, height, width, _ = data.shape
+    data = pad_nhwc(data, padding, packed.shape[3] * REDUCE - data.shape[3])
     blocks, kh, kw, ic4, lanes = packed.shape[:5]
-    out_h = (height - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-    out_w = (width - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    out_h, out_w = output_size(data, (kh, kw), strides, dilation)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     rc, ri = te.reduce_axis((0, ic4), "rc"), te.reduce_axis((0, REDUCE), "ri")
 
@@ -62,7 +57,7 @@ def conv2d_nhwc(data, packed, out_channels: int, strides, padding, dilation):
                       axis=[rh, rw, rc, ri])
 
     acc = te.compute((data.shape[0], out_h, out_w, blocks * lanes), body, name="conv2d_packed")
-    return _first_channels(acc, out_channels)
+    return first_channels(acc, out_channels)
 
 
 def dense(data, packed, out_features: int):
@@ -79,10 +74,26 @@ def dense(data, packed, out_features: int):
                                          packed[idx[-1] // lanes, rk // REDUCE, idx[-1] % lanes,
                                                 rk % REDUCE].astype("int32"), axis=rk),
                      name="dense_packed")
-    return _first_channels(acc, out_features)
+    return first_channels(acc, out_features)
 
 
-def _first_channels(acc, count: int):
+def pad_nhwc(data, padding, channel_pad: int = 0):
+    """NHWC ``data`` zero-padded by ``padding`` (top, left, bottom, right) and ``channel_pad``
+    trailing channels, as a TE stage named ``pad`` (the sketches compute it per parallel task)."""
+    from tvm import topi
+
+    top, left, bottom, right = padding
+    if not any((top, left, bottom, right, channel_pad)):
+        return data
+    return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, channel_pad], name="pad")
+
+
+def output_size(padded, kernel, strides, dilation) -> tuple:
+    """The output height and width of a conv over the padded NHWC ``padded``."""
+    return tuple((padded.shape[1 + i] - (kernel[i] - 1) * dilation[i] - 1) // strides[i] + 1 for i in (0, 1))
+
+
+def first_channels(acc, count: int):
     from tvm import te
 
     if int(acc.shape[-1]) == count:
@@ -90,7 +101,7 @@ def _first_channels(acc, count: int):
     return te.compute((*acc.shape[:-1], count), lambda *idx: acc[idx], name="crop")
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 

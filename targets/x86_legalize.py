@@ -1,16 +1,22 @@
-"""LegalizeInt8ForX86: put a realized int8 module into the layout of the packed x86 int8 kernels.
+"""LegalizeForX86: put a module's convs and dense layers into the x86 kernels and their layouts.
 
 1. ``ConvertLayout`` turns every conv2d to NHWC data / OHWI weights; the requantize chains,
-   pads, pools and residual adds follow, so layout transforms remain only at the edges.
+   bias adds, pads, pools and residual adds follow, so layout transforms remain only at the edges.
+   ``relax.clip`` (an fp32 ReLU6) has no layout inference and would keep a transpose on each
+   side, so it becomes ``minimum(maximum(x, lo), hi)`` first.
 2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
    a packed kernel of :mod:`tvmq.targets.x86_int8`, its weight packed here, at compile time,
    in blocks of ``lanes`` outputs (16 for AVX-512, 8 for AVX2); a conv's input channels are
    zero-padded to a multiple of 4 by a pad op that fuses into the producer (an RGB image's
    quantize and transpose), not inside the conv kernel.
-   Depthwise convolutions become :mod:`tvmq.targets.x86_depthwise`'s kernel on a weight packed
-   channel-innermost; grouped ones keep TVM's generic kernels.
+3. Each float32 conv2d (groups == 1) with a constant weight becomes :mod:`tvmq.targets.x86_fp32`'s
+   kernel on a weight packed in blocks of ``lanes`` output channels: the fp32 baseline module
+   and the layers the latency fallback keeps fp32 in the int8 one.
+4. Depthwise convolutions, int8 or fp32, become :mod:`tvmq.targets.x86_depthwise`'s kernel
+   on a weight packed channel-innermost; grouped ones keep TVM's generic kernels.
 
-Integer results are unchanged (the tests compare them bit for bit).
+Integer results are unchanged (the tests compare them bit for bit); float results change by
+summation order only.
 """
 
 from __future__ import annotations
@@ -18,22 +24,36 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from tvmq.passes.graph import constant_value, with_main
+import numpy as np
 
-from . import x86_depthwise, x86_int8
+from tvmq.passes.graph import constant_value, prim_float, with_main
+
+from . import x86_depthwise, x86_fp32, x86_int8
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeInt8ForX86")
-class LegalizeInt8ForX86:
+@tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeForX86")
+class LegalizeForX86:
     def __init__(self, lanes: int):
         self.lanes = lanes
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-        mod = relax.transform.FoldConstant()(mod)
+        mod = relax.transform.EliminateCommonSubexpr()(relax.transform.FoldConstant()(mod))  # one transpose per input
         packer = _Packer(mod, self.lanes)
         main = packer.visit_expr(mod["main"])
         return relax.transform.DeadCodeElimination()(with_main(packer.builder_.get(), main))
+
+
+@relax.expr_functor.mutator
+class _ClipAsMinMax(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.clip":
+            return call
+        dtype = str(call.ty.dtype)
+        lo, hi = (relax.const(np.array(prim_float(b), dtype)) for b in call.args[1:])
+        return relax.op.minimum(relax.op.maximum(call.args[0], lo), hi)
 
 
 @relax.expr_functor.mutator
@@ -44,27 +64,37 @@ class _Packer(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or not _is_u8_by_s8_constant(call):
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in ("relax.nn.conv2d", "relax.matmul"):
             return call
         weight = constant_value(call.args[1])
-        if call.op.name == "relax.nn.conv2d" and _depthwise_conv(call, weight):
-            attrs = call.attrs
-            return self.builder_.call_te(
-                x86_depthwise.conv2d_nhwc, call.args[0], relax.const(x86_depthwise.pack_weight(weight)),
-                strides=_ints(attrs.strides), padding=_ints(attrs.padding), dilation=_ints(attrs.dilation),
-                primfunc_name_hint=x86_depthwise.PREFIX + "conv2d")
-        if call.op.name == "relax.nn.conv2d" and _packable_conv(call):
-            attrs = call.attrs
-            return self.builder_.call_te(
-                x86_int8.conv2d_nhwc, self._channels_padded(call.args[0]),
-                relax.const(x86_int8.pack_conv_weight(weight, self.lanes)),
-                out_channels=weight.shape[0], strides=_ints(attrs.strides), padding=_ints(attrs.padding),
-                dilation=_ints(attrs.dilation), primfunc_name_hint=x86_int8.PACKED_PREFIX + "conv2d")
-        if call.op.name == "relax.matmul" and weight.ndim == 2:
-            return self.builder_.call_te(
-                x86_int8.dense, call.args[0], relax.const(x86_int8.pack_dense_weight(weight, self.lanes)),
-                out_features=weight.shape[1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense")
-        return call
+        kind = _kind(call) if weight is not None else None
+        if kind is None:
+            return call
+        if call.op.name == "relax.matmul":
+            return self._dense(call, weight) if kind == "int8" and weight.ndim == 2 else call
+        if _depthwise_conv(call, weight):
+            return self._conv(call, x86_depthwise.conv2d_nhwc, x86_depthwise.pack_weight(weight),
+                              x86_depthwise.PREFIX)
+        if not _packable_conv(call):
+            return call
+        if kind == "fp32":
+            return self._conv(call, x86_fp32.conv2d_nhwc, x86_fp32.pack_conv_weight(weight, self.lanes),
+                              x86_fp32.PREFIX, out_channels=weight.shape[0])
+        return self._conv(call, x86_int8.conv2d_nhwc, x86_int8.pack_conv_weight(weight, self.lanes),
+                          x86_int8.PACKED_PREFIX, data=self._channels_padded(call.args[0]),
+                          out_channels=weight.shape[0])
+
+    def _conv(self, call: relax.Call, kernel, packed, prefix: str, data=None, **kwargs) -> relax.Expr:
+        attrs = call.attrs
+        return self.builder_.call_te(
+            kernel, call.args[0] if data is None else data, relax.const(packed), strides=_ints(attrs.strides),
+            padding=_ints(attrs.padding), dilation=_ints(attrs.dilation), primfunc_name_hint=prefix + "conv2d",
+            **kwargs)
+
+    def _dense(self, call: relax.Call, weight) -> relax.Expr:
+        return self.builder_.call_te(
+            x86_int8.dense, call.args[0], relax.const(x86_int8.pack_dense_weight(weight, self.lanes)),
+            out_features=weight.shape[1], primfunc_name_hint=x86_int8.PACKED_PREFIX + "dense")
 
     def _channels_padded(self, data: relax.Expr) -> relax.Expr:
         """NHWC ``data`` with its channels zero-padded to whole dot-product groups of 4, as a
@@ -76,12 +106,10 @@ class _Packer(relax.PyExprMutator):
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, missing]))
 
 
-def _is_u8_by_s8_constant(call: relax.Call) -> bool:
-    if len(call.args) < 2 or constant_value(call.args[1]) is None:
-        return False
-    data, weight = call.args[0].ty, call.args[1].ty
-    return getattr(data, "dtype", None) == "uint8" and getattr(weight, "dtype", None) == "int8" \
-        and getattr(call.ty, "dtype", None) == "int32"
+def _kind(call: relax.Call) -> str | None:
+    """``int8`` for uint8 x int8 -> int32, ``fp32`` for float32 x float32 -> float32, else None."""
+    dtypes = tuple(str(getattr(t, "dtype", None)) for t in (call.args[0].ty, call.args[1].ty, call.ty))
+    return {("uint8", "int8", "int32"): "int8", ("float32", "float32", "float32"): "fp32"}.get(dtypes)
 
 
 def _packable_conv(call: relax.Call) -> bool:

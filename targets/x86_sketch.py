@@ -1,4 +1,4 @@
-"""Hand-written design spaces (MetaSchedule ``ScheduleFn``) for the x86 int8 conv kernels.
+"""Hand-written design spaces (MetaSchedule ``ScheduleFn``) for the x86 conv kernels.
 
 Packed conv (``conv2d_packed``, :mod:`tvmq.targets.x86_int8`).
 
@@ -20,8 +20,17 @@ them as usual. At 32 trials it beat MetaSchedule's generic tensorizing space by 
 MobileNetV2 stem and 1.6x on a 1x1 conv (56x56, 24 -> 144), and matched it on a 3x3 conv
 (``bench/spaces.py``).
 
+Packed fp32 conv (``conv2d_packed_fp32``, :mod:`tvmq.targets.x86_fp32`): the same nest with
+the dot product replaced by a vector FMA of ``lanes`` output channels by one broadcast input:
+
+    parallel  n, h0, ob0
+      w0, h1                                     # epilogue (bias, ReLU, residual) here
+        rc0, rh, rw, rc1
+          w1, ob1 (unrolled)                     # register tile: w1 x ob1 vector accumulators
+            lanes (vectorized)
+
 Depthwise conv (``depthwise_nhwc``, :mod:`tvmq.targets.x86_depthwise`): the same nest
-without the dot product, vectorized over channels:
+without the dot product, vectorized over channels (int8 and fp32 alike):
 
     parallel  n, h0, c0
       w0, h1                                     # epilogue here
@@ -37,6 +46,7 @@ from __future__ import annotations
 import math
 
 CONV_BLOCK = "conv2d_packed"
+FP32_CONV_BLOCK = "conv2d_packed_fp32"
 DEPTHWISE_BLOCK = "depthwise_nhwc"
 VECTOR_LANES = 16  # int32 lanes of the widest vector (AVX-512)
 
@@ -44,6 +54,11 @@ VECTOR_LANES = 16  # int32 lanes of the widest vector (AVX-512)
 def conv_space(intrinsic: str, lanes: int):
     """The design space of a packed conv task."""
     return _space(lambda sch: schedule_packed_conv(sch, intrinsic, lanes))
+
+
+def fp32_conv_space(lanes: int):
+    """The design space of a packed fp32 conv task."""
+    return _space(lambda sch: schedule_fp32_conv(sch, lanes))
 
 
 def depthwise_space():
@@ -77,6 +92,25 @@ def schedule_packed_conv(sch, intrinsic: str, lanes: int) -> None:
     sch.unroll(w1)
     sch.unroll(ob1)
     sch.tensorize(lane, intrinsic)
+
+
+def schedule_fp32_conv(sch, lanes: int) -> None:
+    """Schedule the fused PrimFunc of ``sch`` around its ``conv2d_packed_fp32`` block (in place):
+    the packed conv's nest with a vectorized FMA of ``lanes`` output channels innermost."""
+    conv = sch.get_sblock(FP32_CONV_BLOCK)
+    epilogue = _inline_epilogue(sch, conv)
+    n, h, w, o, rh, rw, rc = sch.get_loops(conv)
+    ob, lane = sch.split(o, [None, lanes])
+    h0, h1 = sch.split(h, sch.sample_perfect_tile(h, n=2, max_innermost_factor=4))
+    w0, w1 = sch.split(w, sch.sample_perfect_tile(w, n=2, max_innermost_factor=16))
+    ob0, ob1 = sch.split(ob, sch.sample_perfect_tile(ob, n=2, max_innermost_factor=4))
+    rc0, rc1 = sch.split(rc, sch.sample_perfect_tile(rc, n=2, max_innermost_factor=16))
+    sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane)
+    _around(sch, conv, epilogue, sch.fuse(n, h0, ob0), h1)
+    sch.unroll(w1)
+    sch.unroll(ob1)
+    sch.vectorize(lane)  # before the reduction is split into init and update
+    sch.decompose_reduction(conv, rc0)  # the init keeps the vectorized loop
 
 
 def schedule_depthwise(sch) -> None:

@@ -36,7 +36,7 @@ def _deployables(path, calib):
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in weights}
     int8 = bind_batch(quantized.int8, 1)
-    int8 = spec.legalize_int8(int8) if spec.legalize_int8 else int8
+    int8 = spec.legalize(int8) if spec.legalize else int8
     return lift_params(bind_batch(fp32, 1))[0], lift_params(int8)[0], chains, spec
 
 

@@ -11,7 +11,7 @@ from tvmq.config import Config
 from tvmq.passes.graph import dataflow_bindings, op_name
 from tvmq.targets import get_target, target_names, x86_depthwise, x86_int8
 from tvmq.targets.x86 import KERNELS, best_kernel, cpu_flags
-from tvmq.targets.x86_legalize import LegalizeInt8ForX86
+from tvmq.targets.x86_legalize import LegalizeForX86
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -29,7 +29,7 @@ def test_explicit_targets_name_their_cpu_and_weight_range(name, mcpu, qmax):
     spec = get_target(name)
     assert name in target_names() and str(spec.target.attrs["mcpu"]) == mcpu
     assert spec.weight_qmax == qmax and (spec.weight_bits == 7) == (qmax == 63)
-    assert spec.legalize_int8 is not None and ("7-bit" in spec.description) == (qmax == 63)
+    assert spec.legalize is not None and ("7-bit" in spec.description) == (qmax == 63)
 
 
 def test_unknown_target_name_lists_the_choices():
@@ -164,7 +164,7 @@ def test_legalized_module_is_bit_identical(tmp_path, rng, model, shape, packed, 
     import tvm
 
     int8, x = _realized(tmp_path, rng, model, shape)
-    legalized = LegalizeInt8ForX86(lanes)(int8)
+    legalized = LegalizeForX86(lanes)(int8)
     calls = [b.value for b in dataflow_bindings(legalized["main"]) if op_name(b.value) == "relax.call_tir"]
     assert sum(x86_int8.PACKED_PREFIX in c.args[0].name_hint for c in calls) == packed
     assert sum(x86_depthwise.PREFIX in c.args[0].name_hint for c in calls) == depthwise

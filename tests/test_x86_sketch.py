@@ -22,7 +22,7 @@ def _kernels(tmp_path, rng, model, shape, prefix):
     spec.prepare()
     int8, _ = _realized(tmp_path, rng, model, shape)
     with spec.target:
-        lowered = relax.transform.FuseTIR()(fuse(spec.legalize_int8(int8), spec))
+        lowered = relax.transform.FuseTIR()(fuse(spec.legalize(int8), spec))
     calls = [b.value for b in dataflow_bindings(lowered["main"]) if op_name(b.value) == "relax.call_tir"
              and b.value.args[0].name_hint.startswith("fused_" + prefix)]
     assert calls, f"no {prefix} kernel"

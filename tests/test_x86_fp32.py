@@ -1,0 +1,105 @@
+"""x86 fp32 kernels: the packed weight layout, the legalized fp32 module against the original,
+and the fp32 conv sketch under any tiling."""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import onnx_models
+from tvmq import api
+from tvmq.build import bind_batch
+from tvmq.frontend import load_model
+from tvmq.passes.graph import dataflow_bindings, op_name
+from tvmq.targets import get_target, x86_depthwise, x86_fp32, x86_sketch
+from tvmq.targets.x86 import KERNELS, cpu_flags
+from tvmq.targets.x86_legalize import LegalizeForX86
+from tvmq.tune import fuse
+
+
+def _fp32(tmp_path, model):
+    """The model's fp32 module as tvmq deploys it (folded, batch 1) and a batch-1 input."""
+    imported = load_model(onnx_models.save(model, tmp_path / "m.onnx"))
+    shape = api._single_float_input(imported).static_shape(1)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    return bind_batch(api.prepare_fp32(imported.mod), 1), x
+
+
+def _calls(mod) -> list[str]:
+    return [b.value.args[0].name_hint for b in dataflow_bindings(mod["main"]) if op_name(b.value) == "relax.call_tir"]
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_fp32_conv_weight_packing_puts_each_block_where_the_fma_reads_it(rng, lanes):
+    w = rng.standard_normal((24, 3, 3, 5)).astype(np.float32)  # OHWI, O off the block size
+    packed = x86_fp32.pack_conv_weight(w, lanes)
+    assert packed.shape == (-(-24 // lanes), 3, 3, 5, lanes)
+    o, kh, kw, i = np.meshgrid(*[np.arange(n) for n in w.shape], indexing="ij")
+    np.testing.assert_array_equal(packed[o // lanes, kh, kw, i, o % lanes], w)
+    assert np.count_nonzero(packed) == np.count_nonzero(w), "padding must be zeros"
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+@pytest.mark.parametrize("model,packed,depthwise", [
+    (onnx_models.conv_chain(channels=8), 2, 0),
+    (onnx_models.conv_chain(channels=3, stride=2), 2, 0),
+    (onnx_models.conv_chain(channels=8, groups=8, pad=2, dilation=2), 1, 1),
+    (onnx_models.mobile_block(relu6=True), 2, 1),  # ReLU6 (relax.clip) must not keep the block NCHW
+    (onnx_models.residual_block(), 3, 0),
+])
+def test_legalized_fp32_module_computes_the_same_values(tmp_path, model, packed, depthwise, lanes):
+    fp32, x = _fp32(tmp_path, model)
+    legalized = LegalizeForX86(lanes)(fp32)
+    calls = _calls(legalized)
+    assert sum(c.startswith(x86_fp32.PREFIX) for c in calls) == packed
+    assert sum(c.startswith(x86_depthwise.PREFIX) for c in calls) == depthwise
+    transposes = [b for b in dataflow_bindings(legalized["main"]) if op_name(b.value) == "relax.permute_dims"]
+    assert len(transposes) == 2, "layout transforms only at the model's input and output"
+
+    def run(mod):
+        vm = relax.VirtualMachine(tvm.compile(mod, get_target("host").target), tvm.cpu())
+        return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+    expected = run(fp32)
+    np.testing.assert_allclose(run(legalized), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kernel", [KERNELS["x86-vnni"], KERNELS["x86-avx2"]])
+@pytest.mark.parametrize("model", [onnx_models.conv_chain(channels=3, stride=2), onnx_models.residual_block()])
+def test_any_tiling_of_the_fp32_sketch_computes_the_untuned_values(tmp_path, model, kernel):
+    if kernel.flag not in cpu_flags():
+        pytest.skip(f"CPU without {kernel.flag}")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": kernel.mcpu})
+    lanes = kernel.intrinsic.lanes
+    fp32, _ = _fp32(tmp_path, model)
+    with target:
+        lowered = relax.transform.FuseTIR()(fuse(LegalizeForX86(lanes)(fp32), get_target("host")))
+    rng = np.random.default_rng(2)
+    calls = [b.value for b in dataflow_bindings(lowered["main"]) if op_name(b.value) == "relax.call_tir"
+             and b.value.args[0].name_hint.startswith("fused_" + x86_fp32.PREFIX)]
+    assert calls
+    for call in calls:
+        func = lowered[call.args[0]].with_attr("global_symbol", "main")
+        types = [a.ty for a in call.args[1].fields] + [call.ty]
+        args = [rng.standard_normal([int(d) for d in t.shape]).astype(np.float32) for t in types]
+        expected, _ = _run(func, args, target)
+        for seed in (1, 2, 3):
+            got, lib = _run(func, args, target, lambda sch: x86_sketch.schedule_fp32_conv(sch, lanes), seed)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        asm = lib.inspect_source("asm")
+        # packed-single FMAs (LLVM narrows the register to the output channels really used)
+        assert re.search(r"vfmadd\w*ps\s", asm), "the register tile must be vector FMAs"
+
+
+def _run(func, args, target, schedule=None, seed=1):
+    mod = tvm.IRModule({"main": func})
+    if schedule is not None:
+        sch = tvm.s_tir.Schedule(mod, seed=seed)
+        schedule(sch)
+        mod = sch.mod
+    lib = tvm.tirx.build(mod, target=target)
+    tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
+    lib(*tensors)
+    return tensors[-1].numpy(), lib
