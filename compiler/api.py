@@ -103,12 +103,14 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     fp32_built = deployable(fp32)
     int8_built = deployable(quantized.int8)
     kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
-    fallback = None
+    fallback, tuning = None, {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning,
+                              "int8": int8_built.tuning}
     if config.latency_fallback and config.trials > 0:
         quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, kernels,
                                                             deployable)
         if fallback.rebuilt:
             kernels["int8"] = _kernel_profile(int8_built, shape)
+            tuning["int8_rebuild"] = int8_built.tuning  # the fallback's new edges and fp32 layers
     latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
                   "int8": _median_ms(int8_built.executable, int8_built.params, shape, config.latency_runs)}
 
@@ -131,8 +133,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
         "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
         "latency_runs": config.latency_runs, "kernel_profile": kernels,
-        "tuning": {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning,
-                   "int8": int8_built.tuning},
+        "tuning": tuning,
         "latency_fallback": _fallback_report(config, fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(fp32) + quantized.notes,

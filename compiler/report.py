@@ -78,7 +78,9 @@ def _tuning(tuning: dict) -> str:
     if not tuning["trials"]:
         return "none (--trials 0)."
     parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now, {s['from_database']} from the database"
-             + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]))]
+             + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]),
+                                        ("int8 rebuilt by the latency fallback", tuning.get("int8_rebuild")))
+             if s is not None]
     return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
 
 

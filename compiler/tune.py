@@ -65,7 +65,8 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=budget,
                 max_trials_per_task=max(owed.values()), num_trials_per_iter=_round_size(max(owed.values())),
                 builder=_in_process_builder(), runner=ms.runner.LocalRunner(timeout_sec=30), database=database,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress])
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress,
+                                   _stop_exhausted()])
             measured, seconds = progress.measured, time.perf_counter() - start
         ledger.record(database, missing, share)
         logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
@@ -258,6 +259,28 @@ def _progress(bar):
             bar.update(len(runner_results))
 
     return Progress()
+
+
+def _stop_exhausted():
+    """A measure callback that ends a task whose round had no candidate left to measure.
+
+    A small design space (a depthwise sketch has a few dozen schedules) runs out before its
+    share of the budget. MetaSchedule's evolutionary search then returns an empty round
+    instead of ending the task, and the scheduler keeps picking it: each empty round cost a
+    whole search (~20 s), and a module whose tasks all run out could never reach its budget.
+    Ended from the callback, the task leaves the scheduler's live set before it picks again.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class StopExhausted(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            if not measure_candidates:
+                logger.debug("task %d has no unmeasured schedule left: ending it", task_id)
+                task_scheduler.terminate_task(task_id)
+
+    return StopExhausted()
 
 
 def _search_space():

@@ -21,10 +21,9 @@ summation order only.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
-
-import numpy as np
 
 from tvmq.passes.graph import constant_value, prim_float, with_main
 

@@ -144,6 +144,8 @@ def test_a_layer_slower_in_int8_is_rebuilt_fp32_and_reported(fell_back):
     text = (out / "report.md").read_text()
     assert "## Latency fallback" in text and "| conv2 | 10.0 | 1000.0 |" in text
     assert "| conv2 | Conv | fp32 (slower in int8) |" in text
+    assert set(report["tuning"]) >= {"fp32", "int8", "int8_rebuild"}, "the first int8 tuning is kept beside the rebuild's"
+    assert "int8 rebuilt by the latency fallback: 0 of 0 tasks" in text
 
 
 def test_the_rebuilt_module_runs_and_matches_fp32_at_least_as_well(fell_back, demo, bundled):

@@ -105,3 +105,47 @@ def test_a_candidate_past_the_build_deadline_fails_as_timed_out_and_the_rest_bui
     results = tvmq.tune._in_process_builder().build(inputs)
     assert "timed out" in (results[0].error_msg or "")
     assert results[1].error_msg is None and results[1].artifact_path
+
+
+EXHAUSTED = """
+import sys
+from pathlib import Path
+
+import numpy as np
+from tvm import relax
+from tvmq.targets import get_target
+from tvmq.tune import tune
+
+builder = relax.BlockBuilder()
+x = relax.Var("x", relax.TensorType((1, 2, 2, 16), "float32"))
+with builder.function("main", [x]):
+    with builder.dataflow():
+        w = relax.const(np.ones((16, 3, 3, 1), np.float32))
+        out = builder.emit_output(relax.op.nn.conv2d(x, w, padding=1, groups=16, data_layout="NHWC",
+                                                     kernel_layout="OHWI"))
+    builder.emit_func_output(out)
+spec = get_target("host")
+summary = tune(spec.legalize(builder.get()), spec, 64, Path(sys.argv[1]))[1]
+log = next((Path(sys.argv[1]) / "logs").glob("*task_0*")).read_text()
+print(summary["tasks"], summary["measured"], log.count("Sending 0 candidates"))
+"""
+
+
+def test_a_task_whose_design_space_runs_out_ends_before_its_share(tmp_path):
+    """A 2x2x16 depthwise conv's sketch has four schedules: a budget of 64 cannot be spent.
+    MetaSchedule's search gave the task five empty rounds before giving up (each a whole
+    evolutionary search: ~20 s on a real layer); tvmq ends it after the first."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from tvmq.targets import get_target
+
+    if get_target("host").legalize is None:
+        pytest.skip("no x86 int8 kernel on this CPU: the depthwise sketch is not used")
+    done = subprocess.run([sys.executable, "-c", EXHAUSTED, str(tmp_path / "db")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tasks, measured, empty_rounds = map(int, done.stdout.split()[-3:])
+    assert tasks == 1 and 1 <= measured < 64 and empty_rounds == 1
