@@ -1,12 +1,14 @@
 """The conv design spaces against MetaSchedule's generic ones, layer by layer, at one budget.
 
     .venv/bin/python bench/spaces.py --layers stem pw dw dw2 r3 --trials 32
+    .venv/bin/python bench/spaces.py --precision fp32 --trials 32
 
 Each layer is a one-conv ONNX model (random weights, ``bench/shapes.py``'s helpers), compiled
-int8 by ``tvmq.compile`` twice: with tvmq's sketches (``targets/x86_sketch.py``) and with the
-spaces tvmq used before them (the generic tensorizing space for packed convs, TVM's generic
-rules for depthwise). Prints the conv kernel's µs as timed in the built module. Each run
-tunes into its own fresh database under ``bench/work/spaces``.
+by ``tvmq.compile`` twice: with tvmq's sketches (``targets/x86_sketch.py``) and with what
+tvmq did before them. For int8 that is the generic tensorizing space for packed convs and
+TVM's generic rules for depthwise; for fp32 the conv as imported (NCHW, no packed weight)
+with TVM's generic rules. Prints the conv kernel's µs as timed in the built module. Each
+run tunes into its own fresh database under ``bench/work/spaces``.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
     parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     args = parser.parse_args()
-    print("| layer | sketch µs | generic µs |\n|---|---|---|")
+    print(f"{args.precision}, {args.trials} trials\n\n| layer | sketch µs | generic µs |\n|---|---|---|")
     for name in args.layers:
         path, shape = layer_model(name)
-        print(f"| {name} | {conv_us(path, shape, args.trials, 'sketch'):.1f} | "
-              f"{conv_us(path, shape, args.trials, 'generic'):.1f} |", flush=True)
+        print(f"| {name} | {conv_us(path, shape, args.trials, 'sketch', args.precision):.1f} | "
+              f"{conv_us(path, shape, args.trials, 'generic', args.precision):.1f} |", flush=True)
 
 
 def layer_model(name: str) -> tuple[Path, list[int]]:
@@ -61,24 +64,28 @@ def layer_model(name: str) -> tuple[Path, list[int]]:
     return path, [1, c_in, size, size]
 
 
-def conv_us(path: Path, shape: list[int], trials: int, spaces: str) -> float:
-    """The int8 conv kernel's µs after tuning with ``spaces`` ("sketch" or "generic")."""
+def conv_us(path: Path, shape: list[int], trials: int, spaces: str, precision: str = "int8") -> float:
+    """The ``precision`` conv kernel's µs after tuning with ``spaces`` ("sketch" or "generic")."""
     import tvmq
-    from tvmq.targets import x86, x86_int8
+    from tvmq.passes.realize import RECORD_ATTR
+    from tvmq.targets import x86, x86_int8, x86_legalize
 
-    original = x86._packed_space
-    if spaces == "generic":
+    originals = x86._packed_space, x86_legalize.LegalizeForX86
+    if spaces == "generic" and precision == "int8":
         x86._packed_space = lambda intrinsic, task: (x86_int8.search_space(intrinsic.name)
                                                      if x86_int8.PACKED_PREFIX in task else None)
-    database = path.parent / f"{path.stem}-{spaces}-{trials}"
+    if spaces == "generic" and precision == "fp32":  # legalize the int8 module only
+        x86_legalize.LegalizeForX86 = lambda lanes: (
+            lambda mod: originals[1](lanes)(mod) if RECORD_ATTR in mod["main"].attrs else mod)
+    database = path.parent / f"{path.stem}-{precision}-{spaces}-{trials}"
     shutil.rmtree(database, ignore_errors=True)
     try:
         calib = np.abs(np.random.default_rng(0).standard_normal([8, *shape[1:]])).astype(np.float32)
         compiled = tvmq.compile(str(path), calib, config=tvmq.Config(
             trials=trials, tuning_db=database, latency_fallback=False, latency_runs=1))
     finally:
-        x86._packed_space = original
-    rows = compiled.report["kernel_profile"]["int8"]
+        x86._packed_space, x86_legalize.LegalizeForX86 = originals
+    rows = compiled.report["kernel_profile"][precision]
     return next(r["us"] for r in rows if "conv2d" in r["kernel"])
 
 
