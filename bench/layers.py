@@ -6,7 +6,9 @@ Reads what ``bench/latency.py`` left in ``bench/work/<model>-b<batch>``: ONNX Ru
 and int8 (QDQ) models, profiled node by node here (2 threads, median of ``--runs`` runs after
 warm-up), and tvmq's report, whose latency-fallback section gives each conv / dense layer's
 fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges), each
-kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals.
+kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals;
+the ``_cold`` totals time the saved modules' kernels again with weights and outputs flushed
+from the cache before each run.
 ONNX Runtime fuses a QDQ conv into one QLinearConv node named after the conv
 (``<conv>_token_<n>``), which is how its rows are matched.
 
@@ -45,7 +47,8 @@ def main() -> None:
     ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
     rows = layer_rows(report, ort)
     totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
-              **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")}}
+              **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")},
+              **{f"tvmq_{m}_cold_us": cold_total_us(directory / f"tvmq_{m}") for m in ("fp32", "int8")}}
     print_table(rows, totals, args.top)
     from latency import cpu_key
 
@@ -53,6 +56,23 @@ def main() -> None:
     out.write_text(json.dumps({"model": args.model, "batch": args.batch, "totals": totals, "layers": rows,
                                "kept_fp32": report["latency_fallback"].get("kept_fp32", [])}, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(HERE.parent)}")
+
+
+def cold_total_us(directory: Path) -> float:
+    """The sum of a saved tvmq module's kernels, each timed after flushing its weights and
+    outputs from the cache (``tvmq.profile``'s ``cold``): what they cost when the weights come
+    from memory, as in a full run whose weights do not stay cached."""
+    import tvm
+
+    from tvmq.profile import kernel_rows, zero_input_args
+
+    names = (json.loads((directory / "manifest.json").read_text())["params"] if (directory / "manifest.json").exists()
+             else json.loads((directory / "params.json").read_text()))
+    shape = json.loads((directory.parent / "tvmq_int8" / "manifest.json").read_text())["inputs"][0]["shape"]
+    with np.load(directory / "params.npz") as archive:
+        params = {n: archive[n] for n in names}
+    executable = tvm.runtime.load_module(str(directory / "model.so"))
+    return total_us(kernel_rows(executable, zero_input_args(params, shape), repeat=20, cold=True))
 
 
 def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:

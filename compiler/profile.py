@@ -7,7 +7,9 @@ instrument times that kernel with TVM's own timer (``time_evaluator``: repeats o
 tuning record and come from the kernels as deployed; the VM then runs the call as usual.
 
 A kernel re-run on its own arguments finds them in cache where the full run may not, so the
-per-kernel sum can be a little under the end-to-end time; ``total_us`` says how close it is.
+per-kernel sum can be under the end-to-end time; ``total_us`` says how close it is. With
+``cold=True`` the cache is flushed of every argument but the first (weights, outputs, a
+residual input) before each repeat: the time a kernel takes on weights fetched from memory.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import numpy as np
 REPEAT, MIN_REPEAT_MS = 5, 1
 
 
-def kernel_rows(executable, args: list, repeat: int = REPEAT) -> list[dict]:
+def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False) -> list[dict]:
     """``{"kernel", "calls", "us"}`` per kernel of ``executable``'s ``main`` run on ``args``
     (tvm tensors: inputs, then params), µs per call (median over its calls), most time first:
-    the rows of the tuning summary's ``kernels``, measured in the module."""
+    the rows of the tuning summary's ``kernels``, measured in the module (``cold``: each
+    repeat after flushing the cache of all arguments but the first)."""
     import tvm
     from tvm import relax
 
@@ -34,8 +37,9 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT) -> list[dict]:
     def instrument(func, symbol, before_run, ret_value, *call_args):
         if before_run and not symbol.startswith("vm.builtin.") and library.implements_function(symbol):
             if symbol not in timers:
-                timers[symbol] = library.time_evaluator(symbol, device, number=1, repeat=repeat,
-                                                          min_repeat_ms=MIN_REPEAT_MS)
+                timers[symbol] = library.time_evaluator(
+                    symbol, device, number=1, repeat=repeat, min_repeat_ms=0 if cold else MIN_REPEAT_MS,
+                    f_preproc="cache_flush_cpu_non_first_arg" if cold else "")
             times.setdefault(symbol, []).append(statistics.median(timers[symbol](*call_args).results) * 1e6)
         return 0  # run the call as usual
 
