@@ -43,3 +43,14 @@ def test_a_bigger_layer_measures_slower_and_the_sum_is_near_the_whole_run(tmp_pa
         [tvm.runtime.tensor(v) for v in params_large.values()]
     whole_us = np.median(vm.time_evaluator("main", tvm.cpu(), number=1, repeat=5)(*args).results) * 1e6
     assert 0.5 * whole_us < profile.total_us(large_rows) < 1.5 * whole_us, (profile.total_us(large_rows), whole_us)
+
+
+def test_cold_timing_times_the_same_calls_and_leaves_the_result_intact(tmp_path, rng):
+    executable, params = _built(onnx_models.twin_convs(), tmp_path)
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(v) for v in params.values()]
+    expected = virtual_machine(executable)["main"](*args).numpy()
+    warm, cold = profile.kernel_rows(executable, args), profile.kernel_rows(executable, args, cold=True)
+    assert {(r["kernel"], r["calls"]) for r in cold} == {(r["kernel"], r["calls"]) for r in warm}
+    assert all(r["us"] > 0 for r in cold)
+    np.testing.assert_array_equal(virtual_machine(executable)["main"](*args).numpy(), expected)
