@@ -183,18 +183,28 @@ def _tvm_runner(directory: Path, batch: int):
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    vm = VirtualMachine(tvm.runtime.load_module(str(directory / "model.so")), tvm.cpu())
+    library, params, shape = load_saved(directory, batch)
+    vm = VirtualMachine(library, tvm.cpu())
+    params = [tvm.runtime.tensor(v) for v in params.values()]
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    main = vm["main"]
+    return lambda: main(x, *params)
+
+
+def load_saved(directory: Path, batch: int) -> tuple:
+    """A module ``compile_tvmq`` saved: its library, its params by name in ``main``'s order, its
+    input shape (an fp32 module, saved without a manifest, takes the int8 one's at ``batch``)."""
+    import tvm
+
     if (directory / "manifest.json").exists():
         manifest = json.loads((directory / "manifest.json").read_text())
         names, shape = manifest["params"], manifest["inputs"][0]["shape"]
     else:
-        names, shape = json.loads((directory / "params.json").read_text()), None
+        names = json.loads((directory / "params.json").read_text())
+        shape = [batch, *_input_shape(directory.parent)[1:]]
     with np.load(directory / "params.npz") as archive:
-        params = [tvm.runtime.tensor(archive[n]) for n in names]
-    shape = shape or [batch, *_input_shape(directory.parent)[1:]]
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-    main = vm["main"]
-    return lambda: main(x, *params)
+        params = {n: archive[n] for n in names}
+    return tvm.runtime.load_module(str(directory / "model.so")), params, shape
 
 
 def _input_shape(directory: Path) -> list[int]:

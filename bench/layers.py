@@ -48,7 +48,7 @@ def main() -> None:
     rows = layer_rows(report, ort)
     totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
               **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")},
-              **{f"tvmq_{m}_cold_us": cold_total_us(directory / f"tvmq_{m}") for m in ("fp32", "int8")}}
+              **{f"tvmq_{m}_cold_us": cold_total_us(directory / f"tvmq_{m}", args.batch) for m in ("fp32", "int8")}}
     print_table(rows, totals, args.top)
     from latency import cpu_key
 
@@ -58,21 +58,16 @@ def main() -> None:
     print(f"\nwrote {out.relative_to(HERE.parent)}")
 
 
-def cold_total_us(directory: Path) -> float:
+def cold_total_us(directory: Path, batch: int) -> float:
     """The sum of a saved tvmq module's kernels, each timed after flushing its weights and
     outputs from the cache (``tvmq.profile``'s ``cold``): what they cost when the weights come
     from memory, as in a full run whose weights do not stay cached."""
-    import tvm
+    from latency import load_saved
 
     from tvmq.profile import kernel_rows, zero_input_args
 
-    names = (json.loads((directory / "manifest.json").read_text())["params"] if (directory / "manifest.json").exists()
-             else json.loads((directory / "params.json").read_text()))
-    shape = json.loads((directory.parent / "tvmq_int8" / "manifest.json").read_text())["inputs"][0]["shape"]
-    with np.load(directory / "params.npz") as archive:
-        params = {n: archive[n] for n in names}
-    executable = tvm.runtime.load_module(str(directory / "model.so"))
-    return total_us(kernel_rows(executable, zero_input_args(params, shape), repeat=20, cold=True))
+    library, params, shape = load_saved(directory, batch)
+    return total_us(kernel_rows(library, zero_input_args(params, shape), repeat=20, cold=True))
 
 
 def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:

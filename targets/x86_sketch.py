@@ -78,15 +78,7 @@ def _space(schedule):
 def schedule_packed_conv(sch, intrinsic: str, lanes: int) -> None:
     """Schedule the fused PrimFunc of ``sch`` around its ``conv2d_packed`` block (in place)."""
     conv = sch.get_sblock(CONV_BLOCK)
-    epilogue = _inline_epilogue(sch, conv)
-    n, h, w, o, rh, rw, rc, ri = sch.get_loops(conv)
-    ob, lane = sch.split(o, [None, lanes])
-    h0, h1 = sch.split(h, sch.sample_perfect_tile(h, n=2, max_innermost_factor=4))
-    w0, w1 = sch.split(w, sch.sample_perfect_tile(w, n=2, max_innermost_factor=16))
-    ob0, ob1 = sch.split(ob, sch.sample_perfect_tile(ob, n=2, max_innermost_factor=4))
-    rc0, rc1 = sch.split(rc, sch.sample_perfect_tile(rc, n=2, max_innermost_factor=16))
-    sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane, ri)
-    _around(sch, conv, epilogue, sch.fuse(n, h0, ob0), h1)
+    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes)
     init = sch.decompose_reduction(conv, rc0)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(w1)
@@ -98,19 +90,29 @@ def schedule_fp32_conv(sch, lanes: int) -> None:
     """Schedule the fused PrimFunc of ``sch`` around its ``conv2d_packed_fp32`` block (in place):
     the packed conv's nest with a vectorized FMA of ``lanes`` output channels innermost."""
     conv = sch.get_sblock(FP32_CONV_BLOCK)
+    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes)
+    sch.unroll(w1)
+    sch.unroll(ob1)
+    sch.vectorize(lane)  # before the reduction is split into init and update
+    sch.decompose_reduction(conv, rc0)  # the init keeps the vectorized loop
+
+
+def _register_tiled(sch, conv, lanes: int):
+    """The packed convs' common nest (module docstring) around ``conv``, whose loops are
+    ``n, h, w, o, rh, rw, rc`` and, for int8, the dot product's ``ri``: tiles sampled,
+    reordered, parallelized, the epilogue and pad placed. Returns the loops each kernel
+    finishes differently: the register tile ``w1, ob1``, the outer reduction ``rc0`` and
+    the ``lane`` loop of ``lanes`` output channels."""
     epilogue = _inline_epilogue(sch, conv)
-    n, h, w, o, rh, rw, rc = sch.get_loops(conv)
+    n, h, w, o, rh, rw, rc, *dot = sch.get_loops(conv)
     ob, lane = sch.split(o, [None, lanes])
     h0, h1 = sch.split(h, sch.sample_perfect_tile(h, n=2, max_innermost_factor=4))
     w0, w1 = sch.split(w, sch.sample_perfect_tile(w, n=2, max_innermost_factor=16))
     ob0, ob1 = sch.split(ob, sch.sample_perfect_tile(ob, n=2, max_innermost_factor=4))
     rc0, rc1 = sch.split(rc, sch.sample_perfect_tile(rc, n=2, max_innermost_factor=16))
-    sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane)
+    sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane, *dot)
     _around(sch, conv, epilogue, sch.fuse(n, h0, ob0), h1)
-    sch.unroll(w1)
-    sch.unroll(ob1)
-    sch.vectorize(lane)  # before the reduction is split into init and update
-    sch.decompose_reduction(conv, rc0)  # the init keeps the vectorized loop
+    return w1, ob1, rc0, lane
 
 
 def schedule_depthwise(sch) -> None:

@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 import onnx_models
+from test_x86_sketch import _run
 from tvmq import api
 from tvmq.build import bind_batch
 from tvmq.frontend import load_model
@@ -81,25 +82,14 @@ def test_any_tiling_of_the_fp32_sketch_computes_the_untuned_values(tmp_path, mod
              and b.value.args[0].name_hint.startswith("fused_" + x86_fp32.PREFIX)]
     assert calls
     for call in calls:
-        func = lowered[call.args[0]].with_attr("global_symbol", "main")
+        func = lowered[call.args[0]]
         types = [a.ty for a in call.args[1].fields] + [call.ty]
         args = [rng.standard_normal([int(d) for d in t.shape]).astype(np.float32) for t in types]
-        expected, _ = _run(func, args, target)
+        expected, _ = _run(func, args, mcpu=kernel.mcpu)
         for seed in (1, 2, 3):
-            got, lib = _run(func, args, target, lambda sch: x86_sketch.schedule_fp32_conv(sch, lanes), seed)
+            got, lib = _run(func, args, lambda sch: x86_sketch.schedule_fp32_conv(sch, lanes), seed, kernel.mcpu)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
         asm = lib.inspect_source("asm")
         # packed-single FMAs (LLVM narrows the register to the output channels really used)
         assert re.search(r"vfmadd\w*ps\s", asm), "the register tile must be vector FMAs"
 
-
-def _run(func, args, target, schedule=None, seed=1):
-    mod = tvm.IRModule({"main": func})
-    if schedule is not None:
-        sch = tvm.s_tir.Schedule(mod, seed=seed)
-        schedule(sch)
-        mod = sch.mod
-    lib = tvm.tirx.build(mod, target=target)
-    tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
-    lib(*tensors)
-    return tensors[-1].numpy(), lib

@@ -38,13 +38,15 @@ def _random(rng, shape, dtype):
     return (rng.random(shape) * 0.05).astype(dtype)
 
 
-def _run(func, args, schedule=None, seed=1):
+def _run(func, args, schedule=None, seed=1, mcpu=VNNI.mcpu):
+    """``func`` (scheduled by ``schedule`` with ``seed``) built for ``mcpu`` and run on ``args``
+    (the last one the output's shape): ``(output, library)``."""
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     if schedule is not None:
         sch = tvm.s_tir.Schedule(mod, seed=seed)
         schedule(sch)
         mod = sch.mod
-    lib = tvm.tirx.build(mod, target=tvm.target.Target({"kind": "llvm", "mcpu": VNNI.mcpu}))
+    lib = tvm.tirx.build(mod, target=tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
     tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
     lib(*tensors)
     return tensors[-1].numpy(), lib
