@@ -129,7 +129,8 @@ def _workload_key(workload) -> str:
 
 
 def fuse(mod, spec: TargetSpec):
-    """``mod`` as tuning lowers it, up to FuseOps: TVM's "zero" pipeline without its FuseTIR.
+    """``mod`` as tuning lowers it, up to FuseOps: TVM's "zero" pipeline without its FuseTIR, and
+    8-bit tensors between kernels where FuseOps would widen them first (``sink_dequantize``).
 
     Each fused Relax function still holds the original bindings (their variable names kept);
     FuseTIR then turns each into the PrimFunc of the same name, one tuning task per distinct one.
@@ -137,11 +138,14 @@ def fuse(mod, spec: TargetSpec):
     import tvm
     from tvm import relax
 
+    from tvmq.passes.sink_dequantize import sink_dequantize
+
     with spec.target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                          relax.transform.CanonicalizeBindings(),
                                          relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                                         relax.transform.FoldConstant(), relax.transform.FuseOps()])(mod)
+                                         relax.transform.FoldConstant(), relax.transform.FuseOps(),
+                                         sink_dequantize])(mod)
 
 
 def _kernel_latencies(database, tasks: list) -> list[dict]:

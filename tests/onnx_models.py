@@ -247,3 +247,27 @@ def residual_block(seed=0) -> onnx.ModelProto:
         helper.make_node("Conv", ["s", "wc", "bc"], ["y"], name="conv_c", kernel_shape=[1, 1]),
     ]
     return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)
+
+
+def projection_block(seed=0) -> onnx.ModelProto:
+    """ResNet's projection shortcut: both inputs of the add are convs, and a ReLU follows it:
+
+        x[N,8,10,10] --conv_a 3x3--> a --relu--> r --conv_b 1x1--> b
+        x --conv_p 1x1 (16)--> p;  b + p --add--> s --relu--> t --conv_c 1x1--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {"wa": (rng.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32),
+             "wb": (rng.standard_normal((16, 8, 1, 1)) * 0.3).astype(np.float32),
+             "wp": (rng.standard_normal((16, 8, 1, 1)) * 0.3).astype(np.float32),
+             "wc": (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)}
+    inits.update({f"b{n}": (rng.standard_normal(8 if n in "ac" else 16) * 0.1).astype(np.float32) for n in "abpc"})
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
+        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="conv_b", kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["x", "wp", "bp"], ["p"], name="conv_p", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["b", "p"], ["s"], name="shortcut"),
+        helper.make_node("Relu", ["s"], ["t"], name="relu_s"),
+        helper.make_node("Conv", ["t", "wc", "bc"], ["y"], name="conv_c", kernel_shape=[1, 1]),
+    ]
+    return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)

@@ -60,6 +60,8 @@ def _run(func, args, schedule=None, seed=1, mcpu=VNNI.mcpu):
      lambda sch: x86_sketch.schedule_packed_conv(sch, VNNI.intrinsic.name, VNNI.intrinsic.lanes)),
     (onnx_models.residual_block(), (16, 8, 10, 10), "packed_conv2d",  # the shortcut's requantize in the epilogue
      lambda sch: x86_sketch.schedule_packed_conv(sch, VNNI.intrinsic.name, VNNI.intrinsic.lanes)),
+    (onnx_models.projection_block(), (16, 8, 10, 10), "packed_conv2d",  # and the other conv's dequantize
+     lambda sch: x86_sketch.schedule_packed_conv(sch, VNNI.intrinsic.name, VNNI.intrinsic.lanes)),
     (onnx_models.conv_chain(channels=16, groups=16), (16, 16, 12, 12), "dw_conv2d", x86_sketch.schedule_depthwise),
     (onnx_models.conv_chain(channels=24, groups=24, stride=2), (16, 24, 12, 12), "dw_conv2d",
      x86_sketch.schedule_depthwise),
