@@ -6,9 +6,11 @@ Reads what ``bench/latency.py`` left in ``bench/work/<model>-b<batch>``: ONNX Ru
 and int8 (QDQ) models, profiled node by node here (2 threads, median of ``--runs`` runs after
 warm-up), and tvmq's report, whose latency-fallback section gives each conv / dense layer's
 fp32 and int8 time (its fused kernel plus, for int8, its quantize / dequantize edges), each
-kernel timed inside its built module at compile time (``tvmq.profile``), as are the totals;
-the ``_cold`` totals time the saved modules' kernels again with weights and outputs flushed
-from the cache before each run.
+kernel timed inside its built module at compile time (``tvmq.profile``). The saved modules'
+kernels are timed again here three ways, for the totals: ``_cached`` (re-run on their own
+arguments), ``_cold`` (weights and outputs flushed from the cache before each run) and
+``_in_run`` (each call where it runs, in whole runs); the int8 kernels a run slows most
+against their cached time are listed after the layers.
 ONNX Runtime fuses a QDQ conv into one QLinearConv node named after the conv
 (``<conv>_token_<n>``), which is how its rows are matched.
 
@@ -45,29 +47,48 @@ def main() -> None:
     directory = HERE / "work" / f"{args.model}-b{args.batch}"
     report = json.loads((directory / "tvmq_int8" / "report.json").read_text())
     ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
-    rows = layer_rows(report, ort)
-    totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
+    rows = layer_rows(report, ort, layer_macs(directory / "ort_fp32.onnx", args.batch))
+    saved = {m: saved_rows(directory / f"tvmq_{m}", args.batch) for m in ("fp32", "int8")}
+    totals = {"int8_layers_gmac": round(sum(r["mmac"] for r in rows) / 1e3, 3),
+              "ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
               **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")},
-              **{f"tvmq_{m}_cold_us": cold_total_us(directory / f"tvmq_{m}", args.batch) for m in ("fp32", "int8")}}
+              **{f"tvmq_{m}_{how}_us": total_us(saved[m][how]) for m in ("fp32", "int8")
+                 for how in ("cached", "cold", "in_run")}}
     print_table(rows, totals, args.top)
+    slowed = in_run_excess(saved["int8"]["cached"], saved["int8"]["in_run"])
+    print_slowed(slowed, args.top)
     from latency import cpu_key
 
     out = HERE / "results" / f"{cpu_key()}-layers-{args.model}-b{args.batch}.json"
     out.write_text(json.dumps({"model": args.model, "batch": args.batch, "totals": totals, "layers": rows,
-                               "kept_fp32": report["latency_fallback"].get("kept_fp32", [])}, indent=1) + "\n")
+                               "kept_fp32": report["latency_fallback"].get("kept_fp32", []),
+                               "int8_in_run_excess": slowed}, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(HERE.parent)}")
 
 
-def cold_total_us(directory: Path, batch: int) -> float:
-    """The sum of a saved tvmq module's kernels, each timed after flushing its weights and
-    outputs from the cache (``tvmq.profile``'s ``cold``): what they cost when the weights come
-    from memory, as in a full run whose weights do not stay cached."""
+def saved_rows(directory: Path, batch: int) -> dict[str, list[dict]]:
+    """A saved tvmq module's kernel rows timed three ways (``tvmq.profile``): ``cached``, each
+    kernel re-run on its arguments; ``cold``, each after flushing its weights and outputs from
+    the cache (weights from memory); ``in_run``, each call where it runs in whole runs (the
+    caches as the run leaves them)."""
     from latency import load_saved
 
-    from tvmq.profile import kernel_rows, zero_input_args
+    from tvmq.profile import in_run_rows, kernel_rows, zero_input_args
 
     library, params, shape = load_saved(directory, batch)
-    return total_us(kernel_rows(library, zero_input_args(params, shape), repeat=20, cold=True))
+    args = zero_input_args(params, shape)
+    return {"cached": kernel_rows(library, args, repeat=20), "cold": kernel_rows(library, args, repeat=20, cold=True),
+            "in_run": in_run_rows(library, args, runs=30)}
+
+
+def in_run_excess(warm: list[dict], in_run: list[dict]) -> list[dict]:
+    """Kernels by the µs a run adds to their cached time (all calls), most first: where the
+    run waits on memory."""
+    cached = {r["kernel"]: r["us"] for r in warm}
+    rows = [{"kernel": r["kernel"], "calls": r["calls"], "cached_us": cached[r["kernel"]], "in_run_us": r["us"],
+             "excess_us": round((r["us"] - cached[r["kernel"]]) * r["calls"], 1)}
+            for r in in_run if r["kernel"] in cached]
+    return sorted(rows, key=lambda r: -r["excess_us"])
 
 
 def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
@@ -94,13 +115,35 @@ def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
     return {name: statistics.median(values[-runs:]) for name, values in durations.items()}
 
 
-def layer_rows(report: dict, ort: dict) -> list[dict]:
-    """One row per tvmq layer: its ONNX node, tvmq fp32 / int8 µs and ONNX Runtime fp32 / int8 µs."""
+def layer_macs(path: Path, batch: int) -> dict[str, int]:
+    """Multiply-accumulates of each Conv / Gemm / MatMul node at ``batch``, from ONNX's shapes."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.output]}
+    weights = {w.name: list(w.dims) for w in model.graph.initializer}
+    macs = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[1] in weights and node.output[0] in shapes:
+            out, weight = shapes[node.output[0]][1:], weights[node.input[1]]
+            reduced = int(np.prod(weight[1:])) if node.op_type == "Conv" else \
+                weight[1 if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute) else 0]
+            macs[node.name] = batch * int(np.prod(out)) * reduced
+    return macs
+
+
+def layer_rows(report: dict, ort: dict, macs: dict[str, int]) -> list[dict]:
+    """One row per tvmq layer: its ONNX node, millions of MACs, tvmq fp32 / int8 µs, ONNX Runtime
+    fp32 / int8 µs, and tvmq int8's GMAC/s."""
     by_layer = {kind: _by_layer(nodes) for kind, nodes in ort.items()}
     rows = []
     for layer in report["latency_fallback"]["layers"]:
         node = layer["layer"]
-        rows.append({"layer": node, "tvmq_fp32_us": layer["fp32_us"], "tvmq_int8_us": layer["int8_us"],
+        mac = macs.get(node, 0)
+        rows.append({"layer": node, "mmac": round(mac / 1e6, 2),
+                     "int8_gmac_s": round(mac / layer["int8_us"] / 1e3, 1) if layer["int8_us"] else None,
+                     "tvmq_fp32_us": layer["fp32_us"], "tvmq_int8_us": layer["int8_us"],
                      "ort_fp32_us": by_layer["fp32"].get(node), "ort_int8_us": by_layer["int8"].get(node),
                      "kept_fp32": layer["kept_fp32"], "int8_kernels": layer["int8_kernels"]})
     return sorted(rows, key=lambda r: -_deficit(r))
@@ -125,15 +168,26 @@ def print_table(rows: list[dict], totals: dict, top: int) -> None:
     def us(value):
         return "-" if value is None else f"{value:.1f}"
 
-    print("| layer | tvmq int8 µs | ORT int8 µs | tvmq int8 / ORT int8 | tvmq fp32 µs | ORT fp32 µs | int8 kernel |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | MMAC | tvmq int8 µs | GMAC/s | ORT int8 µs | tvmq int8 / ORT int8 | tvmq fp32 µs "
+          "| ORT fp32 µs | int8 kernel |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows[:top]:
         ratio = (f"{row['tvmq_int8_us'] / row['ort_int8_us']:.2f}"
                  if row["tvmq_int8_us"] and row["ort_int8_us"] else "-")
         kernel = (row["int8_kernels"] or ["-"])[0][:48] + (" (kept fp32)" if row["kept_fp32"] else "")
-        print(f"| {row['layer']} | {us(row['tvmq_int8_us'])} | {us(row['ort_int8_us'])} | {ratio} | "
+        print(f"| {row['layer']} | {row['mmac']:.1f} | {us(row['tvmq_int8_us'])} | {us(row['int8_gmac_s'])} | "
+              f"{us(row['ort_int8_us'])} | {ratio} | "
               f"{us(row['tvmq_fp32_us'])} | {us(row['ort_fp32_us'])} | {kernel} |")
     print(f"\nsums over all kernels / nodes (µs): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in totals.items()))
+
+
+def print_slowed(rows: list[dict], top: int) -> None:
+    print("\nint8 kernels a whole run slows most against their cached time (µs a call; excess: all calls):")
+    print("| kernel | calls | cached | in run | excess |")
+    print("|---|---|---|---|---|")
+    for row in rows[:top]:
+        print(f"| {row['kernel'][:60]} | {row['calls']} | {row['cached_us']:.1f} | {row['in_run_us']:.1f} | "
+              f"{row['excess_us']:.1f} |")
 
 
 if __name__ == "__main__":

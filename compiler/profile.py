@@ -10,11 +10,14 @@ A kernel re-run on its own arguments finds them in cache where the full run may 
 per-kernel sum can be under the end-to-end time; ``total_us`` says how close it is. With
 ``cold=True`` the cache is flushed of every argument but the first (weights, outputs, a
 residual input) before each repeat: the time a kernel takes on weights fetched from memory.
+:func:`in_run_rows` instead reads the clock on either side of each call of whole runs: each
+kernel as the run before it leaves the caches.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 
 import numpy as np
 
@@ -46,6 +49,37 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False
     vm.set_instrument(instrument)
     vm["main"](*args)
     rows = [{"kernel": name, "calls": len(us), "us": round(statistics.median(us), 2)} for name, us in times.items()]
+    return sorted(rows, key=lambda r: -r["us"] * r["calls"])
+
+
+def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
+    """:func:`kernel_rows` with each call timed where it runs, in ``runs`` whole runs of
+    ``main`` after two warm-ups: the median of each call site, averaged over a kernel's calls.
+    The instrument's own return to the VM (about a microsecond) is inside each time."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    library = _library(executable)
+    run_times, started = [], []
+
+    def instrument(func, symbol, before_run, ret_value, *call_args):
+        if not symbol.startswith("vm.builtin.") and library.implements_function(symbol):
+            if before_run:
+                started.append(time.perf_counter())
+            else:
+                run_times[-1].append((symbol, time.perf_counter() - started.pop()))
+        return 0
+
+    vm.set_instrument(instrument)
+    for _ in range(2 + runs):
+        run_times.append([])
+        vm["main"](*args)
+    sites = list(zip(*run_times[2:]))  # per call site, its (symbol, seconds) in each run
+    by_kernel = {}
+    for site in sites:
+        by_kernel.setdefault(site[0][0], []).append(statistics.median(t for _, t in site) * 1e6)
+    rows = [{"kernel": k, "calls": len(us), "us": round(sum(us) / len(us), 2)} for k, us in by_kernel.items()]
     return sorted(rows, key=lambda r: -r["us"] * r["calls"])
 
 

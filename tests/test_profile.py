@@ -54,3 +54,14 @@ def test_cold_timing_times_the_same_calls_and_leaves_the_result_intact(tmp_path,
     assert {(r["kernel"], r["calls"]) for r in cold} == {(r["kernel"], r["calls"]) for r in warm}
     assert all(r["us"] > 0 for r in cold)
     np.testing.assert_array_equal(virtual_machine(executable)["main"](*args).numpy(), expected)
+
+
+def test_in_run_timing_times_every_call_where_it_runs(tmp_path, rng):
+    executable, params = _built(onnx_models.twin_convs(), tmp_path)
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(v) for v in params.values()]
+    expected = virtual_machine(executable)["main"](*args).numpy()
+    warm, in_run = profile.kernel_rows(executable, args), profile.in_run_rows(executable, args, runs=5)
+    assert {(r["kernel"], r["calls"]) for r in in_run} == {(r["kernel"], r["calls"]) for r in warm}
+    assert all(r["us"] > 0 for r in in_run)
+    np.testing.assert_array_equal(virtual_machine(executable)["main"](*args).numpy(), expected)
