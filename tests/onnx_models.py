@@ -103,15 +103,18 @@ def conv_bn(seed=0, weights_as_constant_nodes=False) -> onnx.ModelProto:
     return _model(nodes, [_value("x", [1, 4, 8, 8])], [_value("y", [1, 256])], inits)
 
 
-def twin_convs(seed=0) -> onnx.ModelProto:
-    """x[N,8,10,10] --conv_a+relu_a--> r --conv_b+relu_b--> y: two convs of one shape (one fp32 kernel)."""
+def twin_convs(seed=0, bias=True) -> onnx.ModelProto:
+    """x[N,8,10,10] --conv_a+relu_a--> r --conv_b+relu_b--> y: two convs of one shape (one fp32 kernel),
+    with biases or without."""
     rng = np.random.default_rng(seed)
     inits = {name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape, scale in
-             (("wa", (8, 8, 3, 3), 0.3), ("ba", (8,), 0.1), ("wb", (8, 8, 3, 3), 0.3), ("bb", (8,), 0.1))}
+             (("wa", (8, 8, 3, 3), 0.3), ("ba", (8,), 0.1), ("wb", (8, 8, 3, 3), 0.3), ("bb", (8,), 0.1))
+             if bias or name.startswith("w")}
+    a_in, b_in = (["x", "wa", "ba"], ["r", "wb", "bb"]) if bias else (["x", "wa"], ["r", "wb"])
     nodes = [
-        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Conv", a_in, ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1] * 4),
         helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
-        helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="conv_b", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Conv", b_in, ["b"], name="conv_b", kernel_shape=[3, 3], pads=[1] * 4),
         helper.make_node("Relu", ["b"], ["y"], name="relu_b"),
     ]
     return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)

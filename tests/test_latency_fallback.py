@@ -35,9 +35,8 @@ def _deployables(path, calib):
     weights = quantization_record(quantized.int8)["weights"]
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in weights}
-    int8 = bind_batch(quantized.int8, 1)
-    int8 = spec.legalize(int8) if spec.legalize else int8
-    return lift_params(bind_batch(fp32, 1))[0], lift_params(int8)[0], chains, spec
+    legalized = [spec.legalize(bind_batch(m, 1)) if spec.legalize else bind_batch(m, 1) for m in (fp32, quantized.int8)]
+    return lift_params(legalized[0])[0], lift_params(legalized[1])[0], chains, spec  # as api._build_deployable
 
 
 def _task_rows(mod, spec, us):
@@ -69,8 +68,11 @@ def test_every_int8_layer_of_the_bundled_cnn_maps_to_its_kernels_in_both_modules
     assert any("quantize" in k for k in timings["relu1"].int8_kernels), "conv1's input quantize is its edge"
 
 
-def test_identical_layers_sharing_one_tuning_task_both_get_its_time(tmp_path, rng):
-    model = onnx_models.twin_convs()
+@pytest.mark.parametrize("bias", [True, False])
+def test_identical_layers_sharing_one_tuning_task_both_get_its_time(tmp_path, rng, bias):
+    """With a bias or without (then only the conv's own binding reads a weight), each layer's
+    fp32 kernel is found in the legalized fp32 module."""
+    model = onnx_models.twin_convs(bias=bias)
     fp32, int8, chains, spec = _deployables(onnx_models.save(model, tmp_path / "twin.onnx"),
                                             rng.standard_normal((16, 8, 10, 10)).astype(np.float32))
     fp32_rows = _task_rows(fp32, spec, lambda name: 7.0)
