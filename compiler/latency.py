@@ -21,8 +21,7 @@ from tvmq.targets import TargetSpec
 
 from .tune import fuse
 
-QDQ_OPS = {"quantize", "dequantize"}
-EDGE_OPS = QDQ_OPS | {"pad", "transpose", "layout_transform", "reshape", "expand_dims", "squeeze"}
+INJECTIVE = 2  # TIR op patterns up to kInjective: elementwise, broadcast, data movement
 INT8_SUFFIXES = ("_int", "_acc")  # realize's names for a layer's integer op and its bias add
 
 
@@ -39,12 +38,13 @@ class LayerLatency:
 
 @dataclass
 class _Kernel:
-    """One kernel call in ``main``: its function, the lifted parameters it reads, its ops
-    (PrimFunc names), its tensor inputs and output."""
+    """One kernel call in ``main``: its function, the lifted parameters it reads, whether it
+    (de)quantizes (converts between float and 8-bit with injective ops only), its tensor inputs
+    and output."""
 
     function: str
     params: set
-    ops: set
+    converts: bool
     inputs: list
     output: object
     us: float | None
@@ -109,12 +109,12 @@ def _total(parts) -> float | None:
 def _edges(kernels: list[_Kernel], own: dict) -> list[tuple[_Kernel, set]]:
     """The quantize / dequantize kernels on each layer's edges, with the layers they serve.
 
-    An edge kernel does nothing but (de)quantize and move data; it is a layer's when it reads
-    or feeds that layer's own kernel, directly or through single-input kernels that stay in
-    the integer domain (a max pool, a flatten).
+    An edge kernel does nothing but (de)quantize and move data (a layer's own kernel converts
+    too, but computes); it is a layer's when it reads or feeds that layer's own kernel, directly
+    or through single-input kernels that stay in the integer domain (a max pool, a flatten).
     """
     owner = {id(k): name for name, ks in own.items() for k in ks}
-    edge = {id(k) for k in kernels if id(k) not in owner and k.ops & QDQ_OPS and k.ops <= EDGE_OPS}
+    edge = {id(k) for k in kernels if id(k) not in owner and k.converts}
     through = {id(k) for k in kernels if id(k) not in owner.keys() | edge and len(k.inputs) == 1}
     producer = {k.output: k for k in kernels}
     readers = {}
@@ -152,15 +152,35 @@ def _kernels(mod, spec: TargetSpec, measured: list[dict]) -> list[_Kernel]:
         if isinstance(call, relax.Call) and isinstance(call.op, relax.GlobalVar) \
                 and isinstance(fused[call.op], relax.Function):
             function, args = call.op.name_hint, list(call.args)
-            ops = {_op(b.value) for b in dataflow_bindings(fused[call.op])} - {None}
+            prims = [b.value.args[0] for b in dataflow_bindings(fused[call.op]) if _op(b.value)]
         elif _op(call) is not None:
-            function, args, ops = _op(call), list(call.args[1].fields), {_op(call)}
+            function, args, prims = _op(call), list(call.args[1].fields), [call.args[0]]
         else:
             continue
         args = [a for a in args if isinstance(a, relax.Var)]
-        kernels.append(_Kernel(function, {a.name for a in args if a.name in params}, {_base(o) for o in ops}, args,
-                               binding.var, us(function)))
+        converts = _converts(args, binding.var) and all(_pattern(fused[p]) <= INJECTIVE for p in prims)
+        kernels.append(_Kernel(function, {a.name for a in args if a.name in params}, converts, args, binding.var,
+                               us(function)))
     return kernels
+
+
+def _converts(inputs: list, output) -> bool:
+    """Whether a kernel reads float and writes 8-bit integers, or the other way round."""
+    domains = {_domain(v.ty) for v in inputs}
+    return {_domain(output.ty)} | domains >= {"float", "8-bit"} and _domain(output.ty) not in domains
+
+
+def _domain(ty) -> str | None:
+    import tvm
+
+    dtype = tvm.DataType(str(getattr(ty, "dtype", "void")))
+    return "float" if dtype.type_code == tvm.runtime.DataTypeCode.FLOAT else "8-bit" if dtype.bits == 8 else None
+
+
+def _pattern(prim_func) -> int:
+    """A PrimFunc's TIR op pattern (AnnotateTIROpPattern's ``op_pattern``; opaque if absent)."""
+    attrs = prim_func.attrs
+    return int(attrs["op_pattern"]) if attrs is not None and "op_pattern" in attrs else 8
 
 
 def _op(value) -> str | None:
@@ -170,11 +190,6 @@ def _op(value) -> str | None:
     if isinstance(value, relax.Call) and getattr(value.op, "name", None) == "relax.call_tir":
         return value.args[0].name_hint
     return None
-
-
-def _base(function: str) -> str:
-    """``quantize`` for ``quantize1``: LegalizeOps numbers the PrimFuncs of one op apart."""
-    return re.sub(r"\d+$", "", function)
 
 
 def _measured(lowered, measured: list[dict]):

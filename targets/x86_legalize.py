@@ -3,7 +3,9 @@
 1. ``ConvertLayout`` turns every conv2d to NHWC data / OHWI weights; the requantize chains,
    bias adds, pads, pools and residual adds follow, so layout transforms remain only at the edges.
    ``relax.clip`` (an fp32 ReLU6) has no layout inference and would keep a transpose on each
-   side, so it becomes ``minimum(maximum(x, lo), hi)`` first.
+   side, so it becomes ``minimum(maximum(x, lo), hi)`` first; so do per-tensor ``quantize`` /
+   ``dequantize`` (the edges of a layer the latency fallback keeps fp32), which become the
+   elementwise ops TVM's legalization computes, in its order.
 2. Each uint8 x int8 conv2d (groups == 1) and matmul with a constant weight becomes a call to
    a packed kernel of :mod:`tvmq.targets.x86_int8`, its weight packed here, at compile time,
    in blocks of ``lanes`` outputs (16 for AVX-512, 8 for AVX2); a conv's input channels are
@@ -37,6 +39,7 @@ class LegalizeForX86:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
+        mod = with_main(mod, _QdqAsElementwise(mod).visit_expr(mod["main"]))
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
         mod = relax.transform.EliminateCommonSubexpr()(relax.transform.FoldConstant()(mod))  # one transpose per input
         packer = _Packer(mod, self.lanes)
@@ -53,6 +56,35 @@ class _ClipAsMinMax(relax.PyExprMutator):
         dtype = str(call.ty.dtype)
         lo, hi = (relax.const(np.array(prim_float(b), dtype)) for b in call.args[1:])
         return relax.op.minimum(relax.op.maximum(call.args[0], lo), hi)
+
+
+@relax.expr_functor.mutator
+class _QdqAsElementwise(relax.PyExprMutator):
+    """Per-tensor ``quantize`` as ``astype(max(min(round(x / s) + z, qmax), qmin))`` and
+    ``dequantize`` as ``float(int32(q) - z) * s``: what TVM's legalization computes (bit for bit),
+    but on ops that follow ConvertLayout instead of keeping a transpose on each side."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name not in ("relax.quantize", "relax.dequantize"):
+            return call
+        scale, zero_point = (constant_value(a) for a in call.args[1:])
+        if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
+            return call
+        x, scale, zero_point = call.args[0], np.float32(scale.item()), zero_point.item()
+        if name == "relax.dequantize":
+            if str(call.attrs.out_dtype) != "float32":
+                return call
+            centred = relax.op.subtract(relax.op.astype(x, "int32"), relax.const(np.int32(zero_point)))
+            return relax.op.multiply(relax.op.astype(centred, "float32"), relax.const(scale))
+        dtype = str(call.attrs.out_dtype)
+        limits = np.iinfo(dtype)
+        shifted = relax.op.add(relax.op.round(relax.op.divide(x, relax.const(scale))),
+                               relax.const(np.float32(zero_point)))
+        clamped = relax.op.maximum(relax.op.minimum(shifted, relax.const(np.float32(limits.max))),
+                                   relax.const(np.float32(limits.min)))
+        return relax.op.astype(clamped, dtype)
 
 
 @relax.expr_functor.mutator

@@ -93,3 +93,29 @@ def test_any_tiling_of_the_fp32_sketch_computes_the_untuned_values(tmp_path, mod
         # packed-single FMAs (LLVM narrows the register to the output channels really used)
         assert re.search(r"vfmadd\w*ps\s", asm), "the register tile must be vector FMAs"
 
+
+
+@pytest.mark.skipif(KERNELS["x86-vnni"].flag not in cpu_flags(), reason="CPU without AVX-512 VNNI")
+def test_a_kept_fp32_conv_quantizes_its_output_in_its_epilogue_under_any_tiling(tmp_path):
+    """A layer the latency fallback keeps fp32 feeds an int8 one: its output's quantize fuses into
+    the fp32 kernel, which then writes uint8; the sketch schedules that epilogue too."""
+    from test_x86_int8 import _realized
+
+    kernel = KERNELS["x86-vnni"]
+    int8, _ = _realized(tmp_path, np.random.default_rng(0), onnx_models.conv_chain(channels=8), (16, 8, 12, 12),
+                        keep_fp32=["r"])
+    spec = get_target("x86-vnni")
+    with spec.target:
+        lowered = relax.transform.FuseTIR()(fuse(spec.legalize(int8), spec))
+    calls = [b.value for b in dataflow_bindings(lowered["main"]) if op_name(b.value) == "relax.call_tir"
+             and b.value.args[0].name_hint.startswith("fused_" + x86_fp32.PREFIX)]
+    assert len(calls) == 1 and str(calls[0].ty.dtype) == "uint8", [c.args[0].name_hint for c in calls]
+    func, rng = lowered[calls[0].args[0]], np.random.default_rng(2)
+    args = [rng.standard_normal([int(d) for d in a.ty.shape]).astype(np.float32) for a in calls[0].args[1].fields]
+    args.append(np.zeros([int(d) for d in calls[0].ty.shape], np.uint8))
+    expected, _ = _run(func, args, mcpu=kernel.mcpu)
+    assert len(np.unique(expected)) > 8, "the test input should spread over the uint8 range"
+    for seed in (1, 2, 3):
+        got, _ = _run(func, args, lambda sch: x86_sketch.schedule_fp32_conv(sch, kernel.intrinsic.lanes), seed,
+                      kernel.mcpu)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # fp32 sums in another order
