@@ -92,9 +92,13 @@ def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic)
                       search_space=lambda task: _packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
 
 
+INPUT_QUANTIZE = "fused_divide_tir_round_add_minimum_maximum_cast"  # LegalizeForX86's quantize, fused
+
+
 def _packed_space(intrinsic: DotIntrinsic, task_name: str):
-    """Our sketches for the packed (int8, fp32) and depthwise convs, auto-tensorization onto
-    ``intrinsic`` for the other packed int8 kernels (dense), TVM's generic rules for the rest."""
+    """Our sketches for the packed (int8, fp32) and depthwise convs and the input's quantize +
+    transpose, auto-tensorization onto ``intrinsic`` for the other packed int8 kernels (dense),
+    TVM's generic rules for the rest."""
     from . import x86_depthwise, x86_fp32, x86_int8, x86_sketch
 
     if x86_fp32.PREFIX + "conv2d" in task_name:
@@ -103,6 +107,8 @@ def _packed_space(intrinsic: DotIntrinsic, task_name: str):
         return x86_sketch.conv_space(intrinsic.name, intrinsic.lanes)
     if x86_depthwise.PREFIX + "conv2d" in task_name:
         return x86_sketch.depthwise_space()
+    if task_name.startswith(INPUT_QUANTIZE) and "transpose" in task_name:
+        return x86_sketch.input_edge_space()
     return x86_int8.search_space(intrinsic.name) if x86_int8.PACKED_PREFIX in task_name else None
 
 

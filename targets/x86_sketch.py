@@ -37,6 +37,9 @@ without the dot product, vectorized over channels (int8 and fp32 alike):
         rh, rw
           w1 (unrolled), c1 x gcd(C, 16) (vectorized)  # int32 accumulators
 
+An image's quantize + pad + NCHW -> NHWC kernel (the module's input edge) gets one fixed
+schedule: all inlined, parallel over rows, the 4 (padded) channels unrolled.
+
 Loops that a decision makes of extent 1 are kept (``preserve_unit_loops``): the search
 replays traces with other decisions, and a trace must find the same loops each time.
 """
@@ -64,6 +67,11 @@ def fp32_conv_space(lanes: int):
 def depthwise_space():
     """The design space of a depthwise conv task."""
     return _space(schedule_depthwise)
+
+
+def input_edge_space():
+    """The design space of an input's quantize + NCHW -> NHWC kernel: one schedule."""
+    return _space(schedule_input_edge)
 
 
 def _space(schedule):
@@ -130,6 +138,19 @@ def schedule_depthwise(sch) -> None:
     sch.unroll(w1)
     sch.vectorize(sch.fuse(c1, vector))  # before the reduction is split into init and update
     sch.decompose_reduction(conv, rh)  # the init keeps the vectorized loop
+
+
+def schedule_input_edge(sch) -> None:
+    """An image's quantize, pad and NCHW -> NHWC transpose with its channels padded to 4, as
+    one loop nest: every block inlined into the output's, parallel over rows, the channels
+    unrolled. TVM's generic rules vectorize the 4 channels instead, each lane from another
+    plane: on MobileNetV2's 3x224x224 input 110 µs in the tuned module, 37 untuned, 9.6 this."""
+    *producers, output = sch.get_child_blocks(sch.get_sblock("root"))
+    for block in producers:
+        sch.compute_inline(block)
+    loops = sch.get_loops(output)
+    sch.parallel(sch.fuse(*loops[:-2]))
+    sch.unroll(loops[-1])
 
 
 def _around(sch, conv, epilogue, outer, tile) -> None:

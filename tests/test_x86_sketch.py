@@ -63,6 +63,7 @@ def _run(func, args, schedule=None, seed=1, mcpu=VNNI.mcpu):
     (onnx_models.projection_block(), (16, 8, 10, 10), "packed_conv2d",  # and the other conv's dequantize
      lambda sch: x86_sketch.schedule_packed_conv(sch, VNNI.intrinsic.name, VNNI.intrinsic.lanes)),
     (onnx_models.conv_chain(channels=16, groups=16), (16, 16, 12, 12), "dw_conv2d", x86_sketch.schedule_depthwise),
+    (onnx_models.conv_chain(channels=3, stride=2), (16, 3, 12, 12), "divide_tir_round", x86_sketch.schedule_input_edge),
     (onnx_models.conv_chain(channels=24, groups=24, stride=2), (16, 24, 12, 12), "dw_conv2d",
      x86_sketch.schedule_depthwise),
 ])
@@ -74,3 +75,15 @@ def test_any_tiling_of_the_sketch_computes_the_same_integers(tmp_path, rng, mode
             np.testing.assert_array_equal(got, expected)
         if prefix == "packed_conv2d":
             assert VNNI.intrinsic.instruction in lib.inspect_source("asm")
+
+
+def test_the_input_quantize_and_transpose_kernel_gets_its_own_schedule(tmp_path, rng):
+    from tvmq.targets.x86 import INPUT_QUANTIZE
+
+    spec = get_target("x86-vnni")
+    int8, _ = _realized(tmp_path, rng, onnx_models.conv_chain(channels=3, stride=2), (16, 3, 12, 12))
+    with spec.target:
+        names = [gv.name_hint for gv in fuse(spec.legalize(int8), spec).get_global_vars()]
+    edges = [n for n in names if n.startswith(INPUT_QUANTIZE)]
+    assert len(edges) == 1 and "transpose" in edges[0], names
+    assert spec.search_space(edges[0]) is not None and spec.search_space("fused_transpose_reshape") is None
