@@ -46,23 +46,33 @@ def main() -> None:
     args = parser.parse_args()
     directory = HERE / "work" / f"{args.model}-b{args.batch}"
     report = json.loads((directory / "tvmq_int8" / "report.json").read_text())
-    ort = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
+    profiles = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
+    ort = {kind: us for kind, (us, _) in profiles.items()}
+    by_op = ort_by_op(*profiles["int8"])
     rows = layer_rows(report, ort, layer_macs(directory / "ort_fp32.onnx", args.batch))
     saved = {m: saved_rows(directory / f"tvmq_{m}", args.batch) for m in ("fp32", "int8")}
-    totals = {"int8_layers_gmac": round(sum(r["mmac"] for r in rows) / 1e3, 3),
-              "ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
+    totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
               **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")},
               **{f"tvmq_{m}_{how}_us": total_us(saved[m][how]) for m in ("fp32", "int8")
                  for how in ("cached", "cold", "in_run")}}
+    in_run = {r["kernel"]: r["us"] for r in saved["int8"]["in_run"]}
+    for row in rows:
+        row["int8_kernel_in_run_us"] = in_run.get((row["int8_kernels"] or [None])[0])
     print_table(rows, totals, args.top)
     slowed = in_run_excess(saved["int8"]["cached"], saved["int8"]["in_run"])
     print_slowed(slowed, args.top)
+    print("\nONNX Runtime int8 by operator (µs, all nodes): "
+          + ", ".join(f"{op} {us:.0f}" for op, us in by_op.items()))
     from latency import cpu_key
 
     out = HERE / "results" / f"{cpu_key()}-layers-{args.model}-b{args.batch}.json"
-    out.write_text(json.dumps({"model": args.model, "batch": args.batch, "totals": totals, "layers": rows,
+    gmac = round(sum(r["mmac"] for r in rows) / 1e3, 3)
+    print(f"{gmac} GMAC in the int8 layers: {gmac / totals['tvmq_int8_in_run_us'] * 1e6:.0f} GMAC/s over the "
+          "int8 kernels timed in the run")
+    out.write_text(json.dumps({"model": args.model, "batch": args.batch, "layers_gmac": gmac, "totals": totals,
+                               "layers": rows,
                                "kept_fp32": report["latency_fallback"].get("kept_fp32", []),
-                               "int8_in_run_excess": slowed}, indent=1) + "\n")
+                               "int8_in_run_excess": slowed, "ort_int8_by_op_us": by_op}, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(HERE.parent)}")
 
 
@@ -91,8 +101,8 @@ def in_run_excess(warm: list[dict], in_run: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["excess_us"])
 
 
-def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
-    """Median µs of each node over ``runs`` profiled runs, keyed by node name."""
+def ort_node_us(path: Path, batch: int, runs: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Median µs of each node over ``runs`` profiled runs, and its operator, keyed by node name."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -108,11 +118,22 @@ def ort_node_us(path: Path, batch: int, runs: int) -> dict[str, float]:
     profile = Path(session.end_profiling())
     events = json.loads(profile.read_text())
     profile.unlink()
-    durations = collections.defaultdict(list)
+    durations, ops = collections.defaultdict(list), {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            durations[event["name"][:-len("_kernel_time")]].append(event["dur"])
-    return {name: statistics.median(values[-runs:]) for name, values in durations.items()}
+            name = event["name"][:-len("_kernel_time")]
+            durations[name].append(event["dur"])
+            ops[name] = event.get("args", {}).get("op_name", "?")
+    return {name: statistics.median(values[-runs:]) for name, values in durations.items()}, ops
+
+
+def ort_by_op(us: dict[str, float], ops: dict[str, str]) -> dict[str, float]:
+    """ONNX Runtime's node time summed by operator, most first: a QDQ model's residual adds run
+    as QLinearAdd nodes of their own, where tvmq adds in the conv's epilogue."""
+    totals = collections.Counter()
+    for name, value in us.items():
+        totals[ops[name]] += value
+    return {op: round(value, 1) for op, value in totals.most_common()}
 
 
 def layer_macs(path: Path, batch: int) -> dict[str, int]:
@@ -168,14 +189,15 @@ def print_table(rows: list[dict], totals: dict, top: int) -> None:
     def us(value):
         return "-" if value is None else f"{value:.1f}"
 
-    print("| layer | MMAC | tvmq int8 µs | GMAC/s | ORT int8 µs | tvmq int8 / ORT int8 | tvmq fp32 µs "
-          "| ORT fp32 µs | int8 kernel |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layer | MMAC | tvmq int8 µs | GMAC/s | its kernel in the run µs | ORT int8 µs | tvmq int8 / ORT int8 "
+          "| tvmq fp32 µs | ORT fp32 µs | int8 kernel |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows[:top]:
         ratio = (f"{row['tvmq_int8_us'] / row['ort_int8_us']:.2f}"
                  if row["tvmq_int8_us"] and row["ort_int8_us"] else "-")
         kernel = (row["int8_kernels"] or ["-"])[0][:48] + (" (kept fp32)" if row["kept_fp32"] else "")
         print(f"| {row['layer']} | {row['mmac']:.1f} | {us(row['tvmq_int8_us'])} | {us(row['int8_gmac_s'])} | "
+              f"{us(row['int8_kernel_in_run_us'])} | "
               f"{us(row['ort_int8_us'])} | {ratio} | "
               f"{us(row['tvmq_fp32_us'])} | {us(row['ort_fp32_us'])} | {kernel} |")
     print(f"\nsums over all kernels / nodes (µs): " + ", ".join(f"{k[:-3]} {v:.0f}" for k, v in totals.items()))
