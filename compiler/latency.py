@@ -14,7 +14,6 @@ FuseOps and before FuseTIR (a fused Relax function's name is its PrimFunc's and 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from tvmq.targets import TargetSpec
@@ -141,7 +140,7 @@ def _kernels(mod, spec: TargetSpec, measured: list[dict]) -> list[_Kernel]:
     """The kernel calls of ``mod``'s ``main`` as tuning lowers it, with their measured µs."""
     from tvm import relax
 
-    from tvmq.passes.graph import dataflow_bindings
+    from tvmq.passes.graph import dataflow_bindings, tir_op_pattern
 
     fused = fuse(mod, spec)
     with spec.target:
@@ -158,7 +157,7 @@ def _kernels(mod, spec: TargetSpec, measured: list[dict]) -> list[_Kernel]:
         else:
             continue
         args = [a for a in args if isinstance(a, relax.Var)]
-        converts = _converts(args, binding.var) and all(_pattern(fused[p]) <= INJECTIVE for p in prims)
+        converts = _converts(args, binding.var) and all(tir_op_pattern(fused[p]) <= INJECTIVE for p in prims)
         kernels.append(_Kernel(function, {a.name for a in args if a.name in params}, converts, args, binding.var,
                                us(function)))
     return kernels
@@ -175,12 +174,6 @@ def _domain(ty) -> str | None:
 
     dtype = tvm.DataType(str(getattr(ty, "dtype", "void")))
     return "float" if dtype.type_code == tvm.runtime.DataTypeCode.FLOAT else "8-bit" if dtype.bits == 8 else None
-
-
-def _pattern(prim_func) -> int:
-    """A PrimFunc's TIR op pattern (AnnotateTIROpPattern's ``op_pattern``; opaque if absent)."""
-    attrs = prim_func.attrs
-    return int(attrs["op_pattern"]) if attrs is not None and "op_pattern" in attrs else 8
 
 
 def _op(value) -> str | None:

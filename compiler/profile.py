@@ -40,7 +40,7 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False
     timers, times = {}, {}
 
     def instrument(func, symbol, before_run, ret_value, *call_args):
-        if before_run and not symbol.startswith("vm.builtin.") and library.implements_function(symbol):
+        if before_run and _is_kernel(library, symbol):
             if symbol not in timers:
                 timers[symbol] = library.time_evaluator(
                     symbol, device, number=1, repeat=repeat, min_repeat_ms=0 if cold else MIN_REPEAT_MS,
@@ -66,7 +66,7 @@ def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
     run_times, started = [], []
 
     def instrument(func, symbol, before_run, ret_value, *call_args):
-        if not symbol.startswith("vm.builtin.") and library.implements_function(symbol):
+        if _is_kernel(library, symbol):
             if before_run:
                 started.append(time.perf_counter())
             else:
@@ -100,6 +100,11 @@ def zero_input_args(params: dict, shape) -> list:
     import tvm
 
     return [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
+
+
+def _is_kernel(library, symbol: str) -> bool:
+    """Whether the VM's call of ``symbol`` runs a compiled kernel (not a ``vm.builtin``)."""
+    return not symbol.startswith("vm.builtin.") and library.implements_function(symbol)
 
 
 def _library(executable):

@@ -82,6 +82,16 @@ def op_name(expr) -> str | None:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op) else None
 
 
+OPAQUE = 8  # TIR op pattern kOpaque
+
+
+def tir_op_pattern(prim_func) -> int:
+    """A PrimFunc's TIR op pattern (``AnnotateTIROpPattern``'s ``op_pattern``: 0 elementwise,
+    1 broadcast, 2 injective, 3 reduction, 4 a conv's out-elementwise-fusable; opaque if absent)."""
+    attrs = prim_func.attrs
+    return int(attrs["op_pattern"]) if attrs is not None and "op_pattern" in attrs else OPAQUE
+
+
 def prim_float(value) -> float:
     """The Python float inside a Relax ``PrimValue`` argument (clip bounds)."""
     return float(value.value)

@@ -21,7 +21,7 @@ import collections
 import tvm
 from tvm import relax
 
-from .graph import dataflow_bindings, referenced_vars
+from .graph import dataflow_bindings, op_name, referenced_vars, tir_op_pattern
 
 ELEMENTWISE = 1  # TIR op patterns up to kBroadcast (kElemWise is 0)
 NARROW_BITS = 8
@@ -138,13 +138,9 @@ def _uses(bindings: list, var: relax.Var) -> int:
 
 def _single_elementwise_input(mod, call) -> relax.Var | None:
     """The one tensor ``call`` reads if it is a call_tir of an elementwise PrimFunc, else None."""
-    if not (isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+    if not _elementwise_call(mod, call) or len(call.args) != 2 or len(call.args[1].fields) != 1:
         return None
-    inputs = call.args[1].fields
-    pattern = mod[call.args[0]].attrs.get("op_pattern", None) if mod[call.args[0]].attrs else None
-    if len(inputs) != 1 or len(call.args) != 2 or pattern is None or int(pattern) > ELEMENTWISE:
-        return None
-    return inputs[0]
+    return call.args[1].fields[0]
 
 
 def _read_in_epilogue(mod, func: relax.Function, param: relax.Var) -> bool:
@@ -155,10 +151,7 @@ def _read_in_epilogue(mod, func: relax.Function, param: relax.Var) -> bool:
 
 
 def _elementwise_call(mod, call) -> bool:
-    if not (isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
-        return False
-    attrs = mod[call.args[0]].attrs
-    return attrs is not None and "op_pattern" in attrs and int(attrs["op_pattern"]) <= ELEMENTWISE
+    return op_name(call) == "relax.call_tir" and tir_op_pattern(mod[call.args[0]]) <= ELEMENTWISE
 
 
 def _readers(main: relax.Function) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvmq.passes.graph import constant_value, prim_float, with_main
+from tvmq.passes.graph import constant_value, op_name, prim_float, with_main
 
 from . import x86_depthwise, x86_fp32, x86_int8
 
@@ -51,7 +51,7 @@ class LegalizeForX86:
 class _ClipAsMinMax(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.clip":
+        if op_name(call) != "relax.clip":
             return call
         dtype = str(call.ty.dtype)
         lo, hi = (relax.const(np.array(prim_float(b), dtype)) for b in call.args[1:])
@@ -66,7 +66,7 @@ class _QdqAsElementwise(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        name = op_name(call)
         if name not in ("relax.quantize", "relax.dequantize"):
             return call
         scale, zero_point = (constant_value(a) for a in call.args[1:])
