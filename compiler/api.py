@@ -30,14 +30,14 @@ from . import assets, latency, layerwise, profile
 from .build import bind_batch, build, virtual_machine
 from .calibrate import bounded_batch, collect_ranges
 from .config import Config
-from .data import Dataset, check_dataset, load_dataset
+from .data import Dataset, load_data
 from .errors import TvmqError
 from .evaluate import compare
 from .fileio import staged_directory
 from .frontend import ImportedModel, InputSpec, load_model
 from .report import LAYER_OPS, layer_node, layer_rows, to_markdown
 from .tune import tune
-from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
+from .runtime import LIBRARY, MANIFEST, PARAMS, input_arrays, outputs, sha256
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -54,14 +54,16 @@ class CompiledModel:
     report: dict
     baseline: tuple | None = None
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, *inputs):
+        """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
+        returns the output (a list of them in the model's order when it has several)."""
         import tvm
 
         vm = virtual_machine(self.executable)
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x))] + [tvm.runtime.tensor(self.params[n])
-                                                                 for n in self.manifest["params"]]
-        result = vm["main"](*args)
-        return result.numpy() if hasattr(result, "numpy") else [r.numpy() for r in result]
+        arrays = input_arrays(inputs, self.manifest["inputs"])
+        args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(self.params[n])
+                                                          for n in self.manifest["params"]]
+        return outputs(vm["main"](*args))
 
     def save(self, directory: str | Path, force: bool = False) -> Path:
         """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
@@ -79,27 +81,31 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
             eval_data=None) -> CompiledModel:
     """Quantize an ONNX model to int8 and build it for ``target``.
 
-    ``calib`` / ``eval_data``: a ``.npy`` / ``.npz`` path, an array, or a :class:`Dataset`.
-    Without ``eval_data`` the report evaluates on the calibration data and says so.
+    ``calib`` / ``eval_data``: anything :func:`tvmq.data.load_data` reads: a ``.npy`` / ``.npz``
+    path or a directory of ``.npz`` feeds, an array, a dict of arrays keyed by input name, an
+    iterable of such feed dicts, a ``CalibrationDataReader``, or a :class:`Dataset`. Integer and
+    bool inputs pass through unquantized. Without ``eval_data`` the report evaluates on the
+    calibration data and says so.
     ``target`` applies when ``config`` is not given (``config.target`` wins otherwise).
     """
     config = config or Config(target=target)
     spec = get_target(config.target)
     started = time.perf_counter()
     imported = load_model(model, config.input_shapes, config.batch_size)
-    source = _single_float_input(imported)
-    calib_data = _dataset(calib, source, "calibration")
-    eval_set = _dataset(eval_data, source, "evaluation") if eval_data is not None else calib_data
+    batch = _model_batch(imported)
+    calib_data = _dataset(calib, imported, "calibration", batch)
+    eval_set = _dataset(eval_data, imported, "evaluation", batch) if eval_data is not None else calib_data
     fp32 = prepare_fp32(imported.mod, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    run = _Runs(spec, source.shape[0], bounded_batch(fp32, _tensor_names(imported), config.batch_size))
+    names = _float_tensor_names(fp32, imported)
+    run = _Runs(spec, 1 if batch == 0 else batch, bounded_batch(fp32, names, config.batch_size))
 
-    quantized = _quantize(fp32, imported, calib_data, config, spec, run)
+    quantized = _quantize(fp32, names, calib_data, config, spec, run)
 
     deploy_batch = run.batch or config.deploy_batch
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
     deployable = functools.partial(_build_deployable, model_batch=run.batch, deploy_batch=deploy_batch, spec=spec,
                                    trials=config.trials, db=db)
-    shape = source.static_shape(deploy_batch)
+    shape = [(s.static_shape(deploy_batch), s.dtype) for s in imported.inputs]
     fp32_built = deployable(fp32)
     int8_built = deployable(quantized.int8)
     kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
@@ -122,7 +128,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
 
     record = quantization_record(quantized.int8)
     int8_params = int8_built.params
-    manifest = _manifest(imported, source, deploy_batch, spec, config, quantized.scheme, record, list(int8_params))
+    manifest = _manifest(imported, deploy_batch, spec, config, quantized.scheme, record, list(int8_params))
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
@@ -235,11 +241,10 @@ def _kernel_profile(built: _Built, shape) -> list[dict]:
     return profile.profile(built.executable, built.params, shape)
 
 
-def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec: TargetSpec,
+def _quantize(fp32, names: list[str], data: Dataset, config: Config, spec: TargetSpec,
               run: _Runs) -> _Quantized:
-    """Calibrate every tensor, refine layer by layer (EQ, empirical bias correction) or correct biases
-    analytically, realize int8."""
-    names = _tensor_names(imported)
+    """Calibrate every float tensor ``names``, refine layer by layer (EQ, empirical bias correction) or
+    correct biases analytically, realize int8."""
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
@@ -261,9 +266,21 @@ def _quantize(fp32, imported: ImportedModel, data: Dataset, config: Config, spec
     return _Quantized(refined.realize(scheme)(fp32), refined, scheme, chosen, seconds, notes)
 
 
-def _tensor_names(imported: ImportedModel) -> list[str]:
-    """The variables that hold ONNX tensors (node outputs and inputs)."""
-    return sorted(imported.onnx_names)
+def _float_tensor_names(fp32, imported: ImportedModel) -> list[str]:
+    """The variables of ``fp32`` that hold float32 ONNX tensors (node outputs and inputs): what is
+    calibrated; integer and bool tensors (token ids, masks) are never quantized."""
+    from tvmq.passes.expose import named_vars
+
+    named = named_vars(fp32["main"])
+    return sorted(n for n in imported.onnx_names
+                  if n in named and getattr(named[n].ty, "dtype", None) == "float32")
+
+
+def _model_batch(imported: ImportedModel) -> int | None:
+    """The batch every input takes as its leading dimension: None when it is left free, 0 when
+    the inputs share none (a scalar, an LSTM state): then each feed is one run of the model."""
+    leading = {spec.shape[0] if spec.shape else 0 for spec in imported.inputs}
+    return leading.pop() if len(leading) == 1 else 0
 
 
 def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
@@ -294,21 +311,13 @@ def _bias_note(shifts: dict) -> list[dict]:
     return [{"pass": "CorrectBias", "method": "empirical", "layers": sorted(shifts), "max_abs_bias_shift": largest}]
 
 
-def _single_float_input(imported: ImportedModel) -> InputSpec:
-    if len(imported.inputs) != 1:
-        raise TvmqError(f"models with {len(imported.inputs)} inputs are not supported yet (need exactly one)")
-    spec = imported.inputs[0]
-    if spec.dtype != "float32":
-        raise TvmqError(f"input {spec.name!r} is {spec.dtype}; calibration needs a float32 input")
-    return spec
-
-
-def _dataset(value, spec: InputSpec, role: str) -> Dataset:
-    if isinstance(value, Dataset):
-        return check_dataset(value, spec, f"{role} data")
-    if isinstance(value, np.ndarray):
-        return check_dataset(Dataset(value), spec, f"{role} data")
-    return load_dataset(value, spec, role)
+def _dataset(value, imported: ImportedModel, role: str, batch: int | None) -> Dataset:
+    """The samples for the model's static input shapes (one module takes one shape); ``batch`` as
+    :func:`_model_batch` gives it."""
+    groups = load_data(value, imported.inputs, role, batched=batch != 0)
+    if len(groups) > 1:
+        raise TvmqError(f"{role} data has samples of {len(groups)} different shapes; the model takes one")
+    return groups[0]
 
 
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
@@ -340,14 +349,14 @@ def _target_key(spec: TargetSpec) -> str:
     return f"{spec.name}-" + hashlib.sha256(f"{spec.target} tvmq {version('tvmq')}".encode()).hexdigest()[:10]
 
 
-def _manifest(imported: ImportedModel, source: InputSpec, batch: int, spec: TargetSpec, config: Config,
+def _manifest(imported: ImportedModel, batch: int, spec: TargetSpec, config: Config,
               scheme: Scheme, record: dict, params: list[str]) -> dict:
     from importlib.metadata import version
 
     return {
         "format_version": FORMAT_VERSION,
         "model": imported.name,
-        "inputs": [{"name": source.name, "shape": list(source.static_shape(batch)), "dtype": source.dtype}],
+        "inputs": [{"name": s.name, "shape": list(s.static_shape(batch)), "dtype": s.dtype} for s in imported.inputs],
         "outputs": imported.outputs,
         "params": params,
         "target": str(spec.target),

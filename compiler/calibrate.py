@@ -60,7 +60,8 @@ def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_f
 
 def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str | None,
                 labels: bool = False) -> Iterator[list[np.ndarray]]:
-    """Run ``vm["main"]`` over ``data``, yielding each batch's outputs as numpy arrays.
+    """Run ``vm["main"]`` over ``data`` (inputs in the model's order), yielding each batch's outputs
+    as numpy arrays: the model's first output, then the exposed tensors.
 
     With a fixed model batch, a last partial batch is dropped. With ``labels`` the batch's
     labels are yielded after the outputs, as ``(outputs, labels)``. ``desc`` labels the
@@ -74,10 +75,10 @@ def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str
         raise TvmqError(f"the model takes batches of {size} but only {len(data)} samples were given")
     bar = tqdm(data.batches(size), total=total, desc=desc, unit="batch", leave=False,
                disable=True if desc is None else None)
-    for i, (x, y) in enumerate(bar):
+    for i, (feed, y) in enumerate(bar):
         if i == total:
             break
-        result = vm["main"](tvm.runtime.tensor(x))
+        result = vm["main"](*[tvm.runtime.tensor(value) for value in feed.values()])
         outputs = [_flatten(result[0])] + [r.numpy() for r in list(result)[1:]]
         yield (outputs, y) if labels else outputs
 

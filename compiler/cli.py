@@ -66,8 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="quantize an ONNX model to int8 and build it for a target")
     comp.add_argument("model", type=Path, help="the float ONNX model")
-    comp.add_argument("--calib", type=Path, required=True, help=".npy inputs or .npz with x (and y)")
-    comp.add_argument("--eval", type=Path, help="evaluation data (.npy or .npz with x, optional y labels)")
+    comp.add_argument("--calib", type=Path, required=True,
+                      help="calibration data: .npy (one input), .npz keyed by input names (or x) with optional "
+                           "labels y, or a directory of such .npz feeds")
+    comp.add_argument("--eval", type=Path, help="evaluation data, as --calib")
     _add_build_options(comp)
     comp.set_defaults(handler=_compile)
 
@@ -75,10 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_build_options(demo)
     demo.set_defaults(handler=_demo)
 
-    run = sub.add_parser("run", help="run a compiled artifact on an input .npy")
+    run = sub.add_parser("run", help="run a compiled artifact on an input .npy or a .npz feed")
     run.add_argument("artifact", type=Path)
-    run.add_argument("--input", type=Path, required=True)
-    run.add_argument("--output", type=Path, required=True)
+    run.add_argument("--input", type=Path, required=True,
+                     help=".npy (a single-input model) or .npz keyed by input names")
+    run.add_argument("--output", type=Path, required=True,
+                     help=".npy (a single-output model) or .npz (every output, keyed by output name)")
     run.set_defaults(handler=_run)
     for sub_parser in (comp, demo, run):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -193,15 +197,30 @@ def _run(args) -> int:
 
     model = load(args.artifact)
     try:
-        x = np.load(args.input, allow_pickle=False)
+        feed = np.load(args.input, allow_pickle=False)
+        if isinstance(feed, np.lib.npyio.NpzFile):
+            with feed:
+                feed = dict(feed)
     except (OSError, ValueError) as err:
         raise TvmqError(f"cannot read input {args.input}: {err}") from None
-    y = model.run(x)
+    result = model.run(feed)
+    names = model.manifest.get("outputs") or []
+    outputs = result if isinstance(result, list) else [result]
     buffer = io.BytesIO()
-    np.save(buffer, y)
+    if args.output.suffix == ".npz":
+        np.savez(buffer, **{_output_key(names, i): y for i, y in enumerate(outputs)})
+    elif len(outputs) == 1:
+        np.save(buffer, outputs[0])
+    else:
+        raise TvmqError(f"the model has {len(outputs)} outputs ({', '.join(names)}): write them to an .npz")
     atomic_write_bytes(args.output, buffer.getvalue())
-    print(f"wrote {args.output} {y.dtype} {tuple(y.shape)}")
+    shapes = ", ".join(f"{y.dtype} {tuple(y.shape)}" for y in outputs)
+    print(f"wrote {args.output} ({shapes})")
     return 0
+
+
+def _output_key(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else f"output_{index}"
 
 
 if __name__ == "__main__":

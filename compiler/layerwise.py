@@ -54,7 +54,7 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
     if not (search_scales or correct_bias):
         return result
     start = time.perf_counter()
-    subset = Dataset(data.x[:NUM_SAMPLES])
+    subset = data.head(NUM_SAMPLES)
     names = exposed_names(fp32, sorted(stats))
     reference = _values(vm_factory(ExposeTensors(names)(fp32)), names, subset, batch, batch_size)
     layers = [layer for layer in find_layers(fp32["main"]).values() if layer.out.name in reference]

@@ -90,16 +90,23 @@ def total_us(rows: list[dict]) -> float:
     return round(sum(r["us"] * r["calls"] for r in rows), 1)
 
 
-def profile(executable, params: dict, shape, repeat: int = REPEAT) -> list[dict]:
-    """:func:`kernel_rows` for a one-input module on a zero input of ``shape`` with ``params``."""
-    return kernel_rows(executable, zero_input_args(params, shape), repeat)
+def profile(executable, params: dict, inputs, repeat: int = REPEAT) -> list[dict]:
+    """:func:`kernel_rows` on zero inputs (``inputs``: see :func:`zero_input_args`) with ``params``."""
+    return kernel_rows(executable, zero_input_args(params, inputs), repeat)
 
 
-def zero_input_args(params: dict, shape) -> list:
-    """``main``'s arguments for a one-input module: a float32 zero input of ``shape``, then ``params``."""
+def zero_input_args(params: dict, inputs) -> list:
+    """``main``'s arguments: a zero array per input, then ``params``.
+
+    ``inputs`` is a list of ``(shape, dtype)``, one per model input; a bare shape means one
+    float32 input.
+    """
     import tvm
 
-    return [tvm.runtime.tensor(np.zeros(shape, np.float32))] + [tvm.runtime.tensor(v) for v in params.values()]
+    if not inputs or isinstance(inputs[0], int):
+        inputs = [(tuple(inputs), "float32")]
+    zeros = [tvm.runtime.tensor(np.zeros(shape, dtype)) for shape, dtype in inputs]
+    return zeros + [tvm.runtime.tensor(v) for v in params.values()]
 
 
 def _is_kernel(library, symbol: str) -> bool:

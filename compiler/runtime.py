@@ -24,7 +24,8 @@ def sha256(path: Path) -> str:
 
 
 class DeployedModel:
-    """A compiled int8 model: ``run(x)`` returns the model's output as a numpy array."""
+    """A compiled int8 model: ``run(feeds)`` returns the model's output (a list of them, in the
+    model's order, when it has several), as ONNX Runtime's ``session.run`` would."""
 
     def __init__(self, directory: str | Path):
         import tvm
@@ -42,14 +43,13 @@ class DeployedModel:
             self._params = [tvm.runtime.tensor(archive[name], self._device) for name in self.manifest["params"]]
         self.inputs = self.manifest["inputs"]
 
-    def run(self, *inputs: np.ndarray):
+    def run(self, *inputs):
+        """Run on a feed dict keyed by input name, or on the input arrays in the model's order."""
         import tvm
 
-        if len(inputs) != len(self.inputs):
-            raise TvmqError(f"the model takes {len(self.inputs)} input(s), got {len(inputs)}")
-        arrays = [_check_input(x, spec) for x, spec in zip(inputs, self.inputs)]
+        arrays = input_arrays(inputs, self.inputs)
         result = self._vm["main"](*[tvm.runtime.tensor(a, self._device) for a in arrays], *self._params)
-        return result.numpy() if hasattr(result, "numpy") else [r.numpy() for r in result]
+        return outputs(result)
 
     def benchmark(self, runs: int = 50) -> float:
         """Median latency in ms of one run on zero inputs of the model's shape."""
@@ -95,6 +95,28 @@ def _verify_files(directory: Path, manifest: dict) -> None:
             raise TvmqError(f"artifact file {name!r} listed in the manifest is missing")
         if sha256(path) != digest:
             raise TvmqError(f"artifact file {name} does not match its sha256 in the manifest (tampered or truncated)")
+
+
+def input_arrays(inputs: tuple, specs: list[dict]) -> list[np.ndarray]:
+    """The arrays for ``main`` in the model's input order, from ``(feed dict,)`` or ``(array, ...)``.
+
+    ``specs`` are the manifest's inputs (``name``, ``shape``, ``dtype``); each array is checked.
+    """
+    names = [spec["name"] for spec in specs]
+    if len(inputs) == 1 and isinstance(inputs[0], dict):
+        feed = inputs[0]
+        missing, extra = [n for n in names if n not in feed], sorted(set(feed) - set(names))
+        if missing or extra:
+            raise TvmqError(f"the feed has {sorted(feed)}; the model's inputs are {names}")
+        inputs = tuple(feed[n] for n in names)
+    if len(inputs) != len(specs):
+        raise TvmqError(f"the model takes {len(specs)} input(s) ({', '.join(names)}), got {len(inputs)}")
+    return [_check_input(x, spec) for x, spec in zip(inputs, specs)]
+
+
+def outputs(result):
+    """A VM result as numpy: one array, or a list of them in the model's output order."""
+    return result.numpy() if hasattr(result, "numpy") else [r.numpy() for r in result]
 
 
 def _check_input(x, spec: dict) -> np.ndarray:

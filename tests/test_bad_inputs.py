@@ -208,24 +208,6 @@ def _(tmp, mp):
     return compile_argv(tmp)
 
 
-@case("model: integer input where calibration needs float", r"input 'x' is int64; calibration needs a float32 input")
-def _(tmp, mp):
-    def integer_input(model):
-        model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
-        model.graph.node.insert(0, helper.make_node("Cast", ["x"], ["xf"], name="cast", to=TensorProto.FLOAT))
-        _node(model, "conv_a").input[0] = "xf"
-    return compile_argv(tmp, _save(tmp, _mutated(integer_input)), _npy(tmp, _samples(dtype=np.int64)))
-
-
-@case("model: two inputs", r"models with 2 inputs are not supported")
-def _(tmp, mp):
-    def second_input(model):
-        model.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 6, 12, 12]))
-        model.graph.node.append(helper.make_node("Add", ["y", "x2"], ["z"], name="add_x2"))
-        model.graph.output[0].name = "z"
-    return compile_argv(tmp, _save(tmp, _mutated(second_input)))
-
-
 def _external(tmp, location):
     model = onnx_models.conv_chain()
     weight = model.graph.initializer[0]
@@ -313,7 +295,8 @@ def _(tmp, mp):
     return compile_argv(tmp, calib=_npy(tmp, np.array([{"a": 1}, None], dtype=object)))
 
 
-@case("data: .npz without x", r"has no array 'x' \(found: inputs\)")
+@case("data: .npz without the input's array", r"has arrays \['inputs'\]; the model's inputs are \['x'\] "
+                                                r"\(missing: x\) \(unknown: inputs\)")
 def _(tmp, mp):
     np.savez(tmp / "c.npz", inputs=_samples())
     return compile_argv(tmp, calib=tmp / "c.npz")
@@ -350,7 +333,7 @@ def _(tmp, mp):
     return compile_argv(tmp, calib=tmp / "c.npy")
 
 
-@case("data: unknown file type", r"must be a \.npy or \.npz file, got c\.csv")
+@case("data: unknown file type", r"must be a \.npy or \.npz file or a directory of \.npz files, got c\.csv")
 def _(tmp, mp):
     (tmp / "c.csv").write_text("1,2,3\n")
     return compile_argv(tmp, calib=tmp / "c.csv")
