@@ -1,13 +1,12 @@
-"""``tvmq.compile``: load -> fold -> calibrate -> realize -> build (tune, latency fallback) -> measure -> evaluate."""
+"""``tvmq.compile``: import -> fold -> calibrate -> realize -> build per shape bucket (tune, latency
+fallback) -> measure -> evaluate -> report."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,55 +25,50 @@ from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import assets, latency, layerwise, profile
+from . import artifact, assets, latency, layerwise, profile
 from .build import bind_batch, build, virtual_machine
-from .calibrate import bounded_batch, collect_ranges
+from .calibrate import observe, ranges_of
 from .config import Config
-from .data import Dataset, load_data
-from .errors import TvmqError
-from .evaluate import compare
-from .fileio import staged_directory
-from .frontend import ImportedModel, InputSpec, load_model
-from .report import LAYER_OPS, layer_node, layer_rows, to_markdown
+from .data import Dataset
+from .evaluate import Comparison
+from .program import Bucket, Program, Programs
+from .report import LAYER_OPS, layer_node, layer_rows
+from .runtime import input_arrays, outputs, pick_bucket
 from .tune import tune
-from .runtime import LIBRARY, MANIFEST, PARAMS, input_arrays, outputs, sha256
 
 logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
 
 
 @dataclass
 class CompiledModel:
     """The int8 module built for a target, its params, manifest and report; ``baseline`` is the
-    fp32 module built the same way (tuned alike) as ``(executable, params)``, for comparisons."""
+    fp32 module built the same way (tuned alike) as ``(executable, params)``, for comparisons;
+    ``buckets`` holds every deployed module (the first is ``executable`` / ``params``)."""
 
     executable: object
     params: dict
     manifest: dict
     report: dict
     baseline: tuple | None = None
+    buckets: list = dataclasses.field(default_factory=list)
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
-        returns the output (a list of them in the model's order when it has several)."""
+        returns the output (a list of them in the model's order when it has several). The bucket
+        whose input shapes equal the feed's runs it."""
         import tvm
 
-        vm = virtual_machine(self.executable)
-        arrays = input_arrays(inputs, self.manifest["inputs"])
-        args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(self.params[n])
-                                                          for n in self.manifest["params"]]
-        return outputs(vm["main"](*args))
+        module = _bucket_for(self.modules(), inputs)
+        arrays = input_arrays(inputs, module.inputs)
+        args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(v) for v in module.params.values()]
+        return outputs(virtual_machine(module.executable)["main"](*args))
+
+    def modules(self) -> list[artifact.Module]:
+        return self.buckets or [artifact.Module(self.executable, self.params, self.manifest["inputs"])]
 
     def save(self, directory: str | Path, force: bool = False) -> Path:
         """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
-        with staged_directory(Path(directory), force=force) as stage:
-            self.executable.export_library(str(stage / LIBRARY))
-            np.savez(stage / PARAMS, **self.params)
-            files = {name: sha256(stage / name) for name in (LIBRARY, PARAMS)}
-            (stage / MANIFEST).write_text(json.dumps({**self.manifest, "files": files}, indent=2))
-            (stage / "report.json").write_text(json.dumps(self.report, indent=2))
-            (stage / "report.md").write_text(to_markdown(self.report))
-        return Path(directory)
+        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force)
 
 
 def compile(model: str | Path, calib, target: str = "host", config: Config | None = None,
@@ -84,51 +78,27 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     ``calib`` / ``eval_data``: anything :func:`tvmq.data.load_data` reads: a ``.npy`` / ``.npz``
     path or a directory of ``.npz`` feeds, an array, a dict of arrays keyed by input name, an
     iterable of such feed dicts, a ``CalibrationDataReader``, or a :class:`Dataset`. Integer and
-    bool inputs pass through unquantized. Without ``eval_data`` the report evaluates on the
-    calibration data and says so.
-    ``target`` applies when ``config`` is not given (``config.target`` wins otherwise).
+    bool inputs pass through unquantized; samples may differ in shape. Without ``eval_data`` the
+    report evaluates on the calibration data and says so. ``config.input_shapes`` may give an
+    input several shapes: one module is built per shape bucket. ``target`` applies when
+    ``config`` is not given (``config.target`` wins otherwise).
     """
     config = config or Config(target=target)
     spec = get_target(config.target)
     started = time.perf_counter()
-    imported = load_model(model, config.input_shapes, config.batch_size)
-    batch = _model_batch(imported)
-    calib_data = _dataset(calib, imported, "calibration", batch)
-    eval_set = _dataset(eval_data, imported, "evaluation", batch) if eval_data is not None else calib_data
-    fp32 = prepare_fp32(imported.mod, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    names = _float_tensor_names(fp32, imported)
-    run = _Runs(spec, 1 if batch == 0 else batch, bounded_batch(fp32, names, config.batch_size))
+    programs = _programs(model, config, spec)
+    buckets = programs.buckets()
+    calib_sets = programs.data(calib, "calibration")
+    quantized = _quantize(calib_sets, config, spec)
+    deployments = [_deploy(bucket, quantized, config, spec) for bucket in buckets]
+    eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
+    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32)
 
-    quantized = _quantize(fp32, names, calib_data, config, spec, run)
-
-    deploy_batch = run.batch or config.deploy_batch
-    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{imported.name}-{_target_key(spec)}")
-    deployable = functools.partial(_build_deployable, model_batch=run.batch, deploy_batch=deploy_batch, spec=spec,
-                                   trials=config.trials, db=db)
-    shape = [(s.static_shape(deploy_batch), s.dtype) for s in imported.inputs]
-    fp32_built = deployable(fp32)
-    int8_built = deployable(quantized.int8)
-    kernels = {"fp32": _kernel_profile(fp32_built, shape), "int8": _kernel_profile(int8_built, shape)}
-    fallback, tuning = None, {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning,
-                              "int8": int8_built.tuning}
-    if config.latency_fallback and config.trials > 0:
-        quantized, int8_built, fallback = _latency_fallback(fp32, quantized, fp32_built, int8_built, spec, kernels,
-                                                            deployable)
-        if fallback.rebuilt:
-            kernels["int8"] = _kernel_profile(int8_built, shape)
-            tuning["int8_rebuild"] = int8_built.tuning  # the fallback's new edges and fp32 layers
-    latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, shape, config.latency_runs),
-                  "int8": _median_ms(int8_built.executable, int8_built.params, shape, config.latency_runs)}
-
-    logger.info("evaluating fp32 vs int8 on %d samples", len(eval_set))
-    int8_exposed = quantized.refined.realize(quantized.scheme, expose=True, keep_fp32=quantized.keep_fp32)(fp32)
-    probes = quantization_record(int8_exposed)["exposed"]
-    comparison = compare(run.vm(ExposeTensors(probes)(fp32)), run.vm(int8_exposed), probes, eval_set,
-                         run.batch, run.size)
-
-    record = quantization_record(quantized.int8)
-    int8_params = int8_built.params
-    manifest = _manifest(imported, deploy_batch, spec, config, quantized.scheme, record, list(int8_params))
+    main = deployments[0]
+    imported = main.program.imported
+    record = quantization_record(main.int8)
+    manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
+                                 imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator, "per_channel": config.per_channel,
@@ -137,17 +107,151 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
         "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
-        "accuracy": comparison["accuracy"], "latency_ms": latency_ms, "batch": deploy_batch,
-        "latency_runs": config.latency_runs, "kernel_profile": kernels,
-        "tuning": tuning,
-        "latency_fallback": _fallback_report(config, fallback, imported.nodes),
+        "accuracy": comparison["accuracy"], **main.summary(),
+        "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
+        "latency_runs": config.latency_runs,
+        "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
-        "passes": pass_notes(fp32) + quantized.notes,
+        "passes": pass_notes(main.program.fp32) + quantized.notes,
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
     _warn_fp32_layers(report["layers"])
-    return CompiledModel(int8_built.executable, int8_params, manifest, report,
-                         baseline=(fp32_built.executable, fp32_built.params))
+    modules = [artifact.Module(d.int8_built.executable, d.int8_built.params, d.inputs()) for d in deployments]
+    return CompiledModel(main.int8_built.executable, main.int8_built.params, {**manifest, "inputs": main.inputs(),
+                         "params": list(main.int8_built.params)}, report,
+                         baseline=(main.fp32_built.executable, main.fp32_built.params),
+                         buckets=modules if len(modules) > 1 else [])
+
+
+def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantized:
+    """Calibrate and realize ``model`` without building it for deployment: the first bucket's
+    program (``.program``) and its int8 module (``.int8``), for tests and tools."""
+    config = config or Config()
+    spec = get_target(config.target)
+    programs = _programs(model, config, spec)
+    programs.buckets()
+    return _quantize(programs.data(calib, "calibration"), config, spec)
+
+
+def _programs(model, config: Config, spec: TargetSpec) -> Programs:
+    prepare = functools.partial(prepare_fp32, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
+    return Programs(model, config, spec, prepare)
+
+
+@dataclass
+class _Quantized:
+    """Calibration's result, realizable on any program: ranges, refinements, scheme; ``program``
+    and ``int8`` are the program refinement ran on and its int8 module."""
+
+    refined: layerwise.Refinement
+    scheme: Scheme
+    chosen: dict
+    seconds: float
+    notes: list
+    program: Program
+    int8: object = None
+
+    def realize(self, program: Program, keep_fp32=(), expose: bool = False):
+        return self.refined.realize(self.scheme, expose=expose, keep_fp32=list(keep_fp32))(program.fp32)
+
+
+def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetSpec) -> _Quantized:
+    """Calibrate every float tensor over every data set (each on its shape's program), refine layer
+    by layer (EQ, empirical bias correction) on the largest set or correct biases analytically."""
+    activation_dtype = config.activation_dtype(spec.activation_dtype)
+    # the target's narrower weight range is for its kernels, which take only its activation dtype
+    weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
+    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
+    total = sum(len(data) for _, data in sets)
+    logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
+    start = time.perf_counter()
+    observers: dict = {}
+    for program, data in sets:
+        observe(program.fp32, program.names, data, program.batch, program.vm, program.size, observers,
+                lambda: make_observer(config.calibrator, scheme.activation_dtype))
+    stats, chosen = ranges_of(observers)
+    program, data = max(sets, key=lambda s: len(s[1]))
+    refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
+                               search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
+                               correct_bias=config.bias_correction == "empirical")
+    notes = _bias_note(refined.bias_shifts)
+    if config.bias_correction == "analytic":
+        correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
+        refined.bias_shifts.update(correction.bias_shifts)
+        notes = [correction.note()]
+        logger.info(notes[0]["note"])
+    seconds = round(time.perf_counter() - start, 2)
+    quantized = _Quantized(refined, scheme, chosen, seconds, notes, program)
+    quantized.int8 = quantized.realize(program)
+    return quantized
+
+
+@dataclass
+class _Deployment:
+    """One bucket built for the target: fp32 and int8 modules, kernel timings, fallback, latency."""
+
+    bucket: Bucket
+    int8: object  # the realized int8 Relax module deployed (after the fallback)
+    keep_fp32: tuple
+    fp32_built: _Built
+    int8_built: _Built
+    kernels: dict
+    tuning: dict
+    fallback: _Fallback | None
+    latency_ms: dict
+
+    @property
+    def program(self) -> Program:
+        return self.bucket.program
+
+    def inputs(self) -> list[dict]:
+        return [{"name": s.name, "shape": list(s.static_shape(self.bucket.batch)), "dtype": s.dtype}
+                for s in self.program.imported.inputs]
+
+    def summary(self) -> dict:
+        return {"latency_ms": self.latency_ms, "batch": self.bucket.batch, "kernel_profile": self.kernels,
+                "tuning": self.tuning}
+
+
+def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec) -> _Deployment:
+    """Build the bucket's fp32 and int8 modules (tuned alike), keep fp32 the layers slower in int8,
+    time both."""
+    program = bucket.program
+    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{_target_key(spec)}")
+    deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
+                                   spec=spec, trials=config.trials, db=db)
+    inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
+    int8 = quantized.realize(program)
+    fp32_built, int8_built = deployable(program.fp32), deployable(int8)
+    kernels = {"fp32": _kernel_profile(fp32_built, inputs), "int8": _kernel_profile(int8_built, inputs)}
+    fallback, keep = None, ()
+    tuning = {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning, "int8": int8_built.tuning}
+    if config.latency_fallback and config.trials > 0:
+        int8, keep, int8_built, fallback = _latency_fallback(program, quantized, int8, fp32_built, int8_built, spec,
+                                                             kernels, deployable)
+        if fallback.rebuilt:
+            kernels["int8"] = _kernel_profile(int8_built, inputs)
+            tuning["int8_rebuild"] = int8_built.tuning  # the fallback's new edges and fp32 layers
+    latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, inputs, config.latency_runs),
+                  "int8": _median_ms(int8_built.executable, int8_built.params, inputs, config.latency_runs)}
+    return _Deployment(bucket, int8, keep, fp32_built, int8_built, kernels, tuning, fallback, latency_ms)
+
+
+def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple) -> dict:
+    """fp32 against int8 (with the first bucket's fp32 layers) over every evaluation set."""
+    comparison = Comparison()
+    logger.info("evaluating fp32 vs int8 on %d samples", sum(len(data) for _, data in sets))
+    for program, data in sets:
+        int8_exposed = quantized.realize(program, keep_fp32, expose=True)
+        probes = quantization_record(int8_exposed)["exposed"]
+        comparison.add(program.vm(ExposeTensors(probes)(program.fp32)), program.vm(int8_exposed), probes, data,
+                       program.batch, program.size)
+    return comparison.result()
+
+
+def _bucket_for(modules: list[artifact.Module], inputs: tuple) -> artifact.Module:
+    """The module whose input shapes equal the feed's (:func:`tvmq.runtime.pick_bucket`)."""
+    return modules[pick_bucket([m.inputs for m in modules], inputs)]
 
 
 def _fallback_report(config: Config, fallback: _Fallback | None, nodes: dict) -> dict:
@@ -166,29 +270,6 @@ def _warn_fp32_layers(rows: list[dict]) -> None:
     missed = [row["name"] for row in rows if row["op"] in LAYER_OPS and row["precision"] == "fp32"]
     if missed:
         logger.warning("%d conv/dense layer(s) stayed fp32: %s", len(missed), ", ".join(missed[:10]))
-
-
-@dataclass
-class _Runs:
-    """How the analysis modules run: on ``spec``, the model's fixed ``batch`` (or None), ``size`` per run."""
-
-    spec: TargetSpec
-    batch: int | None
-    size: int
-
-    def vm(self, mod):
-        return virtual_machine(build(mod, self.spec))
-
-
-@dataclass
-class _Quantized:
-    int8: object
-    refined: layerwise.Refinement
-    scheme: Scheme
-    chosen: dict
-    seconds: float
-    notes: list
-    keep_fp32: tuple = ()  # layers the latency fallback keeps fp32 (output names)
 
 
 @dataclass
@@ -212,75 +293,32 @@ class _Fallback:
     rebuilt: bool
 
 
-def _latency_fallback(fp32, quantized: _Quantized, fp32_built: _Built, int8_built: _Built, spec: TargetSpec,
-                      kernels: dict, rebuild) -> tuple[_Quantized, _Built, _Fallback]:
+def _latency_fallback(program: Program, quantized: _Quantized, int8, fp32_built: _Built, int8_built: _Built,
+                      spec: TargetSpec, kernels: dict, rebuild) -> tuple[object, tuple, _Built, _Fallback]:
     """Keep fp32 every layer whose int8 kernel plus its quantize / dequantize edges measured slower
     (``kernels``: each module's kernels timed in the built module) than its tuned fp32 kernel,
-    and rebuild the int8 module (``rebuild``).
+    and rebuild the int8 module (``rebuild``). Returns the int8 module, the layers kept fp32,
+    the build and what was measured.
 
     Once, not to a fixed point: a layer kept fp32 gives its neighbours new edges, which are
     tuned with the rebuilt module but not weighed again.
     """
-    record = quantization_record(quantized.int8)
-    chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
+    record = quantization_record(int8)
+    chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(program.fp32["main"]).values()
               if layer.out.name in record["weights"]}
     timings = latency.attribute(fp32_built.module, int8_built.module, chains, spec,
                                 kernels["fp32"], kernels["int8"])
     kept = latency.slower_in_int8(timings)
     if not kept:
-        return quantized, int8_built, _Fallback(timings, kept, chains, False)
+        return int8, (), int8_built, _Fallback(timings, kept, chains, False)
     logger.info("%d layer(s) slower in int8 than fp32 stay fp32: %s", len(kept), ", ".join(kept))
-    quantized = dataclasses.replace(quantized, keep_fp32=tuple(kept), int8=quantized.refined.realize(
-        quantized.scheme, keep_fp32=kept)(fp32))
-    int8_built = rebuild(quantized.int8)
-    return quantized, int8_built, _Fallback(timings, kept, chains, True)
+    int8 = quantized.realize(program, keep_fp32=kept)
+    return int8, tuple(kept), rebuild(int8), _Fallback(timings, kept, chains, True)
 
 
-def _kernel_profile(built: _Built, shape) -> list[dict]:
+def _kernel_profile(built: _Built, inputs) -> list[dict]:
     """Each kernel's µs in ``built``, timed inside the module (:mod:`tvmq.profile`)."""
-    return profile.profile(built.executable, built.params, shape)
-
-
-def _quantize(fp32, names: list[str], data: Dataset, config: Config, spec: TargetSpec,
-              run: _Runs) -> _Quantized:
-    """Calibrate every float tensor ``names``, refine layer by layer (EQ, empirical bias correction) or
-    correct biases analytically, realize int8."""
-    activation_dtype = config.activation_dtype(spec.activation_dtype)
-    # the target's narrower weight range is for its kernels, which take only its activation dtype
-    weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
-    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
-    logger.info("calibrating %d tensors on %d samples (%s)", len(names), len(data), config.calibrator)
-    start = time.perf_counter()
-    stats, chosen = collect_ranges(fp32, names, data, run.batch, run.vm, config.calibrator,
-                                   scheme.activation_dtype, run.size)
-    refined = layerwise.refine(fp32, stats, scheme, data, run.batch, run.vm, run.size,
-                               search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
-                               correct_bias=config.bias_correction == "empirical")
-    notes = _bias_note(refined.bias_shifts)
-    if config.bias_correction == "analytic":
-        correction = analytic_bias_shifts(fp32["main"], scheme, refined.weight_scales)
-        refined.bias_shifts.update(correction.bias_shifts)
-        notes = [correction.note()]
-        logger.info(notes[0]["note"])
-    seconds = round(time.perf_counter() - start, 2)
-    return _Quantized(refined.realize(scheme)(fp32), refined, scheme, chosen, seconds, notes)
-
-
-def _float_tensor_names(fp32, imported: ImportedModel) -> list[str]:
-    """The variables of ``fp32`` that hold float32 ONNX tensors (node outputs and inputs): what is
-    calibrated; integer and bool tensors (token ids, masks) are never quantized."""
-    from tvmq.passes.expose import named_vars
-
-    named = named_vars(fp32["main"])
-    return sorted(n for n in imported.onnx_names
-                  if n in named and getattr(named[n].ty, "dtype", None) == "float32")
-
-
-def _model_batch(imported: ImportedModel) -> int | None:
-    """The batch every input takes as its leading dimension: None when it is left free, 0 when
-    the inputs share none (a scalar, an LSTM state): then each feed is one run of the model."""
-    leading = {spec.shape[0] if spec.shape else 0 for spec in imported.inputs}
-    return leading.pop() if len(leading) == 1 else 0
+    return profile.profile(built.executable, built.params, inputs)
 
 
 def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
@@ -311,15 +349,6 @@ def _bias_note(shifts: dict) -> list[dict]:
     return [{"pass": "CorrectBias", "method": "empirical", "layers": sorted(shifts), "max_abs_bias_shift": largest}]
 
 
-def _dataset(value, imported: ImportedModel, role: str, batch: int | None) -> Dataset:
-    """The samples for the model's static input shapes (one module takes one shape); ``batch`` as
-    :func:`_model_batch` gives it."""
-    groups = load_data(value, imported.inputs, role, batched=batch != 0)
-    if len(groups) > 1:
-        raise TvmqError(f"{role} data has samples of {len(groups)} different shapes; the model takes one")
-    return groups[0]
-
-
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
                       db: Path) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
@@ -332,12 +361,12 @@ def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: Tar
     return _Built(build(tuned, spec), params, summary, lifted)
 
 
-def _median_ms(executable, params: dict, shape, runs: int) -> float:
+def _median_ms(executable, params: dict, inputs, runs: int) -> float:
     import tvm
 
     vm = virtual_machine(executable)
     timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=max(runs, 1))
-    return float(np.median(timer(*profile.zero_input_args(params, shape)).results) * 1e3)
+    return float(np.median(timer(*profile.zero_input_args(params, inputs)).results) * 1e3)
 
 
 def _target_key(spec: TargetSpec) -> str:
@@ -347,39 +376,3 @@ def _target_key(spec: TargetSpec) -> str:
     from importlib.metadata import version
 
     return f"{spec.name}-" + hashlib.sha256(f"{spec.target} tvmq {version('tvmq')}".encode()).hexdigest()[:10]
-
-
-def _manifest(imported: ImportedModel, batch: int, spec: TargetSpec, config: Config,
-              scheme: Scheme, record: dict, params: list[str]) -> dict:
-    from importlib.metadata import version
-
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": imported.name,
-        "inputs": [{"name": s.name, "shape": list(s.static_shape(batch)), "dtype": s.dtype} for s in imported.inputs],
-        "outputs": imported.outputs,
-        "params": params,
-        "target": str(spec.target),
-        "target_features": list(spec.features),
-        "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
-                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback,
-                   "weight_qmax": scheme.weight_qmax},
-        "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
-        | {"python": platform.python_version()},
-        "quantization": _with_onnx_names(record, imported.onnx_names),
-    }
-
-
-def _with_onnx_names(record: dict, onnx_names: dict) -> dict:
-    """The realize record keyed (and valued) by ONNX tensor names rather than Relax variables."""
-    def name(key):
-        return onnx_names.get(key, key)
-
-    out = {}
-    for section, value in record.items():
-        if isinstance(value, dict):
-            renamed = section in ("fused_into", "range_of", "kept_fp32")
-            out[section] = {name(k): (name(v) if isinstance(v, str) and renamed else v) for k, v in value.items()}
-        else:
-            out[section] = [name(v) for v in value]
-    return out

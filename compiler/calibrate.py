@@ -45,14 +45,29 @@ def collect_ranges(mod, names: list[str], data: Dataset, batch: int | None, vm_f
     ``batch`` is the model's fixed batch size (None when free, then ``batch_size`` is used).
     Only the observers' state is kept between batches, never the activations themselves.
     """
+    observers: dict = {}
+    observe(mod, names, data, batch, vm_factory, batch_size, observers, lambda: make_observer(calibrator, dtype))
+    return ranges_of(observers)
+
+
+def observe(mod, names: list[str], data: Dataset, batch: int | None, vm_factory, batch_size: int,
+            observers: dict, new_observer) -> None:
+    """Stream ``data`` through ``mod``, updating ``observers`` (one per tensor name, made by
+    ``new_observer`` when first seen): data of several shapes, each on its own module, feeds
+    the same observers."""
     names = exposed_names(mod, names)
     vm = vm_factory(ExposeTensors(names)(mod))
-    observers = {name: make_observer(calibrator, dtype) for name in names}
     for outputs in run_batches(vm, data, batch, batch_size, "calibrate"):
         for name, value in zip(names, outputs[1:]):
             if not np.isfinite(value).all():
                 raise TvmqError(f"tensor {name!r} became NaN or Inf during calibration")
+            if name not in observers:
+                observers[name] = new_observer()
             observers[name].observe(value)
+
+
+def ranges_of(observers: dict) -> tuple[dict, dict]:
+    """``({name: (lo, hi)}, {name: calibrator chosen})`` from the observers' state."""
     ranges = {name: observer.range() for name, observer in observers.items()}
     chosen = {name: obs.chosen for name, obs in observers.items() if getattr(obs, "chosen", None)}
     return ranges, chosen

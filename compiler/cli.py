@@ -118,7 +118,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="after tuning, keep fp32 the layers whose int8 kernel plus quantize / dequantize "
                              "edges measured slower than fp32 (default: on; needs --trials > 0)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
-                        help="static shape for an input with symbolic dimensions")
+                        help="static shape for an input with free dimensions (named, unknown or -1); give a name "
+                             "several times to build one module per shape (shape buckets)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch for calibration / evaluation runs")
 
 
@@ -134,16 +135,18 @@ def _config(args):
 
 
 def _input_shapes(values: list[str]) -> dict:
-    shapes = {}
+    """``{name: shape}``; a name given several times gets a list of shapes (one module per bucket)."""
+    shapes: dict = {}
     for value in values:
         name, _, dims = value.rpartition(":")
         try:
-            shapes[name] = tuple(int(d) for d in dims.split(","))
+            shape = tuple(int(d) for d in dims.split(","))
         except ValueError:
             raise TvmqError(f"--input-shape {value!r} is not NAME:D0,D1,... with integer dimensions") from None
         if not name:
             raise TvmqError(f"--input-shape {value!r} names no input (use NAME:D0,D1,...)")
-    return shapes
+        shapes.setdefault(name, []).append(shape)
+    return {name: given[0] if len(given) == 1 else given for name, given in shapes.items()}
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -186,7 +189,7 @@ def _demo(args) -> int:
 
 def _summarize(out: Path) -> None:
     print((out / "report.md").read_text())
-    print(f"wrote {out}/ (model.so, params.npz, manifest.json, report.json, report.md)")
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
 
 
 def _run(args) -> int:

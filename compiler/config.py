@@ -31,7 +31,9 @@ class Config:
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
     deploy_batch : batch size baked into the deployable module when it is free.
-    input_shapes : static shapes for inputs with symbolic dimensions.
+    input_shapes : ``{input name: shape}`` fixing free dimensions (named, unknown or ``-1``); a
+        list of shapes for an input builds one module per shape (shape buckets, zipped by
+        position across inputs).
     tuning_db : tuning-record directory; default ``<cache>/tuning/<model>-<target>``.
     latency_runs : timed runs per module for the latency report (median reported).
     latency_fallback : after tuning, keep fp32 every conv / dense layer whose int8 kernel plus its
@@ -71,6 +73,9 @@ class Config:
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")
+        from .program import shape_buckets
+
+        shape_buckets(self.input_shapes)  # one clear error for buckets that do not line up
         for name in ("batch_size", "deploy_batch"):
             if getattr(self, name) < 1:
                 raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -52,10 +52,9 @@ class Dataset:
         return len(first) if np.ndim(first) else 0
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """``x`` as a dict keyed by input name (after :func:`check_dataset` names it)."""
-        if not isinstance(self.x, dict):
-            raise TypeError("an unnamed Dataset: check it against the model's inputs first")
-        return self.x
+        """``x`` as a dict keyed by input name (:func:`check_dataset` names a single array after
+        the model's input; until then it is ``"x"``)."""
+        return self.x if isinstance(self.x, dict) else {"x": self.x}
 
     def signature(self) -> tuple:
         """``((input name, per-sample shape), ...)``: what a module for these samples must take."""

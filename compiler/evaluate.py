@@ -2,42 +2,59 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 
 from .calibrate import run_batches
 from .data import Dataset
 
 
-def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> dict:
-    """Run both modules (each returning ``(output, *tensors named names)``) over ``data``.
+class Comparison:
+    """fp32 against int8 over one or more data sets (each on its own pair of modules).
 
     SQNR of a tensor is ``10 log10(sum(ref^2) / sum((ref - int8)^2))`` over all samples: the
     error the int8 module has accumulated up to that tensor.
     """
-    signal, noise = np.zeros(len(names)), np.zeros(len(names))
-    counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0}
-    fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32 vs int8", labels=True)
-    int8_runs = run_batches(int8_vm, data, batch, batch_size, None)
-    for (ref, labels), quant in zip(fp32_runs, int8_runs):
-        _accumulate_outputs(counts, ref[0], quant[0], labels)
-        for i, (r, q) in enumerate(zip(ref[1:], quant[1:])):
-            signal[i] += float(np.square(r, dtype=np.float64).sum())
-            noise[i] += float(np.square(r.astype(np.float64) - q).sum())
-    n = counts["n"]
-    has_labels = data.y is not None
-    accuracy = {
-        "fp32_top1": counts["fp32_hit"] / n if has_labels else None,
-        "int8_top1": counts["int8_hit"] / n if has_labels else None,
-        "top1_agreement": counts["agree"] / n,
-        "output_cosine": counts["cosine"] / n,
-        "num_samples": n,
-    }
-    sqnr = {name: _sqnr_db(s, e) for name, s, e in zip(names, signal, noise)}
-    return {"accuracy": accuracy, "sqnr_db": sqnr}
+
+    def __init__(self):
+        self.signal, self.noise = defaultdict(float), defaultdict(float)
+        self.counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0}
+        self.labelled = True
+
+    def add(self, fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> None:
+        """Run both modules (each returning ``(output, *tensors named names)``) over ``data``."""
+        self.labelled = self.labelled and data.y is not None
+        fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32 vs int8", labels=True)
+        int8_runs = run_batches(int8_vm, data, batch, batch_size, None)
+        for (ref, labels), quant in zip(fp32_runs, int8_runs):
+            _accumulate_outputs(self.counts, ref[0], quant[0], labels)
+            for name, r, q in zip(names, ref[1:], quant[1:]):
+                self.signal[name] += float(np.square(r, dtype=np.float64).sum())
+                self.noise[name] += float(np.square(r.astype(np.float64) - q).sum())
+
+    def result(self) -> dict:
+        n = self.counts["n"]
+        accuracy = {
+            "fp32_top1": self.counts["fp32_hit"] / n if self.labelled else None,
+            "int8_top1": self.counts["int8_hit"] / n if self.labelled else None,
+            "top1_agreement": self.counts["agree"] / n,
+            "output_cosine": self.counts["cosine"] / n,
+            "num_samples": n,
+        }
+        return {"accuracy": accuracy, "sqnr_db": {k: _sqnr_db(self.signal[k], self.noise[k]) for k in self.signal}}
+
+
+def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> dict:
+    """:class:`Comparison` over one data set: ``{"accuracy": {...}, "sqnr_db": {name: dB}}``."""
+    comparison = Comparison()
+    comparison.add(fp32_vm, int8_vm, names, data, batch, batch_size)
+    return comparison.result()
 
 
 def _accumulate_outputs(counts: dict, ref: np.ndarray, quant: np.ndarray, labels) -> None:
-    ref2, quant2 = ref.reshape(len(ref), -1), quant.reshape(len(quant), -1)
+    rows = ref.shape[0] if ref.ndim else 1
+    ref2, quant2 = ref.reshape(rows, -1), quant.reshape(rows, -1)
     ref_top, quant_top = ref2.argmax(1), quant2.argmax(1)
     counts["n"] += len(ref2)
     counts["agree"] += int((ref_top == quant_top).sum())

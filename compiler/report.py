@@ -58,6 +58,7 @@ def to_markdown(report: dict) -> str:
               "| module | ms |", "|---|---|",
               f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
               f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
+              *_buckets(report.get("buckets")),
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
               *_fallback(report.get("latency_fallback")),
               "## Layers", "", "Lowest SQNR first: the layers that hurt most.", "",
@@ -66,6 +67,20 @@ def to_markdown(report: dict) -> str:
         sqnr = "exact" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f}"
         lines.append(f"| {row['name']} | {row['op']} | {row['precision']} | {sqnr} |")
     return "\n".join(lines) + "\n"
+
+
+def _buckets(buckets: list | None) -> list[str]:
+    """Latency per shape bucket, when the artifact holds more than one module (the tables above
+    and below are the first bucket's)."""
+    if not buckets:
+        return []
+    lines = ["Shape buckets (one module each; the rest of this report is the first one's):", "",
+             "| inputs | fp32 ms | int8 ms | speed-up |", "|---|---|---|---|"]
+    for bucket in buckets:
+        shapes = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in bucket["inputs"])
+        lat = bucket["latency_ms"]
+        lines.append(f"| {shapes} | {lat['fp32']:.3f} | {lat['int8']:.3f} | {lat['fp32'] / lat['int8']:.2f}x |")
+    return lines + [""]
 
 
 def _weights(report: dict) -> str:

@@ -25,39 +25,67 @@ def sha256(path: Path) -> str:
 
 class DeployedModel:
     """A compiled int8 model: ``run(feeds)`` returns the model's output (a list of them, in the
-    model's order, when it has several), as ONNX Runtime's ``session.run`` would."""
+    model's order, when it has several), as ONNX Runtime's ``session.run`` would. An artifact
+    with several shape buckets runs each feed on the module whose input shapes equal it."""
 
     def __init__(self, directory: str | Path):
         import tvm
-        from tvm.runtime.vm import VirtualMachine
 
         self.directory = Path(directory)
         self.manifest = _read_manifest(self.directory)
         _verify_files(self.directory, self.manifest)
         self._device = tvm.cpu()
-        self._vm = VirtualMachine(tvm.runtime.load_module(str(self.directory / LIBRARY)), self._device)
-        with np.load(self.directory / PARAMS, allow_pickle=False) as archive:
-            missing = sorted(set(self.manifest["params"]) - set(archive.files))
-            if missing:
-                raise TvmqError(f"{PARAMS} lacks the parameter(s) {', '.join(missing[:5])} named in the manifest")
-            self._params = [tvm.runtime.tensor(archive[name], self._device) for name in self.manifest["params"]]
+        buckets = self.manifest.get("buckets") or [{"inputs": self.manifest["inputs"], "library": LIBRARY,
+                                                     "params_file": PARAMS, "params": self.manifest["params"]}]
+        self._modules = [self._load_bucket(bucket) for bucket in buckets]
         self.inputs = self.manifest["inputs"]
+
+    def _load_bucket(self, bucket: dict) -> tuple:
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        vm = VirtualMachine(tvm.runtime.load_module(str(self.directory / bucket["library"])), self._device)
+        with np.load(self.directory / bucket["params_file"], allow_pickle=False) as archive:
+            missing = sorted(set(bucket["params"]) - set(archive.files))
+            if missing:
+                raise TvmqError(f"{bucket['params_file']} lacks the parameter(s) {', '.join(missing[:5])} "
+                                f"named in the manifest")
+            params = [tvm.runtime.tensor(archive[name], self._device) for name in bucket["params"]]
+        return bucket["inputs"], vm, params
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order."""
         import tvm
 
-        arrays = input_arrays(inputs, self.inputs)
-        result = self._vm["main"](*[tvm.runtime.tensor(a, self._device) for a in arrays], *self._params)
+        specs, vm, params = self._modules[pick_bucket([m[0] for m in self._modules], inputs)]
+        arrays = input_arrays(inputs, specs)
+        result = vm["main"](*[tvm.runtime.tensor(a, self._device) for a in arrays], *params)
         return outputs(result)
 
-    def benchmark(self, runs: int = 50) -> float:
-        """Median latency in ms of one run on zero inputs of the model's shape."""
+    def benchmark(self, runs: int = 50, bucket: int = 0) -> float:
+        """Median latency in ms of one run of bucket ``bucket`` on zero inputs of its shapes."""
         import tvm
 
-        timer = self._vm.time_evaluator("main", self._device, number=1, repeat=runs)
-        args = [tvm.runtime.tensor(np.zeros(s["shape"], s["dtype"]), self._device) for s in self.inputs]
-        return float(np.median(timer(*args, *self._params).results) * 1e3)
+        specs, vm, params = self._modules[bucket]
+        timer = vm.time_evaluator("main", self._device, number=1, repeat=runs)
+        args = [tvm.runtime.tensor(np.zeros(s["shape"], s["dtype"]), self._device) for s in specs]
+        return float(np.median(timer(*args, *params).results) * 1e3)
+
+
+def pick_bucket(buckets: list[list[dict]], inputs: tuple) -> int:
+    """The index of the bucket (its input specs) whose shapes equal the feed's; with one bucket, 0
+    (the run then checks the feed against it)."""
+    if len(buckets) == 1:
+        return 0
+    names = [spec["name"] for spec in buckets[0]]
+    feed = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], dict) else dict(zip(names, inputs))
+    shapes = [list(np.shape(feed[n])) if n in feed else None for n in names]
+    for index, specs in enumerate(buckets):
+        if [list(spec["shape"]) for spec in specs] == shapes:
+            return index
+    have = "; ".join(" ".join(f"{s['name']}:{','.join(map(str, s['shape']))}" for s in specs) for specs in buckets)
+    got = " ".join(f"{n}:{','.join(map(str, s))}" for n, s in zip(names, shapes) if s is not None)
+    raise TvmqError(f"no module of this artifact takes input shapes {got}; it has: {have}")
 
 
 def load(directory: str | Path) -> DeployedModel:
@@ -81,11 +109,19 @@ def _read_manifest(directory: Path) -> dict:
 def _well_formed(manifest: dict) -> bool:
     """The fields ``load`` relies on: a sha256 for the library and the params, params and inputs lists."""
     files, params, inputs = manifest.get("files"), manifest.get("params"), manifest.get("inputs")
+    buckets = manifest.get("buckets", [])
     return (isinstance(files, dict) and {LIBRARY, PARAMS} <= set(files)
             and all(isinstance(v, str) for v in files.values())
             and isinstance(params, list) and all(isinstance(p, str) for p in params)
             and isinstance(inputs, list) and all(isinstance(i, dict) and {"name", "shape", "dtype"} <= set(i)
-                                                 for i in inputs))
+                                                 for i in inputs)
+            and isinstance(buckets, list) and all(_well_formed_bucket(b, files) for b in buckets))
+
+
+def _well_formed_bucket(bucket, files: dict) -> bool:
+    return (isinstance(bucket, dict) and all(isinstance(bucket.get(k), str) and bucket[k] in files
+                                             for k in ("library", "params_file"))
+            and isinstance(bucket.get("params"), list) and isinstance(bucket.get("inputs"), list))
 
 
 def _verify_files(directory: Path, manifest: dict) -> None:

@@ -24,14 +24,9 @@ from tvmq.targets import get_target
 
 def _deployables(path, calib):
     """The fp32 and int8 modules as tuning would receive them, and each int8 layer's fp32 chain."""
-    from tvmq.frontend import load_model
-
-    imported = load_model(path)
     spec = get_target("host")
-    fp32 = api.prepare_fp32(imported.mod)
-    source = api._single_float_input(imported)
-    run = api._Runs(spec, source.shape[0], 64)
-    quantized = api._quantize(fp32, imported, api._dataset(calib, source, "calibration"), Config(), spec, run)
+    quantized = api.quantize(path, calib, Config())
+    fp32 = quantized.program.fp32
     weights = quantization_record(quantized.int8)["weights"]
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in weights}

@@ -23,7 +23,7 @@ from tvmq.tune import fuse
 def _fp32(tmp_path, model):
     """The model's fp32 module as tvmq deploys it (folded, batch 1) and a batch-1 input."""
     imported = load_model(onnx_models.save(model, tmp_path / "m.onnx"))
-    shape = api._single_float_input(imported).static_shape(1)
+    shape = imported.inputs[0].static_shape(1)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     return bind_batch(api.prepare_fp32(imported.mod), 1), x
 

@@ -141,18 +141,11 @@ def _realized(tmp_path, rng, model, calib_shape, keep_fp32=()):
     latency fallback does), before the target's legalization."""
     from tvmq import api
     from tvmq.build import bind_batch
-    from tvmq.frontend import load_model
 
     path = onnx_models.save(model, tmp_path / "m.onnx")
-    imported = load_model(path)
-    spec = get_target("host")
-    fp32 = api.prepare_fp32(imported.mod)
-    source = api._single_float_input(imported)
     calib = rng.standard_normal(calib_shape).astype(np.float32)
-    run = api._Runs(spec, source.shape[0], 16)
-    quantized = api._quantize(fp32, imported, api._dataset(calib, source, "calibration"), Config(), spec, run)
-    int8 = quantized.refined.realize(quantized.scheme, keep_fp32=list(keep_fp32))(fp32) if keep_fp32 \
-        else quantized.int8
+    quantized = api.quantize(path, calib, Config(batch_size=16))
+    int8 = quantized.realize(quantized.program, keep_fp32) if keep_fp32 else quantized.int8
     return bind_batch(int8, 1), calib[:1]
 
 

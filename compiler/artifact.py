@@ -1,0 +1,93 @@
+"""The artifact a compile writes: one library and params file per shape bucket, a manifest, reports.
+
+Layout (``runtime`` reads it with TVM's runtime alone)::
+
+    model.so  params.npz          the first bucket (the only one for a single shape)
+    model-1.so  params-1.npz ...  further buckets
+    manifest.json                 inputs, outputs, buckets, target, versions, quantization, sha256 of each file
+    report.json  report.md
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import staged_directory
+from .report import to_markdown
+from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Module:
+    """One deployed module: its executable, params by name, and the inputs it takes."""
+
+    executable: object
+    params: dict
+    inputs: list[dict]  # {"name", "shape", "dtype"}
+
+
+def file_names(index: int) -> tuple[str, str]:
+    """The library and params file of bucket ``index``."""
+    if index == 0:
+        return LIBRARY, PARAMS
+    return f"model-{index}.so", f"params-{index}.npz"
+
+
+def write(directory: Path, modules: list[Module], manifest: dict, report: dict, force: bool) -> Path:
+    """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
+    with staged_directory(Path(directory), force=force) as stage:
+        files, buckets = {}, []
+        for index, module in enumerate(modules):
+            library, params = file_names(index)
+            module.executable.export_library(str(stage / library))
+            np.savez(stage / params, **module.params)
+            files.update({name: sha256(stage / name) for name in (library, params)})
+            buckets.append({"inputs": module.inputs, "library": library, "params_file": params,
+                            "params": list(module.params)})
+        whole = {**manifest, "inputs": modules[0].inputs, "params": list(modules[0].params), "buckets": buckets,
+                 "files": files}
+        (stage / MANIFEST).write_text(json.dumps(whole, indent=2))
+        (stage / "report.json").write_text(json.dumps(report, indent=2))
+        (stage / "report.md").write_text(to_markdown(report))
+    return Path(directory)
+
+
+def manifest(model: str, outputs: list[str], spec, config, scheme, record: dict, onnx_names: dict) -> dict:
+    """What a deployment needs to know besides the files: target, versions, quantization parameters."""
+    from importlib.metadata import version
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "outputs": outputs,
+        "target": str(spec.target),
+        "target_features": list(spec.features),
+        "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
+                   "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback,
+                   "weight_qmax": scheme.weight_qmax},
+        "versions": {pkg: version(pkg) for pkg in ("tvmq", "apache-tvm", "apache-tvm-ffi", "onnx", "numpy")}
+        | {"python": platform.python_version()},
+        "quantization": _with_onnx_names(record, onnx_names),
+    }
+
+
+def _with_onnx_names(record: dict, onnx_names: dict) -> dict:
+    """The realize record keyed (and valued) by ONNX tensor names rather than Relax variables."""
+    def name(key):
+        return onnx_names.get(key, key)
+
+    out = {}
+    for section, value in record.items():
+        if isinstance(value, dict):
+            renamed = section in ("fused_into", "range_of", "kept_fp32")
+            out[section] = {name(k): (name(v) if isinstance(v, str) and renamed else v) for k, v in value.items()}
+        else:
+            out[section] = [name(v) for v in value]
+    return out
