@@ -129,6 +129,11 @@ def _importer_class():
     class Importer(ONNXGraphImporter):
         """Looks each op type up in ``REGISTRY`` before TVM's own converters."""
 
+        def _check_for_unsupported_ops(self, graph):
+            rest = onnx.GraphProto()
+            rest.node.extend(node for node in graph.node if node.op_type not in REGISTRY)
+            super()._check_for_unsupported_ops(rest)
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
             converter = REGISTRY.get(op_name)
             value = converter(self, inputs, attrs, opset) if converter is not None else None

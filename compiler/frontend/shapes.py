@@ -22,6 +22,7 @@ from .reader import first_line
 BATCH_DIM = "batch"
 MAX_ELEMENTS = 1 << 31  # refuse absurd input shapes before anything allocates them
 EXAMPLE_DIM = 32  # what the error's example flag suggests for a free non-batch dimension
+ANONYMOUS_DIMS = frozenset({"", "?"})  # dim_params that name no dimension (PaddlePaddle writes "?")
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _named_sizes(values: list, specs: list[InputSpec], overrides: dict) -> dict[
         if value.name not in overrides:
             continue
         for dim, size in zip(value.type.tensor_type.shape.dim, spec.shape):
-            if dim.dim_param and sizes.setdefault(dim.dim_param, size) != size:
+            if dim.dim_param not in ANONYMOUS_DIMS and sizes.setdefault(dim.dim_param, size) != size:
                 raise TvmqError(f"dimension {dim.dim_param!r} is set to {sizes[dim.dim_param]} and to {size}; "
                                 f"inputs that share a dimension name must agree")
     return sizes
@@ -173,7 +174,7 @@ def _named_sizes(values: list, specs: list[InputSpec], overrides: dict) -> dict[
 def _with_named(spec: InputSpec, value: onnx.ValueInfoProto, sizes: dict[str, int]) -> InputSpec:
     """``spec`` with its free dimensions that ``sizes`` names fixed."""
     dims = value.type.tensor_type.shape.dim
-    shape = tuple(sizes.get(dim.dim_param, d) if d is None and dim.dim_param else d for d, dim in zip(spec.shape, dims))
+    shape = tuple(sizes.get(dim.dim_param, d) if d is None else d for d, dim in zip(spec.shape, dims))
     return replace(spec, shape=shape)
 
 
