@@ -19,7 +19,7 @@ import onnx
 from ..errors import TvmqError
 from ..resources import check_model_fits
 from .fold import fold_constants
-from .importer import import_onnx
+from .importer import import_onnx, unsupported_operator
 from .names import float_tensors, name_tensors, with_probes
 from .reader import read_model
 from .shapes import (BATCH_DIM, MAX_ELEMENTS, InputSpec, check_inferred_shapes, infer_shapes, input_specs,
@@ -78,6 +78,9 @@ def _convert(model: onnx.ModelProto, specs: list[InputSpec], name: str, batch_si
     """``(folded graph, probed tensor names, Relax module with the probes as outputs)``."""
     free = any(spec.free_batch for spec in specs)
     graph = _static_graph(model, specs, name, batch_size, free)
+    missing = unsupported_operator(graph)
+    if missing:
+        raise TvmqError(f"cannot import the model into TVM: {missing}")
     outputs = {o.name for o in graph.graph.output}
     probes = float_tensors(graph, exclude=outputs)
     try:

@@ -119,7 +119,7 @@ def import_onnx(model: onnx.ModelProto):
     try:
         mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph, onnx_opset(model))
     except Exception as err:
-        raise TvmqError(f"cannot import the model into TVM: {_unsupported(model) or first_line(err)}") from None
+        raise TvmqError(f"cannot import the model into TVM: {unsupported_operator(model) or first_line(err)}") from None
     return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(mod))
 
 
@@ -142,7 +142,8 @@ def _importer_class():
     return Importer
 
 
-def _unsupported(model: onnx.ModelProto) -> str | None:
+def unsupported_operator(model: onnx.ModelProto) -> str | None:
+    """``unsupported operator OP (node 'NAME')`` for the first node no converter handles, else None."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     known = set(_get_convert_map()) | set(REGISTRY)
