@@ -222,3 +222,23 @@ def test_registry_converter_returning_none_falls_back_to_tvm(tmp_path, monkeypat
     path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "m.onnx")
     names = {b.var.name for b in dataflow_bindings(load_model(path).mod["main"])}
     assert calls == [17] and "r" in names
+
+
+def test_folding_keeps_constants_that_only_a_subgraph_reads(rng):
+    """x[1,2]; sf = Cast(Shape(x)) is folded, and the If branches that read it still find it."""
+    branch = lambda op: helper.make_graph([helper.make_node(op, ["x", "sf"], ["b"])], op, [],
+                                          [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 2])])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Cast", ["s"], ["sf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["positive"]),
+             helper.make_node("If", ["positive"], ["y"], then_branch=branch("Add"), else_branch=branch("Sub"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+                              [onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    model = infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    folded = fold_constants(model)
+    assert "sf" in {init.name for init in folded.graph.initializer}
+    assert [n.op_type for n in folded.graph.node] == ["ReduceSum", "Greater", "If"]
+    for x in (np.ones((1, 2), np.float32), -np.ones((1, 2), np.float32)):
+        np.testing.assert_array_equal(_ort(folded, x), _ort(model, x))

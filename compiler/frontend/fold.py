@@ -62,15 +62,28 @@ def _constant_values(model: onnx.ModelProto, batch: int | None) -> dict[str, np.
     probe = onnx.shape_inference.infer_shapes(probe, data_prop=True)
     shapes = _static_shapes(probe)
     opsets = {o.domain or "": o.version for o in model.opset_import}
-    initializers = {init.name for init in model.graph.initializer}
-    known = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    known = _Values(model.graph.initializer)
     for node in probe.graph.node:
         if not _foldable(node, shapes):
             continue
         values = _evaluate(node, known, shapes, opsets)
         if values is not None:
             known.update(values)
-    return {name: value for name, value in known.items() if name not in initializers}
+    return dict(known)
+
+
+class _Values(dict):
+    """Computed values; an initializer is read (converted to numpy) only when a node needs it."""
+
+    def __init__(self, initializers):
+        super().__init__()
+        self._initializers = {init.name: init for init in initializers}
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self._initializers
+
+    def __missing__(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self._initializers[name])
 
 
 def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
@@ -139,7 +152,7 @@ def _with_initializers(model: onnx.ModelProto, folded: dict[str, np.ndarray]) ->
     graph = out.graph
     kept = _live_nodes([n for n in graph.node if not all(o in folded for o in n.output if o)],
                        {o.name for o in graph.output})
-    used = {i for node in kept for i in node.input} | {o.name for o in graph.output}
+    used = set(_read_names(kept)) | {o.name for o in graph.output}
     initializers = [init for init in graph.initializer if init.name in used]
     have = {init.name for init in initializers}
     initializers += [numpy_helper.from_array(folded[name], name) for name in sorted(used - have) if name in folded]
@@ -153,10 +166,19 @@ def _with_initializers(model: onnx.ModelProto, folded: dict[str, np.ndarray]) ->
     return out
 
 
+def _read_names(nodes):
+    """Every tensor name the nodes read, in their subgraphs (If / Loop bodies) too."""
+    for node in nodes:
+        yield from node.input
+        for attr in node.attribute:
+            for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _read_names(graph.node)
+
+
 def _live_nodes(nodes: list, outputs: set[str]) -> list:
     """Drop, repeatedly, the nodes none of whose outputs is read (a Shape feeding a folded Gather)."""
     while True:
-        used = {i for node in nodes for i in node.input} | outputs
+        used = set(_read_names(nodes)) | outputs
         alive = [node for node in nodes if any(o in used for o in node.output)]
         if len(alive) == len(nodes):
             return alive
