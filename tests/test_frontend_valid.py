@@ -30,6 +30,16 @@ def case(name: str, model, input_shapes=None, **feeds):
     CASES[name] = (model, input_shapes, feeds)
 
 
+def with_batch_declared(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """``model`` whose input declares its batch as ``size`` (exporters write -1 or 0 for "dynamic")."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    dim = out.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = size
+    return out
+
+
 def normal(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
@@ -50,6 +60,7 @@ def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 case("shape arithmetic: Shape/Gather/ReduceProd/Concat -> Reshape, Range, ConstantOfShape; -1 batch",
      onnx_models.shape_arithmetic(), {"x": (1, 3, 6, 8)}, x=normal(1, 3, 6, 8))
 case("batch read by arithmetic: the free batch is fixed to 1", onnx_models.batch_arithmetic(), x=normal(1, 4, 6))
+case("-1 batch left free, run at 3", with_batch_declared(onnx_models.hard_activations(), -1), x=normal(3, 4, 6, 6))
 case("Pad amounts computed from Shape (constant and edge)", onnx_models.dynamic_pad(), x=normal(1, 3, 8, 8))
 for opset in (11, 13, 18, 19):
     case(f"Resize linear, empty roi Constant, opset {opset}", onnx_models.resize_empty_roi(opset), x=normal(1, 2, 5, 6))
