@@ -11,6 +11,7 @@ all speak the user's names.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def _static_graph(model: onnx.ModelProto, specs: list[InputSpec], name: str, bat
     shaped = infer_shapes(set_input_shapes(model, specs))
     check_inferred_shapes(shaped)
     check_model_fits(shaped, name, batch_size)
+    start = time.perf_counter()
     folded = infer_shapes(fold_constants(shaped, free_batch))
     check_inferred_shapes(folded)
+    logger.debug("%s: %d nodes, %d after folding constant subgraphs (%.2f s)", name, len(shaped.graph.node),
+                 len(folded.graph.node), time.perf_counter() - start)
     return folded
