@@ -51,7 +51,8 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, b
     """Read, check, fold and import an ONNX model.
 
     ``input_shapes`` (``{"input": (1, 3, 224, 224)}``) fixes free dimensions: named,
-    unknown or ``-1``. A free leading dimension that is not fixed stays free as the batch
+    unknown, ``-1`` or ``0``; a name fixed on one input is fixed on every input that uses
+    it. Every input gets an :class:`InputSpec`, whatever its dtype. A free leading dimension that is not fixed stays free as the batch
     size if TVM imports the folded graph with it free (TVM's own shape expressions handle
     the batch arithmetic it knows), and is fixed to 1 otherwise (logged).
     A model whose quantization would not fit in memory (``resources``, with calibration

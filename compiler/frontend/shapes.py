@@ -40,6 +40,7 @@ class InputSpec:
 
     @property
     def free_batch(self) -> bool:
+        """Whether the leading (batch) dimension is left free."""
         return bool(self.shape) and self.shape[0] is None
 
     def static_shape(self, batch: int) -> tuple[int, ...]:
