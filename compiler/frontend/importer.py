@@ -6,12 +6,16 @@
 * ``importer`` is the running ``ONNXGraphImporter``; emit with ``importer.bb`` (a
   ``relax.BlockBuilder``);
 * ``inputs`` holds one ``relax.Expr`` per ONNX input, ``None`` for an omitted optional
-  input (initializers arrive as ``tvm.ir.expr.Constant``, value in ``.value``);
-* ``attrs`` is the node's attributes as TVM parses them (ints, floats, bytes, tuples);
+  input, nothing for omitted trailing ones (initializers arrive as
+  ``tvm.ir.expr.Constant``, value in ``.value``);
+* ``attrs`` is the node's attributes as TVM parses them (ints, floats, bytes, tuples),
+  plus ``attrs["tvm_custom"] = {"name": node name, "num_outputs": ONNX outputs}``;
 * ``opset`` is the model's ``ai.onnx`` opset version.
 
-It returns the node's value (a ``relax.Tuple`` for several outputs), or ``None`` to let
-TVM's own converter handle the node.
+It returns the node's value (a ``relax.Tuple`` with a field per declared output for
+several outputs, as LSTM's ``Y, Y_h, Y_c``), or ``None`` to let TVM's own converter handle
+the node; :func:`tvm_convert` hands a rewritten node to TVM's converter. An op type in the
+registry passes TVM's unsupported-operator check.
 """
 
 from __future__ import annotations
