@@ -274,3 +274,194 @@ def projection_block(seed=0) -> onnx.ModelProto:
         helper.make_node("Conv", ["t", "wc", "bc"], ["y"], name="conv_c", kernel_shape=[1, 1]),
     ]
     return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)
+
+
+# ---- legal ONNX that real exporters write (tests/test_frontend_valid.py) --------------------
+
+def _const(name, value) -> onnx.NodeProto:
+    """A ``Constant`` node holding ``value`` (weights and shape operands as PaddlePaddle writes them)."""
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def shape_arithmetic(seed=0) -> onnx.ModelProto:
+    """A reshape target, gather indices and a scale computed from the input's shape (Paddle/PyTorch style).
+
+        x[-1,3,H,W] --conv--> c[N,4,H,W];  s = Shape(c)
+        Concat(Gather(s,[0,1]), ReduceProd(Gather(s,[2,3]))) --> Reshape(c) --> r[N,4,H*W]
+        (C-1) - Range(0, C, 1) --> Gather(r, axis=1) --> g;  ConstantOfShape([C,1], 0.5) * g --> y
+    """
+    rng = np.random.default_rng(seed)
+    nodes = [
+        _const("w", (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Shape", ["c"], ["s"], name="shape"),
+        _const("i01", np.array([0, 1], np.int64)), _const("i23", np.array([2, 3], np.int64)),
+        helper.make_node("Gather", ["s", "i01"], ["nc"], name="gather_nc"),
+        helper.make_node("Gather", ["s", "i23"], ["hw"], name="gather_hw"),
+        helper.make_node("ReduceProd", ["hw"], ["area"], name="area", keepdims=1),
+        helper.make_node("Concat", ["nc", "area"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["r"], name="reshape"),
+        _const("i1", np.array(1, np.int64)), _const("one", np.array(1, np.int64)),
+        _const("zero", np.array(0, np.int64)), _const("one1", np.array([1], np.int64)),
+        helper.make_node("Gather", ["s", "i1"], ["channels"], name="channels"),
+        helper.make_node("Sub", ["channels", "one"], ["last"], name="last"),
+        helper.make_node("Range", ["zero", "channels", "one"], ["ascending"], name="range"),
+        helper.make_node("Sub", ["last", "ascending"], ["reversed"], name="reversed"),
+        helper.make_node("Gather", ["r", "reversed"], ["g"], name="reverse_channels", axis=1),
+        _const("i0_axes", np.array([0], np.int64)),
+        helper.make_node("Unsqueeze", ["channels", "i0_axes"], ["c1"], name="unsqueeze"),
+        helper.make_node("Concat", ["c1", "one1"], ["half_shape"], name="half_shape", axis=0),
+        helper.make_node("ConstantOfShape", ["half_shape"], ["half"], name="half",
+                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Mul", ["g", "half"], ["y"], name="scale"),
+    ]
+    return _model(nodes, [_value("x", [-1, 3, "H", "W"])], [_value("y", [-1, 4, None])], {})
+
+
+def batch_arithmetic() -> onnx.ModelProto:
+    """The batch size read by arithmetic TVM cannot keep symbolic:
+
+        x[N,4,6] --Shape--> s --Gather(0)--> n --Mul(24)--> n24 --Concat(n24 ...)--> Reshape --> y[N*24]... then Relu
+    """
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "i0"], ["n"], name="batch"),
+        helper.make_node("Mul", ["n", "k"], ["n24"], name="times24"),
+        helper.make_node("Reshape", ["x", "n24"], ["flat"], name="flatten"),
+        helper.make_node("Relu", ["flat"], ["y"], name="relu"),
+    ]
+    inits = {"i0": np.array([0], np.int64), "k": np.array([24], np.int64)}
+    return _model(nodes, [_value("x", ["N", 4, 6])], [_value("y", [None])], inits)
+
+
+def dynamic_pad(seed=0) -> onnx.ModelProto:
+    """Open-NSFW's SAME padding: pad amounts computed from the input's spatial size.
+
+        x[1,3,8,8]; p = Gather(Shape(x), [2]) - 7 (= 1);  pads = Concat(0,0,p,p,0,0,p,p)
+        x --Pad(constant 0, pads)--> xp --conv 3x3--> c --Pad(edge, pads)--> cp --MaxPool 3x3--> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {"w": (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32),
+             "i2": np.array([2], np.int64), "seven": np.array([7], np.int64), "zeros": np.zeros(2, np.int64)}
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "i2"], ["h"], name="height"),
+        helper.make_node("Sub", ["h", "seven"], ["p"], name="amount"),
+        helper.make_node("Concat", ["zeros", "p", "p", "zeros", "p", "p"], ["pads"], name="pads", axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["xp"], name="pad", mode="constant"),
+        helper.make_node("Conv", ["xp", "w"], ["c"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("Pad", ["c", "pads"], ["cp"], name="pad_edge", mode="edge"),
+        helper.make_node("MaxPool", ["cp"], ["y"], name="pool", kernel_shape=[3, 3]),
+    ]
+    return _model(nodes, [_value("x", [1, 3, 8, 8])], [_value("y", [1, 4, 8, 8])], inits)
+
+
+def resize_empty_roi(opset=13, mode="linear", by_sizes=False) -> onnx.ModelProto:
+    """Resize with an empty ``roi`` Constant (and an empty ``scales`` one when sized), as detectors write it.
+
+        x[1,2,5,6] --conv 1x1--> c --Resize(roi=[], scales=[1,1,2,2] | sizes=[1,2,10,12])--> y
+    """
+    rng = np.random.default_rng(0)
+    empty = np.zeros(0, np.float32)
+    sized = [_const("roi", empty), _const("scales", empty), _const("sizes", np.array([1, 2, 10, 12], np.int64))]
+    scaled = [_const("roi", empty), _const("scales", np.array([1, 1, 2, 2], np.float32))]
+    inputs = ["c", "roi", "scales", "sizes"] if by_sizes else ["c", "roi", "scales"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+        *(sized if by_sizes else scaled),
+        helper.make_node("Resize", inputs, ["y"], name="resize", mode=mode,
+                         coordinate_transformation_mode="half_pixel" if mode == "linear" else "asymmetric",
+                         **({"nearest_mode": "floor"} if mode == "nearest" else {})),
+    ]
+    inits = {"w": (rng.standard_normal((2, 2, 1, 1))).astype(np.float32)}
+    return _model(nodes, [_value("x", [1, 2, 5, 6])], [_value("y", [1, 2, 10, 12])], inits, opset=opset)
+
+
+def upsample(opset=9, mode="nearest") -> onnx.ModelProto:
+    """x[1,2,4,4] --Relu--> r --Upsample(mode, x2)--> y: scales an input from opset 9, an attribute at 7."""
+    scales = np.array([1, 1, 2, 2], np.float32)
+    if opset >= 9:
+        nodes = [helper.make_node("Relu", ["x"], ["r"]), _const("scales", scales),
+                 helper.make_node("Upsample", ["r", "scales"], ["y"], mode=mode)]
+    else:
+        nodes = [helper.make_node("Relu", ["x"], ["r"]),
+                 helper.make_node("Upsample", ["r"], ["y"], mode=mode, scales=[float(s) for s in scales])]
+    return _model(nodes, [_value("x", [1, 2, 4, 4])], [_value("y", [1, 2, 8, 8])], {}, opset=opset)
+
+
+def hard_activations(seed=0) -> onnx.ModelProto:
+    """MobileNetV3's activations (opset 14):
+
+        x[N,4,6,6] --conv--> c --HardSwish--> h --GAP--> g --HardSigmoid(0.2, 0.5)--> a;  h * a --> y
+    """
+    rng = np.random.default_rng(seed)
+    inits = {"w": (rng.standard_normal((4, 4, 3, 3)) * 0.5).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("HardSwish", ["c"], ["h"], name="hardswish"),
+        helper.make_node("GlobalAveragePool", ["h"], ["g"], name="gap"),
+        helper.make_node("HardSigmoid", ["g"], ["a"], name="hardsigmoid", alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["h", "a"], ["y"], name="excite"),
+    ]
+    return _model(nodes, [_value("x", ["N", 4, 6, 6])], [_value("y", ["N", 4, 6, 6])], inits, opset=14)
+
+
+def split_slice_tensor_inputs(opset=13) -> onnx.ModelProto:
+    """Split sizes and Slice bounds given as Constant tensors, not attributes:
+
+        x[1,6,8] --Split(axis 1, [2,4])--> a, b;  b --Slice(starts [1], ends [-1], axes [2], steps [2])--> s
+        Concat(a[:, :, 1:4:1] via Slice, s) --> y[1,6,3]
+    """
+    nodes = [
+        _const("split", np.array([2, 4], np.int64)),
+        helper.make_node("Split", ["x", "split"], ["a", "b"], name="split", axis=1),
+        _const("starts", np.array([1], np.int64)), _const("ends", np.array([-1], np.int64)),
+        _const("axes", np.array([2], np.int64)), _const("steps", np.array([2], np.int64)),
+        helper.make_node("Slice", ["b", "starts", "ends", "axes", "steps"], ["s"], name="slice_b"),
+        _const("a_start", np.array([1], np.int64)), _const("a_end", np.array([4], np.int64)),
+        helper.make_node("Slice", ["a", "a_start", "a_end", "axes"], ["t"], name="slice_a"),
+        helper.make_node("Concat", ["t", "s"], ["y"], name="concat", axis=1),
+    ]
+    return _model(nodes, [_value("x", [1, 6, 8])], [_value("y", [1, 6, 3])], {}, opset=opset)
+
+
+def clip_attributes(seed=0) -> onnx.ModelProto:
+    """Opset 10's Clip, bounds as attributes: x[N,6] --Gemm--> h --Clip(min 0, max 6)--> y."""
+    rng = np.random.default_rng(seed)
+    inits = {"w": (rng.standard_normal((6, 6)) * 2).astype(np.float32), "b": np.full(6, 0.5, np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Clip", ["h"], ["y"], name="relu6", min=0.0, max=6.0)]
+    return _model(nodes, [_value("x", ["N", 6])], [_value("y", ["N", 6])], inits, opset=10)
+
+
+def at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` declared at another ``ai.onnx`` opset (for graphs whose ops did not change)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.opset_import[0].version = opset
+    onnx.checker.check_model(out)
+    return out
+
+
+def text_inputs(seed=0) -> onnx.ModelProto:
+    """A BERT-style head with int64 token ids, an int64 attention mask and a bool flag:
+
+        ids[N,T] --Gather(embedding[10,4])--> e[N,T,4];  mask[N,T] --Cast(float)--> m --Unsqueeze(-1)--> mu
+        e * mu --> masked --ReduceSum(axis 1)--> pooled;  Where(flag[N,1], pooled, -pooled) --> y[N,4]
+    """
+    rng = np.random.default_rng(seed)
+    inits = {"embedding": rng.standard_normal((10, 4)).astype(np.float32), "last": np.array([-1], np.int64),
+             "axis1": np.array([1], np.int64)}
+    nodes = [
+        helper.make_node("Gather", ["embedding", "ids"], ["e"], name="embed"),
+        helper.make_node("Cast", ["mask"], ["m"], name="mask_float", to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "last"], ["mu"], name="mask_unsqueeze"),
+        helper.make_node("Mul", ["e", "mu"], ["masked"], name="apply_mask"),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["pooled"], name="pool", keepdims=0),
+        helper.make_node("Neg", ["pooled"], ["negated"], name="negate"),
+        helper.make_node("Where", ["flag", "pooled", "negated"], ["y"], name="select"),
+    ]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+              helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "T"]),
+              helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N", 1])]
+    return _model(nodes, inputs, [_value("y", ["N", 4])], inits)

@@ -151,7 +151,7 @@ def _(tmp, mp):
     return compile_argv(tmp, _save(tmp, _mutated(add)))
 
 
-@case("model: symbolic input dims, no shape given", r"symbolic dimensions .*--input-shape x:")
+@case("model: symbolic input dims, no shape given", r"free dimensions .*--input-shape x:")
 def _(tmp, mp):
     return compile_argv(tmp, _save(tmp, _mutated(
         lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[2], "dim_param", "H"))))
