@@ -13,9 +13,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-from onnx import helper
-
 from tvmq.passes.expose import named_vars
 
 from .build import build, virtual_machine
@@ -23,6 +20,8 @@ from .calibrate import bounded_batch
 from .data import Dataset, load_data
 from .errors import TvmqError
 from .frontend import ImportedModel, InputSpec, load_model
+from .frontend.reader import read_model
+from .frontend.shapes import declared_specs, input_specs
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +59,11 @@ class Programs:
 
     def __init__(self, model: str | Path, config, spec, prepare):
         self.model, self.config, self.spec, self._prepare = model, config, spec, prepare
-        self.declared = declared_inputs(model)
+        onnx_model = read_model(Path(model))
+        self.declared = declared_specs(onnx_model)
         self.batched = shares_batch_axis(self.declared)
+        for shapes in shape_buckets(config.input_shapes):
+            input_specs(onnx_model, shapes)  # a shape that contradicts the model: one line, in the user's words
         self._cache: dict[tuple, Program] = {}
 
     def get(self, shapes: dict[str, tuple]) -> Program:
@@ -131,27 +133,6 @@ def shape_buckets(input_shapes: dict) -> list[dict[str, tuple]]:
     count = counts.pop() if counts else 1
     return [{name: tuple(many[name][i]) if name in many else tuple(shape) for name, shape in input_shapes.items()}
             for i in range(count)]
-
-
-def declared_inputs(path: str | Path) -> list[InputSpec]:
-    """The model's inputs as declared: static dims as ints, any other (named, unknown, -1) as None."""
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:
-        return []  # unreadable: load_model says why, in its own words
-    initializers = {init.name for init in graph.initializer}
-    specs = []
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        except (KeyError, ValueError, TypeError):
-            dtype = "unknown"
-        specs.append(InputSpec(value.name, dims, dtype))
-    return specs
 
 
 def shares_batch_axis(specs: list[InputSpec]) -> bool:

@@ -55,7 +55,7 @@ def input_specs(model: onnx.ModelProto, overrides: dict[str, tuple]) -> list[Inp
     if unknown:
         names = ", ".join(i.name for i in graph_inputs)
         raise TvmqError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are: {names}")
-    declared = [_declared(value) for value in graph_inputs]
+    declared = declared_specs(model)
     specs = [_fixed(spec, overrides.get(spec.name)) for spec in declared]
     sizes = _named_sizes(graph_inputs, specs, overrides)
     specs = [_with_named(spec, value, sizes) for spec, value in zip(specs, graph_inputs)]
@@ -137,6 +137,12 @@ def _empty_optional_constant(model: onnx.ModelProto, name: str, node, dims) -> b
     return all(index > 0 for index in reads)
 
 
+def declared_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Every graph input (initializers excluded) as declared: free dimensions are None."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [_declared(value) for value in model.graph.input if value.name not in initializers]
+
+
 def _declared(value: onnx.ValueInfoProto) -> InputSpec:
     tensor = value.type.tensor_type
     try:
@@ -154,9 +160,11 @@ def _fixed(spec: InputSpec, override: tuple | None) -> InputSpec:
     override = tuple(override)
     if len(override) != len(spec.shape) or any(d is not None and d != o for d, o in zip(spec.shape, override)):
         raise TvmqError(f"input {spec.name!r} has shape {fmt(spec.shape)}; cannot set it to {override}")
-    if any(not isinstance(o, (int, np.integer)) or o <= 0 for o in override):
+    kept_free = [i for i, o in enumerate(override) if o is None]  # None: leave the batch free
+    if kept_free not in ([], [0]) or any(o is not None and (not isinstance(o, (int, np.integer)) or o <= 0)
+                                         for o in override):
         raise TvmqError(f"input {spec.name!r} cannot take the invalid shape {override}")
-    return replace(spec, shape=tuple(int(o) for o in override))
+    return replace(spec, shape=tuple(None if o is None else int(o) for o in override))
 
 
 def _named_sizes(values: list, specs: list[InputSpec], overrides: dict) -> dict[str, int]:
