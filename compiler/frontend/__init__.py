@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import TvmqError
-from .resources import check_model_fits
+from ..errors import TvmqError
+from ..resources import check_model_fits
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _name_tensors(mod, names: list[str], num_outputs: int):
     """
     from tvm import relax
 
-    from .passes.graph import with_main
+    from ..passes.graph import with_main
 
     func = mod["main"]
     returned = func.body.blocks[-1].bindings[-1]
