@@ -20,8 +20,10 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_models
+import tvmq
 from tvmq import TvmqError
 from tvmq.build import build, virtual_machine
+from tvmq.config import Config
 from tvmq.frontend import load_model
 from tvmq.passes.graph import dataflow_bindings, find_layers, op_name
 from tvmq.targets import get_target
@@ -216,3 +218,15 @@ def test_weights_that_are_graph_inputs_are_refused(tmp_path):
 def test_onnx_checker_still_passes_our_models():
     for op in GATES:
         onnx.checker.check_model(recurrent_model(op, "bidirectional")[0], full_check=True)
+
+
+def test_compile_accepts_an_unrolled_lstm(tmp_path):
+    """The whole pipeline (calibrate, realize, the x86 legalize's ConvertLayout, build) takes the
+    unrolled graph; ``relax.stack`` would break ConvertLayout, hence concat of expand_dims."""
+    model, _ = recurrent_model("LSTM", "bidirectional", layout=1, states="absent", seq=4, batch=8)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    x = np.random.default_rng(1).normal(0, 1, (32, 4, 5)).astype(np.float32)
+    compiled = tvmq.compile(onnx_models.save(model, tmp_path / "lstm.onnx"), x, config=Config(trials=0, batch_size=16))
+    assert compiled.report["accuracy"]["output_cosine"] > 0.9999
+    assert {layer["op"] for layer in compiled.report["layers"]} == {"LSTM"}

@@ -114,7 +114,7 @@ def _convert(bb, cell: _Cell, inputs, attrs: dict, opset: int) -> relax.Tuple:
         for t in (reversed(range(node.seq)) if reverse else range(node.seq)):
             state = cell.step(bb, node, weights[d], _step_input(bb, x_gates, t, d, width), state)
             hs[t] = state[0]
-        ys.append(bb.emit(relax.op.stack([hs[t] for t in range(node.seq)], axis=0)))
+        ys.append(_stack(bb, [hs[t] for t in range(node.seq)], axis=0))
         finals.append(state)
     return _outputs(bb, node, ys, finals, cell.states)
 
@@ -238,12 +238,17 @@ def _initial_state(bb, node: _Node, value, d: int):
 
 def _outputs(bb, node: _Node, ys: list, finals: list, states: int) -> relax.Tuple:
     """``Y`` [T, dirs, batch, hidden] and the final states [dirs, batch, hidden] (batch first if ``layout=1``)."""
-    y = bb.emit(relax.op.stack(ys, axis=1))
-    last = [bb.emit(relax.op.stack([state[k] for state in finals], axis=0)) for k in range(states)]
+    y = _stack(bb, ys, axis=1)
+    last = [_stack(bb, [state[k] for state in finals], axis=0) for k in range(states)]
     if node.layout:
         y = bb.emit(relax.op.permute_dims(y, [2, 0, 1, 3]))
         last = [bb.emit(relax.op.permute_dims(s, [1, 0, 2])) for s in last]
     return relax.Tuple([y, *last])
+
+
+def _stack(bb, tensors: list, axis: int):
+    """``stack`` as ``concat`` of ``expand_dims``: TVM 0.27's ConvertLayout fails on ``relax.stack``."""
+    return bb.emit(relax.op.concat([bb.emit(relax.op.expand_dims(t, axis)) for t in tensors], axis=axis))
 
 
 def _split(bb, x, parts: int) -> list:
