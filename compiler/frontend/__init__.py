@@ -238,6 +238,8 @@ def _import(model: onnx.ModelProto):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     try:
         mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph, opset)
+    except TvmqError:
+        raise
     except Exception as err:
         raise TvmqError(f"cannot import the model into TVM: {_unsupported(model) or _first_line(err)}") from None
     return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(mod))
@@ -252,6 +254,8 @@ def _importer_class():
     from tvm import relax
     from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
 
+    from .recurrent import CONVERTERS as RECURRENT
+
     def bound(attrs, inputs, index, key, default):
         if len(inputs) > index and inputs[index] is not None:
             value = inputs[index]
@@ -259,7 +263,13 @@ def _importer_class():
         return float(attrs.get(key, default))
 
     class Importer(ONNXGraphImporter):
+        def _check_for_unsupported_ops(self, graph):  # tvmq converts LSTM and GRU itself
+            kept = [node for node in graph.node if node.op_type not in RECURRENT]
+            super()._check_for_unsupported_ops(helper.make_graph(kept, graph.name, [], []))
+
         def _convert_operator(self, op_name, inputs, attrs, opset):
+            if op_name in RECURRENT:
+                return RECURRENT[op_name](self.bb, inputs, attrs, opset)
             if op_name == "Clip":
                 finite = float(np.finfo(np.float32).max)
                 lo, hi = bound(attrs, inputs, 1, "min", -finite), bound(attrs, inputs, 2, "max", finite)
@@ -279,7 +289,9 @@ def tvm_constant():
 def _unsupported(model: onnx.ModelProto) -> str | None:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = _get_convert_map()
+    from .recurrent import CONVERTERS as RECURRENT
+
+    known = {**_get_convert_map(), **RECURRENT}
     missing = [(n.op_type, n.name) for n in model.graph.node if n.op_type not in known]
     if not missing:
         return None
