@@ -66,7 +66,10 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, b
     except _BatchMustBeFixed as why:
         logger.info("%s: fixing the free batch dimension to 1: %s", path.name, why)
         specs = pin_batch(specs)
-        graph, probes, mod = _convert(model, specs, path.name, batch_size)
+        try:
+            graph, probes, mod = _convert(model, specs, path.name, batch_size)
+        except TvmqError:
+            raise TvmqError(str(why)) from None  # the free dimension was the trouble: say what it broke
     outputs = [o.name for o in graph.graph.output]
     mod, onnx_names = name_tensors(mod, outputs + probes, len(outputs))
     onnx_names.update({param.name: spec.name for param, spec in zip(mod["main"].params, specs)})

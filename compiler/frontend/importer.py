@@ -109,10 +109,22 @@ def _constant_value(value) -> np.ndarray | None:
     return value.value.numpy() if isinstance(value, ir.expr.Constant) else None
 
 
+def recurrent(op_type: str) -> Converter:
+    """LSTM or GRU, unrolled into Relax matmuls and gate ops (:mod:`.recurrent`)."""
+    def convert(importer, inputs, attrs, opset):
+        from .recurrent import CONVERTERS
+
+        return CONVERTERS[op_type](importer.bb, inputs, attrs, opset)
+
+    return convert
+
+
 REGISTRY: dict[str, Converter] = {
     "Clip": clip,
     "Resize": resize,
     "Upsample": upsample,
+    "LSTM": recurrent("LSTM"),
+    "GRU": recurrent("GRU"),
 }
 
 
@@ -122,6 +134,8 @@ def import_onnx(model: onnx.ModelProto):
 
     try:
         mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph, onnx_opset(model))
+    except TvmqError:
+        raise  # a converter of ours refusing a node, in its own words
     except Exception as err:
         raise TvmqError(f"cannot import the model into TVM: {unsupported_operator(model) or first_line(err)}") from None
     return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(mod))
