@@ -7,7 +7,8 @@
 For each :data:`tvmq.zoo.MODELS` entry: fetch the model and its calibration / evaluation
 feeds; run ONNX Runtime fp32 on the evaluation feeds (the reference); quantize with ONNX
 Runtime's ``quantize_static`` (QDQ, per channel, uint8 activations, int8 weights; the same
-calibration feeds) and run it; then, when tvmq can, import the model (fp32 max relative
+calibration feeds) and run it, once quantizing every op it can and once only the Conv /
+ConvTranspose / Gemm / MatMul layers (``op_types_to_quantize``); then, when tvmq can, import the model (fp32 max relative
 error against ONNX Runtime on the first evaluation feed) and compile it with
 ``tvmq.compile(model, calib=<feeds>, config=Config(input_shapes=..., trials=0),
 eval_data=<feeds>)`` and run ``CompiledModel.run(feed)``. A step that fails records its
@@ -37,8 +38,8 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "coverage"
 RESULTS = HERE / "results" / "coverage.json"
 DOC = HERE.parent / "docs" / "coverage.md"
-NOTABLE = ("LSTM", "GRU", "If", "Loop", "Resize", "HardSwish", "HardSigmoid", "ConvTranspose", "LayerNormalization",
-           "Softmax", "Erf", "Gather", "Range", "NonMaxSuppression", "Einsum")
+NOTABLE = ("LSTM", "GRU", "If", "Loop", "Resize", "HardSwish", "HardSigmoid", "PRelu", "ConvTranspose", "LayerNormalization",
+           "Softmax", "Erf", "Gather", "Shape", "Range", "NonMaxSuppression", "Einsum")
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 COMMAND = "bench/coverage.py"
 
@@ -78,6 +79,9 @@ def cover(model, args) -> dict:
     int8_path = WORK / model.name / "ort_int8.onnx"
     int8_path.unlink(missing_ok=True)
     row.update(attempt("ort_int8", lambda: ort_int8(model, path, calib, evaluation, reference, int8_path)))
+    row.update(attempt("ort_int8_layers_only", lambda: ort_int8(
+        model, path, calib, evaluation, reference, int8_path.with_name("ort_int8_layers_only.onnx"),
+        list(LAYER_OPS), "ort_int8_layers_only")))
     if not args.no_tvmq:
         row.update(attempt("tvmq_import", lambda: tvmq_import(model, path, evaluation[0], reference[0])))
         row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference)))
@@ -139,8 +143,11 @@ def ort_outputs(path: Path, feeds: list[dict]) -> list[list[np.ndarray]]:
     return [session.run(None, feed) for feed in feeds]
 
 
-def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, out: Path) -> dict:
-    """ONNX Runtime static int8 (QDQ, per channel) on ``calib``: its metric and int8 layer share."""
+def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, out: Path,
+             op_types: list[str] | None = None, key: str = "ort_int8") -> dict:
+    """ONNX Runtime static int8 (QDQ, per channel) on ``calib``: its metric and int8 layer share.
+
+    ``op_types``: quantize only these ops (ONNX Runtime's ``op_types_to_quantize``; default all)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -152,9 +159,9 @@ def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refer
 
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_static(str(at_least_opset_13(path, out.with_name("opset13.onnx"))), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     outputs = ort_outputs(out, evaluation)
-    return {"metric_ort_int8": model.metric(reference, outputs, "eval"), "ort_int8_layers": qdq_layer_share(out)}
+    return {f"metric_{key}": model.metric(reference, outputs, "eval"), f"{key}_layers": qdq_layer_share(out)}
 
 
 def at_least_opset_13(path: Path, converted: Path) -> Path:
@@ -267,8 +274,8 @@ def write(rows: list[dict], argv: str) -> None:
 def markdown(rows: list[dict]) -> str:
     """The coverage table: one line per model."""
     lines = ["| model | package | kind | inputs | notable ops | imports (fp32 max rel err) | int8 layers ORT / tvmq "
-             "| metric | fp32 | tvmq int8 | ORT int8 | ms ORT fp32 | ms ORT int8 | ms tvmq int8 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         inputs = ", ".join(f"{n} {d} {tuple(s)}" for n, (s, d) in r["inputs"].items())
         ms = r.get("latency_ms") or {}
@@ -278,6 +285,7 @@ def markdown(rows: list[dict]) -> str:
             f"{_fmt(r.get('ort_int8_layers'), '{:.0%}')} / {_fmt(r.get('tvmq_int8_layers'), '{:.0%}')}",
             r["metric"], _fmt(r["metric_fp32"], "{:.4f}"), _cell(r, "metric_tvmq_int8", "tvmq_int8_error", "{:.4f}"),
             _cell(r, "metric_ort_int8", "ort_int8_error", "{:.4f}"),
+            _cell(r, "metric_ort_int8_layers_only", "ort_int8_layers_only_error", "{:.4f}"),
             _fmt(ms.get("ort_fp32"), "{:.2f}"), _fmt(ms.get("ort_int8"), "{:.2f}"), _fmt(ms.get("tvmq_int8"), "{:.2f}"),
         ]) + " |")
     return "\n".join(lines)

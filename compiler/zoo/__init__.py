@@ -10,11 +10,13 @@ The older tuple-returning fetchers (:func:`mtcnn_rnet`, :func:`mtcnn_onet`, :fun
 and the exact rewrites (:func:`fold_constants`, :func:`merge_pads`) stay importable from here.
 """
 
-from . import minilm, mnist, mtcnn, nudenet, open_nsfw, orientation, rapidocr, silero  # noqa: F401  (register)
+# Importing a model's module registers it; this order is the order of MODELS and of the tables.
+from . import mnist, mtcnn  # noqa: F401
+from .open_nsfw import NSFW_IMAGES, open_nsfw
+from . import rapidocr, orientation, silero, nudenet, minilm  # noqa: F401
 from .fetch import _fetch_members, _read_tar_members, cached_member, cached_members, zoo_dir
 from .images import resize_bilinear
 from .mtcnn import MTCNN_BATCH, MTCNN_INPUTS, MTCNN_SIZES, lfw_face_labels, mtcnn_inputs, mtcnn_onet, mtcnn_rnet
-from .open_nsfw import NSFW_IMAGES, open_nsfw
 from .registry import KINDS, MODELS, SPLITS, ZooModel, get, register
 from .rewrite import fold_constants, merge_pads
 

