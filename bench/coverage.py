@@ -217,10 +217,15 @@ def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refe
 
     config = tvmq.Config(input_shapes=dict(model.input_shapes), trials=0)
     compiled = tvmq.compile(str(path), calib=calib, config=config, eval_data=evaluation)
-    outputs = [list(compiled.run(feed)) for feed in evaluation]
+    outputs = [_as_list(compiled.run(feed)) for feed in evaluation]
     rows = [r for r in compiled.report["layers"] if r["op"] in LAYER_OPS]
     share = round(sum(r["precision"] == "int8" for r in rows) / len(rows), 3) if rows else None
     return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share}
+
+
+def _as_list(result) -> list[np.ndarray]:
+    """A run's outputs as a list (one output comes back as a bare array)."""
+    return result if isinstance(result, list) else [result]
 
 
 def child_ms(engine: str, path: Path, name: str, runs: int) -> float | None:
