@@ -32,6 +32,11 @@ from tvmq.passes.graph import constant_value, op_name, prim_float, with_main
 from . import x86_depthwise, x86_fp32, x86_int8
 
 
+# conv2d goes NHWC / OHWI; conv2d_transpose stays NCHW / IOHW, the only layout TVM 0.27 lowers it in
+# (left alone, ConvertLayout hands it NHWC and the build fails in VM codegen: PP-OCR's detector).
+DESIRED_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
 @tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeForX86")
 class LegalizeForX86:
     def __init__(self, lanes: int):
@@ -40,7 +45,7 @@ class LegalizeForX86:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
         mod = with_main(mod, _QdqAsElementwise(mod).visit_expr(mod["main"]))
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+        mod = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
         mod = relax.transform.EliminateCommonSubexpr()(relax.transform.FoldConstant()(mod))  # one transpose per input
         packer = _Packer(mod, self.lanes)
         main = packer.visit_expr(mod["main"])

@@ -119,3 +119,29 @@ def test_a_kept_fp32_conv_quantizes_its_output_in_its_epilogue_under_any_tiling(
         got, _ = _run(func, args, lambda sch: x86_sketch.schedule_fp32_conv(sch, kernel.intrinsic.lanes), seed,
                       kernel.mcpu)
         assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # fp32 sums in another order
+
+
+def test_a_transposed_conv_keeps_nchw_and_the_model_compiles(tmp_path):
+    """ConvertLayout would hand conv2d_transpose NHWC, which TVM 0.27 cannot lower (PP-OCR's detector).
+
+        x[1,4,8,8] --Conv(3x3)--> c --Relu--> r --ConvTranspose(2x2, stride 2)--> y[1,3,16,16]
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import tvmq
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w", (6, 4, 3, 3)), ("wt", (6, 3, 2, 2)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "deconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    path = onnx_models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "d.onnx")
+    calib = rng.standard_normal((8, 4, 8, 8)).astype(np.float32)
+    compiled = tvmq.compile(path, calib, config=tvmq.Config(latency_runs=1))
+    want = ort.InferenceSession(path).run(None, {"x": calib[:1]})[0]
+    got = compiled.run(calib[:1])
+    assert np.linalg.norm(got - want) <= 0.05 * np.linalg.norm(want)
