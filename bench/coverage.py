@@ -9,10 +9,10 @@ feeds; run ONNX Runtime fp32 on the evaluation feeds (the reference); quantize w
 Runtime's ``quantize_static`` (QDQ, per channel, uint8 activations, int8 weights; the same
 calibration feeds) and run it, once quantizing every op it can and once only the Conv /
 ConvTranspose / Gemm / MatMul layers (``op_types_to_quantize``); then, when tvmq can, import the model (fp32 max relative
-error against ONNX Runtime on the first evaluation feed) and compile it with
-``tvmq.compile(model, calib=<feeds>, config=Config(input_shapes=..., trials=0),
-eval_data=<feeds>)`` and run ``CompiledModel.run(feed)``. A step that fails records its
-one-line error and the others go on. Latency: batch 1, 2 threads, each engine in a fresh
+error against ONNX Runtime on the first evaluation feed) and compile it with the CLI,
+``tvmq compile MODEL --calib DIR --eval DIR --input-shape ... --trials N`` on directories of
+``.npz`` feeds, then load the artifact in a fresh process (``tvmq.load``) and run every
+evaluation feed. A step that fails records its one-line error and the others go on. Latency: batch 1, 2 threads, each engine in a fresh
 process of its own (as ``bench/latency.py``), median of ``--runs`` runs after 10 warm-up
 runs on the first evaluation feed.
 
@@ -50,10 +50,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per engine and process")
     parser.add_argument("--no-tvmq", action="store_true", help="skip the tvmq import and compile")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--trials", type=int, default=0, help="tvmq compile's tuning trials (default 0)")
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "ONNX", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps({"ms": time_ort(Path(args.child[1]), args.child[2], args.runs)}))
+        timer = time_ort if args.child[0] == "ort" else time_tvmq
+        print(json.dumps({"ms": timer(Path(args.child[1]), args.child[2], args.runs)}))
         return
     from tvmq import zoo
 
@@ -84,12 +86,13 @@ def cover(model, args) -> dict:
         list(LAYER_OPS), "ort_int8_layers_only")))
     if not args.no_tvmq:
         row.update(attempt("tvmq_import", lambda: tvmq_import(model, path, evaluation[0], reference[0])))
-        row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference)))
+        row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference, args.trials)))
     if not args.no_latency:
         row["latency_ms"] = {"ort_fp32": child_ms("ort", path, model.name, args.runs),
                              "ort_int8": child_ms("ort", int8_path, model.name, args.runs)
                              if int8_path.exists() and row.get("ort_int8_error") is None else None,
-                             "tvmq_int8": None}
+                             "tvmq_int8": child_ms("tvmq", WORK / model.name / "tvmq", model.name, args.runs)
+                             if row.get("tvmq_int8_error") is None and not args.no_tvmq else None}
     row["seconds"] = round(time.perf_counter() - started, 1)
     print(f"{model.name}: fp32 {row['metric_fp32']:.4f}, ORT int8 {row.get('metric_ort_int8')}, "
           f"tvmq {row.get('metric_tvmq_int8', row.get('tvmq_int8_error'))}", flush=True)
@@ -211,16 +214,56 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(got, np.float64) - want64)) / max(np.max(np.abs(want64)), 1e-12))
 
 
-def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference) -> dict:
-    """``tvmq.compile`` on feed dicts (the multi-input API), then its metric and int8 layer share."""
-    import tvmq
-
-    config = tvmq.Config(input_shapes=dict(model.input_shapes), trials=0)
-    compiled = tvmq.compile(str(path), calib=calib, config=config, eval_data=evaluation)
-    outputs = [_as_list(compiled.run(feed)) for feed in evaluation]
-    rows = [r for r in compiled.report["layers"] if r["op"] in LAYER_OPS]
+def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, trials: int) -> dict:
+    """``tvmq compile`` (the CLI, on directories of ``.npz`` feeds) into an artifact, then, in a fresh
+    process that loads it with ``tvmq.load``, its outputs on the evaluation feeds: the metric, the
+    share of conv / matmul layers in int8 and the report's latencies."""
+    work = WORK / model.name
+    calib_dir, eval_dir, out = _feed_dir(work / "calib", calib), _feed_dir(work / "eval", evaluation), work / "tvmq"
+    shapes = [f"--input-shape={n}:{','.join(map(str, s))}" for n, s in model.input_shapes.items() if s]
+    cmd = [sys.executable, "-m", "tvmq", "compile", str(path), "--calib", str(calib_dir), "--eval", str(eval_dir),
+           "--out", str(out), "--force", "--trials", str(trials), *shapes]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("tvmq:")]
+        raise RuntimeError((errors or ["tvmq compile failed"])[-1].removeprefix("tvmq: error: "))
+    seconds = round(time.perf_counter() - started, 1)
+    outputs = _artifact_outputs(out, eval_dir, work / "tvmq_outputs.npz")
+    report = json.loads((out / "report.json").read_text())
+    rows = [r for r in report["layers"] if r["op"] in LAYER_OPS]
     share = round(sum(r["precision"] == "int8" for r in rows) / len(rows), 3) if rows else None
-    return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share}
+    return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share,
+            "tvmq_compile_seconds": seconds, "tvmq_report_ms": report["latency_ms"]}
+
+
+def _feed_dir(folder: Path, feeds: list[dict]) -> Path:
+    """``feeds`` as ``folder/00000.npz`` ... (what ``--calib`` / ``--eval`` take)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.npz"):
+        old.unlink()
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"{i:05d}.npz", **feed)
+    return folder
+
+
+def _artifact_outputs(artifact: Path, eval_dir: Path, saved: Path) -> list[list[np.ndarray]]:
+    """Every evaluation feed's outputs from the artifact, computed in a fresh process."""
+    script = ("import sys, numpy as np, tvmq\n"
+              "m = tvmq.load(sys.argv[1])\n"
+              "feeds = sorted(__import__('pathlib').Path(sys.argv[2]).glob('*.npz'))\n"
+              "out = {}\n"
+              "for i, f in enumerate(feeds):\n"
+              "    r = m.run(dict(np.load(f)))\n"
+              "    for j, y in enumerate(r if isinstance(r, list) else [r]):\n"
+              "        out[f'{i}_{j}'] = y\n"
+              "np.savez(sys.argv[3], **out)\n")
+    subprocess.run([sys.executable, "-c", script, str(artifact), str(eval_dir), str(saved)], check=True,
+                   capture_output=True, text=True)
+    with np.load(saved) as data:
+        count = 1 + max(int(k.split("_")[0]) for k in data.files)
+        return [[data[f"{i}_{j}"] for j in range(sum(k.startswith(f"{i}_") for k in data.files))]
+                for i in range(count)]
 
 
 def _as_list(result) -> list[np.ndarray]:
@@ -254,6 +297,24 @@ def time_ort(path: Path, name: str, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def time_tvmq(artifact: Path, name: str, runs: int) -> float:
+    """Median ms of ``runs`` calls of the tvmq artifact (loaded with ``tvmq.load``) on the first
+    evaluation feed, after 10 warm-ups."""
+    import tvmq
+    from tvmq import zoo
+
+    feed = zoo.get(name).samples("eval")[0]
+    model = tvmq.load(artifact)
+    for _ in range(10):
+        model.run(feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.run(feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
 def load_rows() -> list[dict]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
@@ -279,8 +340,9 @@ def write(rows: list[dict], argv: str) -> None:
 def markdown(rows: list[dict]) -> str:
     """The coverage table: one line per model."""
     lines = ["| model | package | kind | inputs | notable ops | imports (fp32 max rel err) | int8 layers ORT / tvmq "
-             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 "
+             "| ms tvmq fp32 / int8 (report) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         inputs = ", ".join(f"{n} {d} {tuple(s)}" for n, (s, d) in r["inputs"].items())
         ms = r.get("latency_ms") or {}
@@ -292,8 +354,13 @@ def markdown(rows: list[dict]) -> str:
             _cell(r, "metric_ort_int8", "ort_int8_error", "{:.4f}"),
             _cell(r, "metric_ort_int8_layers_only", "ort_int8_layers_only_error", "{:.4f}"),
             _fmt(ms.get("ort_fp32"), "{:.2f}"), _fmt(ms.get("ort_int8"), "{:.2f}"), _fmt(ms.get("tvmq_int8"), "{:.2f}"),
+            _report_ms(r.get("tvmq_report_ms")),
         ]) + " |")
     return "\n".join(lines)
+
+
+def _report_ms(ms: dict | None) -> str:
+    return "-" if not ms else f"{ms['fp32']:.2f} / {ms['int8']:.2f}"
 
 
 def _cell(row: dict, key: str, error: str, fmt: str) -> str:

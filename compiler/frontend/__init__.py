@@ -21,6 +21,7 @@ from ..errors import TvmqError
 from ..resources import check_model_fits
 from .fold import fold_constants
 from .importer import import_onnx, unsupported_operator
+from .merge_pads import merge_pads
 from .names import float_tensors, name_tensors, with_probes
 from .reader import read_model
 from .shapes import (BATCH_DIM, MAX_ELEMENTS, InputSpec, check_inferred_shapes, infer_shapes, input_specs,
@@ -103,7 +104,7 @@ def _static_graph(model: onnx.ModelProto, specs: list[InputSpec], name: str, bat
     check_inferred_shapes(shaped)
     check_model_fits(shaped, name, batch_size)
     start = time.perf_counter()
-    folded = infer_shapes(fold_constants(shaped, free_batch))
+    folded = infer_shapes(merge_pads(fold_constants(shaped, free_batch)))
     check_inferred_shapes(folded)
     logger.debug("%s: %d nodes, %d after folding constant subgraphs (%.2f s)", name, len(shaped.graph.node),
                  len(folded.graph.node), time.perf_counter() - start)

@@ -7,7 +7,7 @@ static ``input_shapes``, calibration / evaluation feed dicts (:meth:`ZooModel.sa
 its task metric (:meth:`ZooModel.metric`). ``bench/coverage.py`` runs them all.
 
 The older tuple-returning fetchers (:func:`mtcnn_rnet`, :func:`mtcnn_onet`, :func:`open_nsfw`)
-and the exact rewrites (:func:`fold_constants`, :func:`merge_pads`) stay importable from here.
+stay importable from here. Models load as shipped: the frontend folds their shape arithmetic.
 """
 
 # Importing a model's module registers it; this order is the order of MODELS and of the tables.
@@ -18,9 +18,8 @@ from .fetch import _fetch_members, _read_tar_members, cached_member, cached_memb
 from .images import resize_bilinear
 from .mtcnn import MTCNN_BATCH, MTCNN_INPUTS, MTCNN_SIZES, lfw_face_labels, mtcnn_inputs, mtcnn_onet, mtcnn_rnet
 from .registry import KINDS, MODELS, SPLITS, ZooModel, get, register
-from .rewrite import fold_constants, merge_pads
 
 __all__ = ["KINDS", "MODELS", "SPLITS", "ZooModel", "get", "register", "zoo_dir", "cached_member",
-           "cached_members", "fold_constants", "merge_pads", "mtcnn_rnet", "mtcnn_onet", "open_nsfw",
+           "cached_members", "mtcnn_rnet", "mtcnn_onet", "open_nsfw",
            "lfw_face_labels", "mtcnn_inputs", "resize_bilinear", "MTCNN_SIZES", "MTCNN_INPUTS", "MTCNN_BATCH",
            "NSFW_IMAGES", "_fetch_members", "_read_tar_members"]

