@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvmq.passes.graph import constant_value, op_name, prim_float, with_main
+from tvmq.passes.graph import constant_value, dataflow_bindings, op_name, prim_float, with_main
 
 from . import x86_depthwise, x86_fp32, x86_int8
 
@@ -35,6 +35,14 @@ from . import x86_depthwise, x86_fp32, x86_int8
 # conv2d goes NHWC / OHWI; conv2d_transpose stays NCHW / IOHW, the only layout TVM 0.27 lowers it in
 # (left alone, ConvertLayout hands it NHWC and the build fails in VM codegen: PP-OCR's detector).
 DESIRED_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
+def _convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
+    """NHWC convs, when there are any: TVM 0.27's ConvertLayout fails on some graphs without one
+    (MiniLM: ``Invalid SLayout: can't find S in source layout ABC``), and then has nothing to do."""
+    if not any(op_name(b.value) == "relax.nn.conv2d" for b in dataflow_bindings(mod["main"])):
+        return mod
+    return relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeForX86")
@@ -45,7 +53,7 @@ class LegalizeForX86:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
         mod = with_main(mod, _QdqAsElementwise(mod).visit_expr(mod["main"]))
-        mod = relax.transform.ConvertLayout(DESIRED_LAYOUTS)(mod)
+        mod = _convert_layout(mod)
         mod = relax.transform.EliminateCommonSubexpr()(relax.transform.FoldConstant()(mod))  # one transpose per input
         packer = _Packer(mod, self.lanes)
         main = packer.visit_expr(mod["main"])
