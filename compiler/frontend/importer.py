@@ -20,6 +20,8 @@ registry passes TVM's unsupported-operator check.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Callable
 
 import numpy as np
@@ -133,7 +135,9 @@ def import_onnx(model: onnx.ModelProto):
     from tvm import relax
 
     try:
-        mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph, onnx_opset(model))
+        with contextlib.redirect_stdout(io.StringIO()):  # TVM prints "Error converting operator ..." before raising
+            mod = _importer_class()(None, "float32", keep_params_in_input=False).from_onnx(model.graph,
+                                                                                           onnx_opset(model))
     except TvmqError:
         raise  # a converter of ours refusing a node, in its own words
     except Exception as err:
