@@ -86,7 +86,7 @@ def saved_rows(directory: Path, batch: int) -> dict[str, list[dict]]:
     from tvmq.profile import in_run_rows, kernel_rows, zero_input_args
 
     library, params, shape = load_saved(directory, batch)
-    args = zero_input_args(params, shape)
+    args = zero_input_args(params, [(shape, "float32")])
     return {"cached": kernel_rows(library, args, repeat=20), "cold": kernel_rows(library, args, repeat=20, cold=True),
             "in_run": in_run_rows(library, args, runs=30)}
 

@@ -98,13 +98,10 @@ def profile(executable, params: dict, inputs, repeat: int = REPEAT) -> list[dict
 def zero_input_args(params: dict, inputs) -> list:
     """``main``'s arguments: a zero array per input, then ``params``.
 
-    ``inputs`` is a list of ``(shape, dtype)``, one per model input; a bare shape means one
-    float32 input.
+    ``inputs`` is a list of ``(shape, dtype)``, one per model input.
     """
     import tvm
 
-    if not inputs or isinstance(inputs[0], int):
-        inputs = [(tuple(inputs), "float32")]
     zeros = [tvm.runtime.tensor(np.zeros(shape, dtype)) for shape, dtype in inputs]
     return zeros + [tvm.runtime.tensor(v) for v in params.values()]
 

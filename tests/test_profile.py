@@ -34,8 +34,8 @@ def test_each_kernel_call_is_timed_and_twin_layers_count_as_two_calls(tmp_path, 
 def test_a_bigger_layer_measures_slower_and_the_sum_is_near_the_whole_run(tmp_path):
     small, params_small = _built(onnx_models.conv_chain(channels=8), tmp_path, batch=1)
     large, params_large = _built(onnx_models.conv_chain(channels=32), tmp_path, batch=8)
-    small_rows = profile.profile(small, params_small, (1, 8, 12, 12))
-    large_rows = profile.profile(large, params_large, (8, 32, 12, 12))
+    small_rows = profile.profile(small, params_small, [((1, 8, 12, 12), "float32")])
+    large_rows = profile.profile(large, params_large, [((8, 32, 12, 12), "float32")])
     assert profile.total_us(large_rows) > 4 * profile.total_us(small_rows)
 
     vm = virtual_machine(large)
