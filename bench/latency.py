@@ -1,12 +1,20 @@
 """Latency, side by side in one run: ONNX Runtime fp32 / int8 vs tvmq fp32 / int8 (both tuned).
 
-    .venv/bin/python bench/latency.py                                  # all models, batch 1 and 8
+    .venv/bin/python bench/latency.py                                  # the shape models, batch 1 and 8
     .venv/bin/python bench/latency.py --models mobilenet_v2_224 --batches 1 --trials 512
+    .venv/bin/python bench/latency.py --models zoo:orientation --trials 600     # a real zoo model
+    .venv/bin/python bench/latency.py --models path/to/model.onnx --calib feeds/ --trials 600
+
+A model is a shape model of ``bench/shapes.py`` (random calibration images), ``zoo:NAME`` (a
+:data:`tvmq.zoo.MODELS` entry with its real calibration feeds; batch 1) or an ONNX path with
+``--calib`` (anything ``tvmq.data.load_data`` reads, up to 32 samples; batch 1). Every engine
+runs on the same feed: the first calibration sample (integer inputs such as token ids stay
+valid).
 
 For each model and batch: tvmq compiles (MetaSchedule, ``--trials`` per module, a database per
 model and batch under ``bench/work/tuning``) and keeps its fp32 and int8 modules; ONNX
 Runtime's int8 model is ``quantize_static`` (QDQ, per channel, uint8 activations, int8 weights)
-on the same calibration data. Every engine is then timed in a fresh process of its own (2
+on the same calibration feeds. Every engine is then timed in a fresh process of its own (2
 threads; after run, TVM's and ONNX Runtime's thread pools keep spinning, so engines never share
 a process), ``--rounds`` rounds with the engine order rotated each round; each process reports
 the median of ``--runs`` runs after warm-up, and the table shows the median over rounds.
@@ -27,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +49,26 @@ THREADS = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2_224", "resnet50_224", "mnist_cnn",
-                                                         "mnist_mobilenet"])
+                                                         "mnist_mobilenet"],
+                        help="shape models, zoo:NAME, or ONNX paths (with --calib)")
+    parser.add_argument("--calib", help="calibration data for ONNX paths (.npy / .npz / directory of .npz feeds)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--trials", type=int, default=256, help="MetaSchedule trials per module (fp32, int8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--child", nargs=3, metavar=("ENGINE", "DIR", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        engine, directory, batch = args.child
-        print(json.dumps({"ms": time_engine(engine, Path(directory), int(batch), args.runs)}))
+        engine, directory = args.child
+        print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs)}))
         return
     out = HERE / "results" / f"{cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
     rows = []
     for name in args.models:
-        for batch in [b for b in args.batches if b == 1 or not _static_batch(name)]:
-            rows.append(measure(name, batch, args))
+        model = load_model(name, args.calib)
+        for batch in [b for b in args.batches if b == 1 or model.free_batch]:
+            rows.append(measure(model, batch, args))
             _write(out, rows)
     print_table(rows)
     print(f"\nwrote {out.relative_to(HERE.parent)}")
@@ -72,52 +84,103 @@ def _write(out: Path, rows: list[dict]) -> None:
     tmp.replace(out)
 
 
-def measure(name: str, batch: int, args) -> dict:
+@dataclass
+class Model:
+    """A benchmark model: its name in the results, ONNX path, calibration feeds (one sample each,
+    keyed by input name) and whether its batch dimension is free (only then is batch 8 run)."""
+
+    name: str
+    path: str
+    calib: list[dict]
+    free_batch: bool
+
+    def feed(self, batch: int) -> dict:
+        """The first ``batch`` calibration samples stacked: the one input every engine runs on."""
+        return {n: np.concatenate([f[n] for f in self.calib[:batch]]) if batch > 1 else self.calib[0][n]
+                for n in self.calib[0]}
+
+
+def measure(model: Model, batch: int, args) -> dict:
     """Compile with tvmq and ONNX Runtime, then time the four engines in rotated rounds."""
-    directory = WORK / f"{name}-b{batch}"
-    model, calib = load_model(name)
-    tuning = compile_tvmq(name, model, calib, batch, args.trials, directory)
-    quantize_ort(model, calib, directory / "ort_int8.onnx")
-    (directory / "ort_fp32.onnx").write_bytes(Path(model).read_bytes())
+    directory = WORK / f"{_slug(model.name)}-b{batch}"
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "feed.npz", **model.feed(batch))
+    tuning = compile_tvmq(model, batch, args.trials, directory)
+    quantize_ort(model, directory / "ort_int8.onnx")
+    (directory / "ort_fp32.onnx").write_bytes(Path(model.path).read_bytes())
     rounds = {engine: [] for engine in ENGINES}
     for r in range(args.rounds):
         for engine in ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]:
             time.sleep(0.5)
-            rounds[engine].append(child_time(engine, directory, batch, args.runs))
-    row = {"model": name, "batch": batch, "cpu_flags": _int8_flags(),
+            rounds[engine].append(child_time(engine, directory, args.runs))
+    row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
-           "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"]}
-    print(f"{name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in ENGINES), flush=True)
+           "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
+    print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in ENGINES), flush=True)
     return row
 
 
-def load_model(name: str) -> tuple[str, np.ndarray]:
-    """The ONNX path and 32 calibration samples of a benchmark model."""
-    from tvmq import assets
+def load_model(name: str, calib: str | None = None) -> Model:
+    """A benchmark model by name (a shape model, ``zoo:NAME``) or ONNX path, with up to 32 calibration samples."""
+    if name.startswith("zoo:"):
+        from tvmq import zoo
 
+        entry = zoo.get(name.removeprefix("zoo:"))
+        return Model(name, str(entry.fetch()), entry.samples("calib")[:32], False)
+    if name.endswith(".onnx"):
+        if calib is None:
+            raise SystemExit(f"{name}: an ONNX path needs --calib")
+        return Model(Path(name).stem, name, _feeds(name, calib), False)
     if name in ("mnist_cnn", "mnist_mobilenet"):
-        bundled, calib, _ = assets.bundled_mnist()
+        from tvmq import assets
+
+        bundled, data, _ = assets.bundled_mnist()
         path = bundled if name == "mnist_cnn" else HERE.parent / "models" / "mnist_mobilenet.onnx"
-        with np.load(calib) as data:
-            return str(path), data["x"][::31][:32]
+        with np.load(data) as archive:
+            return Model(name, str(path), _split(str(path), archive["x"][::31][:32]), False)
     import shapes
 
     path = WORK / f"{name}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(shapes.MODELS[name]().SerializeToString())
-    rng = np.random.default_rng(0)
-    return str(path), rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
+    images = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+    return Model(name, str(path), _split(str(path), images), True)
 
 
-def compile_tvmq(name: str, model: str, calib: np.ndarray, batch: int, trials: int, directory: Path) -> dict:
+def _split(path: str, images: np.ndarray) -> list[dict]:
+    """One feed per image, for a single-input model."""
+    import onnx
+
+    (name,) = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    return [{name: images[i:i + 1]} for i in range(len(images))]
+
+
+def _feeds(path: str, calib: str) -> list[dict]:
+    """Up to 32 single-sample feeds of ``calib``, read as ``tvmq compile --calib`` reads it."""
+    import onnx
+
+    from tvmq.data import load_data
+    from tvmq.frontend.shapes import declared_specs
+
+    specs = declared_specs(onnx.load(path, load_external_data=False))
+    feeds = []
+    for data in load_data(calib, specs, "calibration"):
+        take = (lambda v, i: v[i]) if data.stacked else (lambda v, i: v[i:i + 1])
+        feeds += [{n: take(v, i) for n, v in data.feeds().items()} for i in range(len(data))]
+    return feeds[:32]
+
+
+def compile_tvmq(model: Model, batch: int, trials: int, directory: Path) -> dict:
     """Tune and build both modules; save them where the timing processes load them."""
     import tvmq
 
-    config = tvmq.Config(trials=trials, deploy_batch=batch, latency_runs=1,
-                         tuning_db=WORK / "tuning" / f"{name}-b{batch}")
+    shapes = {n: list(a.shape) for n, a in model.feed(batch).items()}
+    config = tvmq.Config(trials=trials, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
+                         tuning_db=WORK / "tuning" / f"{_slug(model.name)}-b{batch}")
     start = time.perf_counter()
-    compiled = tvmq.compile(model, calib, config=config)
+    compiled = tvmq.compile(model.path, model.calib, config=config)
     seconds = round(time.perf_counter() - start, 1)
     compiled.save(directory / "tvmq_int8", force=True)
     executable, params = compiled.baseline
@@ -125,38 +188,37 @@ def compile_tvmq(name: str, model: str, calib: np.ndarray, batch: int, trials: i
     executable.export_library(str(directory / "tvmq_fp32" / "model.so"))
     np.savez(directory / "tvmq_fp32" / "params.npz", **params)
     (directory / "tvmq_fp32" / "params.json").write_text(json.dumps(list(params)))
-    return {"seconds": seconds, "summary": compiled.report["tuning"]}
+    return {"seconds": seconds, "summary": compiled.report["tuning"],
+            "choice": compiled.report.get("artifact_choice")}
 
 
-def quantize_ort(model: str, calib: np.ndarray, out: Path) -> None:
+def quantize_ort(model: Model, out: Path) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    import onnxruntime as ort
-
-    input_name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.samples = iter([{input_name: calib[i:i + 1]} for i in range(len(calib))])
+            self.samples = iter(model.calib)
 
         def get_next(self):
             return next(self.samples, None)
 
-    quantize_static(model, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(model.path, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def child_time(engine: str, directory: Path, batch: int, runs: int) -> float:
+def child_time(engine: str, directory: Path, runs: int) -> float:
     env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
-    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--child", engine, str(directory),
-                          str(batch)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--child", engine, str(directory)],
+                         capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
-def time_engine(engine: str, directory: Path, batch: int, runs: int) -> float:
+def time_engine(engine: str, directory: Path, runs: int) -> float:
     """Median milliseconds of ``runs`` calls after 10 warm-up calls, in this (fresh) process."""
-    run = _ort_runner(directory / f"{engine}.onnx", batch) if engine.startswith("ort") \
-        else _tvm_runner(directory / engine, batch)
+    with np.load(directory / "feed.npz") as archive:
+        feed = dict(archive)
+    run = _ort_runner(directory / f"{engine}.onnx", feed) if engine.startswith("ort") \
+        else _tvm_runner(directory / engine, feed)
     for _ in range(10):
         run()
     times = []
@@ -167,58 +229,44 @@ def time_engine(engine: str, directory: Path, batch: int, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _ort_runner(path: Path, batch: int):
+def _ort_runner(path: Path, feed: dict):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    spec = session.get_inputs()[0]
-    shape = [batch if not isinstance(d, int) else d for d in spec.shape]
-    feed = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     return lambda: session.run(None, feed)
 
 
-def _tvm_runner(directory: Path, batch: int):
+def _tvm_runner(directory: Path, feed: dict):
+    """A call of the saved module's ``main`` on tensors made once (the VM call alone is timed)."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    library, params, shape = load_saved(directory, batch)
+    library, params, inputs = load_saved(directory)
     vm = VirtualMachine(library, tvm.cpu())
-    params = [tvm.runtime.tensor(v) for v in params.values()]
-    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"])) for i in inputs] + \
+        [tvm.runtime.tensor(v) for v in params.values()]
     main = vm["main"]
-    return lambda: main(x, *params)
+    return lambda: main(*args)
 
 
-def load_saved(directory: Path, batch: int) -> tuple:
+def load_saved(directory: Path) -> tuple:
     """A module ``compile_tvmq`` saved: its library, its params by name in ``main``'s order, its
-    input shape (an fp32 module, saved without a manifest, takes the int8 one's at ``batch``)."""
+    inputs (``{"name", "shape", "dtype"}``; an fp32 module, saved without a manifest, takes the
+    int8 one's)."""
     import tvm
 
-    if (directory / "manifest.json").exists():
-        manifest = json.loads((directory / "manifest.json").read_text())
-        names, shape = manifest["params"], manifest["inputs"][0]["shape"]
-    else:
-        names = json.loads((directory / "params.json").read_text())
-        shape = [batch, *_input_shape(directory.parent)[1:]]
+    manifest = json.loads((directory.parent / "tvmq_int8" / "manifest.json").read_text())
+    names = manifest["params"] if directory.name == "tvmq_int8" \
+        else json.loads((directory / "params.json").read_text())
     with np.load(directory / "params.npz") as archive:
         params = {n: archive[n] for n in names}
-    return tvm.runtime.load_module(str(directory / "model.so")), params, shape
+    return tvm.runtime.load_module(str(directory / "model.so")), params, manifest["inputs"]
 
 
-def _input_shape(directory: Path) -> list[int]:
-    manifest = json.loads((directory / "tvmq_int8" / "manifest.json").read_text())
-    return manifest["inputs"][0]["shape"]
-
-
-def _static_batch(name: str) -> bool:
-    """The bundled models fix their batch at 1 in the ONNX graph."""
-    import onnx
-
-    path, _ = load_model(name)
-    dim = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.HasField("dim_value")
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -50,7 +50,7 @@ def main() -> None:
     ort = {kind: us for kind, (us, _) in profiles.items()}
     by_op = ort_by_op(*profiles["int8"])
     rows = layer_rows(report, ort, layer_macs(directory / "ort_fp32.onnx", args.batch))
-    saved = {m: saved_rows(directory / f"tvmq_{m}", args.batch) for m in ("fp32", "int8")}
+    saved = {m: saved_rows(directory / f"tvmq_{m}") for m in ("fp32", "int8")}
     totals = {"ort_fp32_us": sum(ort["fp32"].values()), "ort_int8_us": sum(ort["int8"].values()),
               **{f"tvmq_{m}_us": total_us(report["kernel_profile"][m]) for m in ("fp32", "int8")},
               **{f"tvmq_{m}_{how}_us": total_us(saved[m][how]) for m in ("fp32", "int8")
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"\nwrote {out.relative_to(HERE.parent)}")
 
 
-def saved_rows(directory: Path, batch: int) -> dict[str, list[dict]]:
+def saved_rows(directory: Path) -> dict[str, list[dict]]:
     """A saved tvmq module's kernel rows timed three ways (``tvmq.profile``): ``cached``, each
     kernel re-run on its arguments; ``cold``, each after flushing its weights and outputs from
     the cache (weights from memory); ``in_run``, each call where it runs in whole runs (the
@@ -85,8 +85,8 @@ def saved_rows(directory: Path, batch: int) -> dict[str, list[dict]]:
 
     from tvmq.profile import in_run_rows, kernel_rows, zero_input_args
 
-    library, params, shape = load_saved(directory, batch)
-    args = zero_input_args(params, [(shape, "float32")])
+    library, params, inputs = load_saved(directory)
+    args = zero_input_args(params, [(i["shape"], i["dtype"]) for i in inputs])
     return {"cached": kernel_rows(library, args, repeat=20), "cold": kernel_rows(library, args, repeat=20, cold=True),
             "in_run": in_run_rows(library, args, runs=30)}
 
