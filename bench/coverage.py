@@ -198,12 +198,13 @@ def tvmq_import(model, path: Path, feed: dict, reference: list[np.ndarray]) -> d
 
     from tvmq.api import prepare_fp32
     from tvmq.build import build, virtual_machine
+    from tvmq.data import c_contiguous
     from tvmq.frontend import load_model
     from tvmq.targets import get_target
 
     imported = load_model(path, model.input_shapes, 1)
     vm = virtual_machine(build(prepare_fp32(imported.mod), get_target("host")))
-    result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feed[s.name])) for s in imported.inputs])
+    result = vm["main"](*[tvm.runtime.tensor(c_contiguous(feed[s.name])) for s in imported.inputs])
     got = [result.numpy()] if hasattr(result, "numpy") else [result[i].numpy() for i in range(len(imported.outputs))]
     return {"import_max_rel_err": max(rel_err(g, r) for g, r in zip(got, reference))}
 
