@@ -232,3 +232,26 @@ def test_a_spliced_branch_keeps_its_unique_names():
     assert {"st", "y", "z", "h"} <= produced
     assert sum(name == "t" or name.startswith("t__") for name in produced) == 2
     onnx.checker.check_model(graph)
+
+
+def test_a_scalar_input_stays_0d_through_calibration_and_the_runtime(tmp_path):
+    """Silero's ``sr``: a 0-d int64 feed, stacked one run a feed, must reach ``main`` as 0-d."""
+    import tvmq
+    from tvmq.data import load_data
+    from tvmq.runtime import input_arrays
+
+    path = onnx_models.save(rate_condition(), tmp_path / "rate.onnx")
+    feeds = [{"x": RNG.standard_normal((1, 32)).astype(np.float32), "sr": np.array(16000, np.int64)}
+             for _ in range(8)]
+    imported = load_model(path, {"x": (1, 32)})
+    (data,) = load_data(feeds, imported.inputs, "calibration", batched=False)
+    for feed, _ in data.batches(4):
+        assert feed["sr"].shape == () and feed["x"].shape == (1, 32)
+    specs = [{"name": "x", "shape": [1, 32], "dtype": "float32"}, {"name": "sr", "shape": [], "dtype": "int64"}]
+    assert [a.shape for a in input_arrays((feeds[0],), specs)] == [(1, 32), ()]
+    compiled = tvmq.compile(path, feeds, config=tvmq.Config(input_shapes={"x": (1, 32)}, latency_runs=1))
+    compiled.save(tmp_path / "artifact")
+    want = ort.InferenceSession(path).run(None, feeds[0])[0]
+    for got in (compiled.run(feeds[0]), tvmq.load(tmp_path / "artifact").run(feeds[0])):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))

@@ -37,6 +37,15 @@ MAX_ROUNDS = 256  # more rounds than any real model has nested Ifs: a cycle woul
 BRANCHES = ("then_branch", "else_branch")
 
 
+class BranchError(TvmqError):
+    """No branch of an If runs on the fixed shapes; ``cause`` is the innermost error (a nested If's
+    reason, not the whole chain of Ifs above it)."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
 def has_branches(model: onnx.ModelProto) -> bool:
     """Whether the graph holds an ``If`` (whose branches strict shape inference may refuse)."""
     return any(node.op_type == "If" for node in model.graph.node)
@@ -100,10 +109,11 @@ def _resolve_input_dependent(model: onnx.ModelProto, node: onnx.NodeProto, free_
         try:
             shapes[which] = _output_types(_only(model, node, which), node, free_batch)
         except TvmqError as err:
-            failures[which] = str(err)
+            failures[which] = getattr(err, "cause", str(err))
     if not shapes:
-        raise TvmqError(f"If node {name!r}: neither branch runs on the fixed input shapes "
-                        f"(then: {failures['then_branch']}; else: {failures['else_branch']})")
+        then, other = failures["then_branch"], failures["else_branch"]
+        why = then if then == other else f"then: {then}; else: {other}"
+        raise BranchError(f"If node {name!r}: neither branch runs on the fixed input shapes ({why})", then)
     if len(shapes) == 1:
         (which,), (other,) = shapes, failures
         logger.warning("If node %r: its condition depends on the inputs, but only its %s runs on the fixed "

@@ -7,7 +7,8 @@ take; audio models (Silero VAD's STFT and encoder) are all 1-D convs. Each one b
 
 with the weight ``[K,C/g,k]`` stored as ``[K,C/g,1,k]`` (a new initializer, or an ``Unsqueeze``
 when the weight is computed), pads ``[a,b]`` as ``[0,a,0,b]``, strides / dilations ``[s]`` as
-``[1,s]`` (``output_padding`` / ``output_shape`` likewise for ``ConvTranspose``). Every output
+``[1,s]`` (``ConvTranspose``'s ``output_shape`` ``[L]`` as ``[1,L]``, its ``output_padding`` ``[p]`` as
+``[0,p]``). Every output
 of height 1 computes the same sums in the same order, and the squeezed output keeps the
 conv's ONNX name (the 2-D conv's output is ``NAME/2d``, its node keeps the conv's name).
 """
@@ -23,7 +24,8 @@ from onnx import helper, numpy_helper
 logger = logging.getLogger(__name__)
 
 CONVS = ("Conv", "ConvTranspose")
-AS_PAIR = ("strides", "dilations", "output_padding")  # [s] -> [1, s]
+LEADING_ONE = ("kernel_shape", "strides", "dilations", "output_shape")  # [s] -> [1, s]
+LEADING_ZERO = ("output_padding",)  # [p] -> [0, p]
 
 
 def conv1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -79,14 +81,12 @@ def _attributes_2d(node: onnx.NodeProto) -> list:
     out = []
     for attr in node.attribute:
         value = helper.get_attribute_value(attr)
-        if attr.name == "kernel_shape":
+        if attr.name in LEADING_ONE:
             value = [1, *value]
-        elif attr.name in AS_PAIR:
-            value = [1, *value]
+        elif attr.name in LEADING_ZERO:
+            value = [0, *value]
         elif attr.name == "pads":
             value = [0, value[0], 0, value[1]]
-        elif attr.name == "output_shape":
-            value = [1, *value]
         out.append(helper.make_attribute(attr.name, value))
     return out
 
