@@ -234,7 +234,8 @@ def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refe
     seconds = round(time.perf_counter() - started, 1)
     outputs = _artifact_outputs(out, eval_dir, work / "tvmq_outputs.npz")
     report = json.loads((out / "report.json").read_text())
-    rows = [r for r in report["layers"] if r["op"] in COUNTED_LAYERS]
+    # one row per layer: the report lists a node once per output it computes (an LSTM's Y, Y_h, Y_c)
+    rows = list({r["name"]: r for r in report["layers"] if r["op"] in COUNTED_LAYERS}.values())
     share = round(sum(r["precision"] == "int8" for r in rows) / len(rows), 3) if rows else None
     return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share,
             "tvmq_compile_seconds": seconds, "tvmq_report_ms": report["latency_ms"]}
