@@ -63,7 +63,7 @@ def inline_branches(model: onnx.ModelProto, free_batch: bool = False) -> onnx.Mo
         if not branches:
             return model
         constants = {init.name: init for init in model.graph.initializer}
-        chosen = {node.name or node.output[0]: _constant_condition(node, constants) for node in branches}
+        chosen = {node.output[0]: _constant_condition(node, constants) for node in branches}
         if any(value is not None for value in chosen.values()):
             model = _splice_constant(model, chosen)
         else:
@@ -84,10 +84,10 @@ def _constant_condition(node: onnx.NodeProto, constants: dict) -> bool | None:
 def _splice_constant(model: onnx.ModelProto, chosen: dict[str, bool | None]) -> onnx.ModelProto:
     """Every If whose condition is constant replaced by the branch it selects."""
     out = _copy(model)
-    taken = _names_outside(out.graph, lambda n: n.op_type == "If" and chosen.get(n.name or n.output[0]) is not None)
+    taken = _names_outside(out.graph, lambda n: n.op_type == "If" and chosen.get(n.output[0]) is not None)
     nodes, inits = [], []
     for node in out.graph.node:
-        value = chosen.get(node.name or node.output[0]) if node.op_type == "If" else None
+        value = chosen.get(node.output[0]) if node.op_type == "If" else None
         if value is None:
             nodes.append(node)
             continue
@@ -104,10 +104,11 @@ def _resolve_input_dependent(model: onnx.ModelProto, node: onnx.NodeProto, free_
     """``node`` (its condition computed from the inputs) as both branches and ``Where``, or as the one
     branch that runs on the fixed shapes."""
     name = node.name or node.output[0]
-    shapes, failures = {}, {}
+    resolved, shapes, failures = {}, {}, {}
     for which in BRANCHES:
         try:
-            shapes[which] = _output_types(_only(model, node, which), node, free_batch)
+            resolved[which] = _resolved(_only(model, node, which), free_batch)
+            shapes[which] = _output_types(resolved[which], node)
         except TvmqError as err:
             failures[which] = getattr(err, "cause", str(err))
     if not shapes:
@@ -119,7 +120,7 @@ def _resolve_input_dependent(model: onnx.ModelProto, node: onnx.NodeProto, free_
         logger.warning("If node %r: its condition depends on the inputs, but only its %s runs on the fixed "
                        "input shapes (the %s fails: %s); compiling the %s alone", name, which, other,
                        failures[other], which)
-        return _only(model, node, which)
+        return resolved[which]
     if shapes["then_branch"] != shapes["else_branch"]:
         raise TvmqError(f"If node {name!r}: its condition depends on the inputs and its branches give outputs "
                         f"of different shapes or types ({_describe(shapes['then_branch'])} vs "
@@ -176,20 +177,24 @@ def _scalar_condition(node: onnx.NodeProto, taken: set, nodes: list, inits: list
     return scalar
 
 
-def _output_types(model: onnx.ModelProto, node: onnx.NodeProto, free_batch: bool) -> list[tuple]:
-    """``(elem type, dims)`` of the If's outputs once ``model`` (one branch spliced) is fully resolved;
-    TvmqError if that branch cannot run on the fixed shapes."""
+def _resolved(model: onnx.ModelProto, free_batch: bool) -> onnx.ModelProto:
+    """``model`` (one branch of an If spliced) with its other Ifs inlined, strictly shape-inferred;
+    TvmqError if it does not run on the fixed shapes."""
     resolved = infer_shapes(inline_branches(infer_shapes(model, strict=False), free_batch))
     check_inferred_shapes(resolved)
-    values = {v.name: v for v in list(resolved.graph.value_info) + list(resolved.graph.output)}
-    types = []
-    for name in node.output:
-        if name not in values:
-            raise TvmqError(f"shape inference gives no type for {name!r}")
-        tensor = values[name].type.tensor_type
-        types.append((tensor.elem_type, tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
-                                               for d in tensor.shape.dim)))
-    return types
+    return resolved
+
+
+def _output_types(model: onnx.ModelProto, node: onnx.NodeProto) -> list[tuple]:
+    """``(elem type, dims)`` of the If's outputs in the resolved ``model`` (folded ones included)."""
+    values = {v.name: (v.type.tensor_type.elem_type, tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                                                          for d in v.type.tensor_type.shape.dim))
+              for v in list(model.graph.value_info) + list(model.graph.output)}
+    values.update({init.name: (init.data_type, tuple(init.dims)) for init in model.graph.initializer})
+    missing = [name for name in node.output if name not in values]
+    if missing:
+        raise TvmqError(f"shape inference gives no type for {missing[0]!r}")
+    return [values[name] for name in node.output]
 
 
 def _describe(types: list[tuple]) -> str:
