@@ -255,3 +255,18 @@ def test_a_scalar_input_stays_0d_through_calibration_and_the_runtime(tmp_path):
     for got in (compiled.run(feeds[0]), tvmq.load(tmp_path / "artifact").run(feeds[0])):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))
+
+
+def test_both_branches_and_where_compile_to_int8(tmp_path):
+    """The Where that selects the branch takes the bool input's value in the int8 module too."""
+    import tvmq
+
+    path = onnx_models.save(value_condition(), tmp_path / "value.onnx")
+    feeds = [{"x": RNG.standard_normal((1, 6)).astype(np.float32), "flag": np.array(i % 2 == 0)} for i in range(16)]
+    compiled = tvmq.compile(path, feeds, config=tvmq.Config(latency_runs=1))
+    assert {r["name"]: r["precision"] for r in compiled.report["layers"] if r["op"] == "Gemm"} == \
+        {"fc1": "int8", "fc2": "int8"}
+    session = ort.InferenceSession(path)
+    for feed in feeds[:2]:  # one of each flag
+        want = session.run(None, feed)[0]
+        np.testing.assert_allclose(compiled.run(feed), want, rtol=0.1, atol=0.05 * float(np.abs(want).max()))
