@@ -70,11 +70,18 @@ class Dataset:
         if self.stacked:
             for i in range(len(self)):
                 labels = None if self.y is None else self.y[i:i + 1]
-                yield {k: np.ascontiguousarray(v[i]) for k, v in self.feeds().items()}, labels
+                yield {k: c_contiguous(v[i]) for k, v in self.feeds().items()}, labels
             return
         for start in range(0, len(self), size):
             labels = None if self.y is None else self.y[start:start + size]
-            yield {k: np.ascontiguousarray(v[start:start + size]) for k, v in self.feeds().items()}, labels
+            yield {k: c_contiguous(v[start:start + size]) for k, v in self.feeds().items()}, labels
+
+
+def c_contiguous(x) -> np.ndarray:
+    """``x`` as a C-contiguous array of the same shape: a 0-d input (a sample rate) stays 0-d, where
+    ``np.ascontiguousarray`` would make it 1-d."""
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")
 
 
 def load_data(value, specs: list[InputSpec], role: str, batched: bool = True) -> list[Dataset]:

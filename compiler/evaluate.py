@@ -15,11 +15,17 @@ class Comparison:
 
     SQNR of a tensor is ``10 log10(sum(ref^2) / sum((ref - int8)^2))`` over all samples: the
     error the int8 module has accumulated up to that tensor.
+
+    Output cosine is the mean over samples of ``cos(ref_i, int8_i)``, each sample's output
+    flattened (a row of a batch; a whole run's output when feeds are stacked, one run each).
+    Where every sample's output is a single value (a speech probability), a per-sample cosine
+    is its sign and always 1; the cosine is then taken over the vector of all samples' values.
     """
 
     def __init__(self):
         self.signal, self.noise = defaultdict(float), defaultdict(float)
-        self.counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0}
+        self.counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0, "dot": 0.0,
+                       "ref_sq": 0.0, "int8_sq": 0.0, "values": 0}
         self.labelled = True
 
     def add(self, fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> None:
@@ -28,7 +34,7 @@ class Comparison:
         fp32_runs = run_batches(fp32_vm, data, batch, batch_size, "evaluate fp32 vs int8", labels=True)
         int8_runs = run_batches(int8_vm, data, batch, batch_size, None)
         for (ref, labels), quant in zip(fp32_runs, int8_runs):
-            _accumulate_outputs(self.counts, ref[0], quant[0], labels)
+            _accumulate_outputs(self.counts, ref[0], quant[0], labels, data.stacked)
             for name, r, q in zip(names, ref[1:], quant[1:]):
                 self.signal[name] += float(np.square(r, dtype=np.float64).sum())
                 self.noise[name] += float(np.square(r.astype(np.float64) - q).sum())
@@ -39,10 +45,17 @@ class Comparison:
             "fp32_top1": self.counts["fp32_hit"] / n if self.labelled else None,
             "int8_top1": self.counts["int8_hit"] / n if self.labelled else None,
             "top1_agreement": self.counts["agree"] / n,
-            "output_cosine": self.counts["cosine"] / n,
+            "output_cosine": self._cosine(),
             "num_samples": n,
         }
         return {"accuracy": accuracy, "sqnr_db": {k: _sqnr_db(self.signal[k], self.noise[k]) for k in self.signal}}
+
+
+    def _cosine(self) -> float:
+        counts = self.counts
+        if counts["values"] > counts["n"]:  # several values per sample
+            return counts["cosine"] / counts["n"]
+        return counts["dot"] / max(np.sqrt(counts["ref_sq"] * counts["int8_sq"]), 1e-30)
 
 
 def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> dict:
@@ -52,9 +65,14 @@ def compare(fp32_vm, int8_vm, names: list[str], data: Dataset, batch: int | None
     return comparison.result()
 
 
-def _accumulate_outputs(counts: dict, ref: np.ndarray, quant: np.ndarray, labels) -> None:
-    rows = ref.shape[0] if ref.ndim else 1
+def _accumulate_outputs(counts: dict, ref: np.ndarray, quant: np.ndarray, labels, stacked: bool = False) -> None:
+    """Add one batch's first output: ``rows`` samples (one when the feed is a stacked run)."""
+    rows = 1 if stacked or not ref.ndim else ref.shape[0]
     ref2, quant2 = ref.reshape(rows, -1), quant.reshape(rows, -1)
+    counts["values"] += ref2.size
+    counts["dot"] += float((ref2.astype(np.float64) * quant2).sum())
+    counts["ref_sq"] += float(np.square(ref2, dtype=np.float64).sum())
+    counts["int8_sq"] += float(np.square(quant2, dtype=np.float64).sum())
     ref_top, quant_top = ref2.argmax(1), quant2.argmax(1)
     counts["n"] += len(ref2)
     counts["agree"] += int((ref_top == quant_top).sum())

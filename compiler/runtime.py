@@ -160,4 +160,4 @@ def _check_input(x, spec: dict) -> np.ndarray:
     if x.dtype != np.dtype(spec["dtype"]) or list(x.shape) != list(spec["shape"]):
         raise TvmqError(f"input {spec['name']!r} must be {spec['dtype']} of shape {tuple(spec['shape'])}, "
                         f"got {x.dtype} {tuple(x.shape)}")
-    return np.ascontiguousarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")  # a 0-d input stays 0-d

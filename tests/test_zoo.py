@@ -331,3 +331,35 @@ def test_orientation_model_runs_in_onnx_runtime_on_its_samples():
     outputs = [session.run(None, feed) for feed in feeds]
     assert outputs[0][0].shape == (1, 4)
     assert model.metric(outputs, outputs, "eval") >= 0.9
+
+
+# ---- the report's output cosine on single-value outputs (Silero's speech probability) -----------
+
+def test_output_cosine_of_single_values_is_taken_across_samples():
+    from tvmq.evaluate import Comparison, _accumulate_outputs
+
+    comparison = Comparison()
+    for ref, got in [(0.9, 0.1), (0.2, 0.8), (0.5, 0.5)]:  # per-sample cosines would all read 1
+        _accumulate_outputs(comparison.counts, np.array([[ref]]), np.array([[got]]), None, stacked=True)
+    want = (0.9 * 0.1 + 0.2 * 0.8 + 0.25) / np.sqrt((0.81 + 0.04 + 0.25) * (0.01 + 0.64 + 0.25))
+    assert comparison.result()["accuracy"]["output_cosine"] == pytest.approx(want)
+
+
+def test_output_cosine_of_a_stacked_run_spans_its_whole_output():
+    from tvmq.evaluate import Comparison, _accumulate_outputs
+
+    comparison = Comparison()
+    ref = np.array([1.0, 0.0, 1.0, 0.0])  # one run of the sequence model: 4 chunk probabilities
+    _accumulate_outputs(comparison.counts, ref, ref[::-1].copy(), None, stacked=True)
+    assert comparison.result()["accuracy"]["output_cosine"] == pytest.approx(0.0)
+    assert comparison.result()["accuracy"]["num_samples"] == 1
+
+
+def test_vad_sequence_agreement_counts_every_chunk():
+    from tvmq.zoo import silero
+
+    model = zoo.get("silero_vad_lstm")
+    assert model.input_shapes == {"input": (8, 576), "h": (1, 1, 128), "c": (1, 1, 128)}
+    ref = [[np.array([0.9, 0.1, 0.6, 0.2]), None, None], [np.array([0.7, 0.7, 0.7, 0.7]), None, None]]
+    got = [[np.array([0.8, 0.6, 0.6, 0.1]), None, None], [np.array([0.7, 0.4, 0.7, 0.7]), None, None]]
+    assert silero._sequence_agreement(None, ref, got, "eval") == pytest.approx(6 / 8)

@@ -19,7 +19,8 @@ import onnx
 
 from ..errors import TvmqError
 from ..resources import check_model_fits
-from .fold import fold_constants
+from .branches import has_branches, inline_branches
+from .conv1d import conv1d_as_2d
 from .importer import import_onnx, unsupported_operator
 from .merge_pads import merge_pads
 from .names import float_tensors, name_tensors, with_probes
@@ -100,11 +101,11 @@ def _convert(model: onnx.ModelProto, specs: list[InputSpec], name: str, batch_si
 def _static_graph(model: onnx.ModelProto, specs: list[InputSpec], name: str, batch_size: int,
                   free_batch: bool) -> onnx.ModelProto:
     """The model with the specs' input shapes, checked, folded and shape-inferred again."""
-    shaped = infer_shapes(set_input_shapes(model, specs))
+    shaped = infer_shapes(set_input_shapes(model, specs), strict=not has_branches(model))
     check_inferred_shapes(shaped)
     check_model_fits(shaped, name, batch_size)
     start = time.perf_counter()
-    folded = infer_shapes(merge_pads(fold_constants(shaped, free_batch)))
+    folded = infer_shapes(conv1d_as_2d(infer_shapes(merge_pads(inline_branches(shaped, free_batch)))))
     check_inferred_shapes(folded)
     logger.debug("%s: %d nodes, %d after folding constant subgraphs (%.2f s)", name, len(shaped.graph.node),
                  len(folded.graph.node), time.perf_counter() - start)

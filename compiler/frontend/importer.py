@@ -92,6 +92,29 @@ def upsample(importer, inputs, attrs, opset):
         coordinate_transformation_mode="asymmetric", rounding_method="floor" if mode == "nearest" else ""))
 
 
+def squeeze(importer, inputs, attrs, opset):
+    """Squeeze with constant negative axes (``-1``, as Silero VAD's decoder writes) made non-negative.
+
+    TVM's converter passes them on as ``relax.op.squeeze(x, [-1])``, and ``ConvertLayout`` then
+    dies with ``std::bad_alloc`` on such a squeeze after an NHWC conv. (TVM normalizes
+    Unsqueeze's axes itself.) Anything else goes to TVM's converter unchanged.
+    """
+    from tvm import relax
+
+    data = inputs[0]
+    if opset < 13:
+        axes = attrs.get("axes")
+    else:
+        axes = _constant_value(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
+    rank = data.ty.ndim if isinstance(data.ty, relax.TensorType) else -1
+    if axes is None or rank < 0 or _constant_value(data) is not None or all(int(a) >= 0 for a in np.ravel(axes)):
+        return None
+    normalized = [int(a) % rank if -rank <= int(a) < 0 else int(a) for a in np.ravel(axes)]
+    if opset < 13:
+        return tvm_convert(importer, "Squeeze", inputs, {**attrs, "axes": tuple(normalized)}, opset)
+    return tvm_convert(importer, "Squeeze", [data, relax.const(np.array(normalized, np.int64))], attrs, opset)
+
+
 def tvm_convert(importer, op_type: str, inputs: list, attrs: dict, opset: int):
     """TVM's own converter for ``op_type``: what a registry converter may hand a rewritten node to."""
     from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
@@ -125,6 +148,7 @@ REGISTRY: dict[str, Converter] = {
     "Clip": clip,
     "Resize": resize,
     "Upsample": upsample,
+    "Squeeze": squeeze,
     "LSTM": recurrent("LSTM"),
     "GRU": recurrent("GRU"),
 }

@@ -98,9 +98,12 @@ def set_input_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.Mod
     return out
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
+    """``model`` with inferred shapes; ``strict``: an inference error anywhere is a TvmqError (not strict,
+    nodes that fail are left without shapes: a graph whose ``If`` holds a branch invalid on the fixed
+    shapes is still inferred everywhere else)."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=strict, data_prop=True)
     except Exception as err:
         raise TvmqError(f"ONNX shape inference failed: {first_line(err)}") from None
 

@@ -14,6 +14,15 @@ tone / noise bursts. A stateful model is fed one chunk a call, so each sample ca
 state the fp32 model itself reached after the previous chunks of its stream (computed once
 with ONNX Runtime and cached): every engine then scores the same chunk in the same context.
 The metric is decision agreement (probability > 0.5) with the fp32 reference.
+
+``silero_vad_lstm`` is the If-free 16 kHz *sequence* export that ``silero-vad==6.2.3`` ships
+beside it, ``silero_vad/data/silero_vad_16k_sequence.onnx``: inputs ``input``
+``(sequence_length, 576)`` (consecutive chunks, each after its 64 context samples, fixed here
+to 8: a quarter second), ``h`` and ``c`` ``(1, 1, 128)`` (the LSTM state); outputs one speech
+probability per chunk ``(8,)`` and the next ``h``, ``c``. Its six convolutions are 1-D and its
+LSTM runs over the 8 chunks. The same synthesized audio is cut into runs of 8 chunks, each
+carrying the state the fp32 model reached on the runs before it; the metric is decision
+agreement over every chunk.
 """
 
 from __future__ import annotations
@@ -36,6 +45,11 @@ SEEDS = {"calib": 30, "eval": 31}
 # (F1, F2, F3) in Hz of five vowels
 FORMANTS = ((730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410), (300, 870, 2240))
 THRESHOLD = 0.5
+SEQUENCE_PACKAGE = "silero-vad==6.2.3"
+SEQUENCE_MEMBER = "silero_vad/data/silero_vad_16k_sequence.onnx"
+SEQUENCE = 8  # chunks per call of the sequence model
+SEQUENCE_SECONDS = {"calib": 6.0, "eval": 12.0}
+HIDDEN = 128
 
 
 def syllable(rng: np.random.Generator, seconds: float) -> np.ndarray:
@@ -112,8 +126,54 @@ def _agreement(root: Path, reference, candidate, split: str) -> float:
     return float(np.mean(ref == got))
 
 
+def stream_sequence_states(model: Path, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, c)``, each ``(N, 1, 1, 128)``: the LSTM state fed with each run of chunks when the fp32
+    sequence model streams them in order."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise TvmqError("the Silero VAD samples need onnxruntime once, to stream the fp32 states") from None
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    h = c = np.zeros((1, 1, HIDDEN), np.float32)
+    hs, cs = [], []
+    for run in runs:
+        hs.append(h)
+        cs.append(c)
+        _, h, c = session.run(None, {"input": run, "h": h, "c": c})
+    return np.stack(hs), np.stack(cs)
+
+
+def _fetch_sequence(root: Path) -> Path:
+    return cached_member(SEQUENCE_PACKAGE, SEQUENCE_MEMBER, root)
+
+
+def _sequence_samples(root: Path, split: str) -> list[dict]:
+    path = Path(root) / f"vad_sequence_{split}.npz"
+    if not path.exists():
+        frames = chunks(synth(SEQUENCE_SECONDS[split], np.random.default_rng(SEEDS[split])))
+        runs = frames[:len(frames) // SEQUENCE * SEQUENCE].reshape(-1, SEQUENCE, CHUNK + CONTEXT)
+        h, c = stream_sequence_states(_fetch_sequence(root), runs)
+        atomic_write_bytes(path, _npz_bytes(x=runs, h=h, c=c))
+    with np.load(path, allow_pickle=False) as data:
+        runs, hs, cs = data["x"], data["h"], data["c"]
+    return [{"input": r, "h": h, "c": c} for r, h, c in zip(runs, hs, cs)]
+
+
+def _sequence_agreement(root: Path, reference, candidate, split: str) -> float:
+    ref = np.concatenate([np.ravel(r[0]) for r in reference]) > THRESHOLD
+    got = np.concatenate([np.ravel(c[0]) for c in candidate]) > THRESHOLD
+    return float(np.mean(ref == got))
+
+
 register(ZooModel(
     name="silero_vad", kind="speech", requirement=PACKAGE, member=MEMBER,
     input_shapes={"input": (1, CHUNK + CONTEXT), "state": (2, 1, 128), "sr": ()},
     fetcher=_fetch, sampler=_samples, scorer=_agreement, metric_name="decision agree", licence="MIT",
     notes="synthesized audio; state streamed by the fp32 model; If + LSTM inside the branches"))
+
+
+register(ZooModel(
+    name="silero_vad_lstm", kind="speech", requirement=SEQUENCE_PACKAGE, member=SEQUENCE_MEMBER,
+    input_shapes={"input": (SEQUENCE, CHUNK + CONTEXT), "h": (1, 1, HIDDEN), "c": (1, 1, HIDDEN)},
+    fetcher=_fetch_sequence, sampler=_sequence_samples, scorer=_sequence_agreement, metric_name="decision agree",
+    licence="MIT", notes="synthesized audio; 8 chunks a call, LSTM state streamed by the fp32 model; 1-D convs, LSTM"))
