@@ -92,9 +92,10 @@ def test_decision_keeps_fp32_exactly_the_layers_slower_in_int8():
     assert slower_in_int8({}) == []
 
 
-def _stand_in_tune(mod, spec, trials, db):
+def _stand_in_tune(mod, spec, trials, db, share=None):
     """A ``tune`` that tunes nothing."""
-    return mod, {"tasks": 0, "tuned_now": 0, "from_database": 0, "measured": 0, "seconds": 0.0, "kernels": []}
+    return mod, {"tasks": 0, "share": share or 1, "tuned_now": 0, "from_database": 0, "no_record": 0, "measured": 0,
+                 "seconds": 0.0, "kernels": []}
 
 
 def _stand_in_profile(slow_tensor):
