@@ -28,6 +28,7 @@ from tvmq.targets import TargetSpec, get_target
 from . import artifact, assets, latency, layerwise, profile
 from .build import bind_batch, build, virtual_machine
 from .calibrate import observe, ranges_of
+from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
 from .config import Config
 from .data import Dataset
 from .evaluate import Comparison
@@ -199,6 +200,7 @@ class _Deployment:
     tuning: dict
     fallback: _Fallback | None
     latency_ms: dict
+    choice: dict  # which build is deployed and why (tvmq.choose)
 
     @property
     def program(self) -> Program:
@@ -210,12 +212,13 @@ class _Deployment:
 
     def summary(self) -> dict:
         return {"latency_ms": self.latency_ms, "batch": self.bucket.batch, "kernel_profile": self.kernels,
-                "tuning": self.tuning}
+                "tuning": self.tuning, "artifact_choice": self.choice}
 
 
 def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec) -> _Deployment:
-    """Build the bucket's fp32 and int8 modules (tuned alike), keep fp32 the layers slower in int8,
-    time both."""
+    """Build the bucket's fp32 and int8 modules (tuned alike), rebuild int8 with the layers slower
+    in int8 kept fp32 (each new kernel tuned with the first build's per-task share), time every
+    build whole and deploy the fastest (:mod:`tvmq.choose`)."""
     program = bucket.program
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{_target_key(spec)}")
     deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
@@ -224,17 +227,35 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
     int8 = quantized.realize(program)
     fp32_built, int8_built = deployable(program.fp32), deployable(int8)
     kernels = {"fp32": _kernel_profile(fp32_built, inputs), "int8": _kernel_profile(int8_built, inputs)}
-    fallback, keep = None, ()
     tuning = {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning, "int8": int8_built.tuning}
-    if config.latency_fallback and config.trials > 0:
-        int8, keep, int8_built, fallback = _latency_fallback(program, quantized, int8, fp32_built, int8_built, spec,
-                                                             kernels, deployable)
-        if fallback.rebuilt:
-            kernels["int8"] = _kernel_profile(int8_built, inputs)
-            tuning["int8_rebuild"] = int8_built.tuning  # the fallback's new edges and fp32 layers
-    latency_ms = {"fp32": _median_ms(fp32_built.executable, fp32_built.params, inputs, config.latency_runs),
-                  "int8": _median_ms(int8_built.executable, int8_built.params, inputs, config.latency_runs)}
-    return _Deployment(bucket, int8, keep, fp32_built, int8_built, kernels, tuning, fallback, latency_ms)
+    if not (config.latency_fallback and config.trials > 0):
+        why = "--no-latency-fallback" if not config.latency_fallback else "no tuning, --trials 0"
+        measured = time_modules({INT8: int8_built, FP32: fp32_built}, inputs, config.latency_runs)
+        choice = Choice(INT8, f"int8 (not chosen by time: {why})", measured, timed=False)
+        return _Deployment(bucket, int8, (), fp32_built, int8_built, kernels, tuning, None,
+                           {**measured, "artifact": measured[INT8]}, choice.to_json())
+    rebuild = functools.partial(deployable, share=int8_built.tuning["share"])
+    rebuilt_int8, keep, rebuilt, fallback = _latency_fallback(program, quantized, int8, fp32_built, int8_built, spec,
+                                                              kernels, rebuild)
+    if fallback.rebuilt:
+        kernels[REBUILD] = _kernel_profile(rebuilt, inputs)
+        tuning[REBUILD] = rebuilt.tuning  # the fallback's new edges and fp32 layers
+    choice = pick_artifact(fp32_built, int8_built, rebuilt if fallback.rebuilt else None, len(keep), inputs=inputs,
+                           runs=config.latency_runs, timer=time_modules)
+    logger.info("deploying %s (%s)", choice.name, choice.reason)
+    builds = {INT8: (int8, (), int8_built), REBUILD: (rebuilt_int8, keep, rebuilt)}
+    deployed, keep, built = builds[choice.name] if choice.name in builds else \
+        _all_fp32(program, quantized, int8, fp32_built, rebuild)
+    return _Deployment(bucket, deployed, keep, fp32_built, built, kernels, tuning, fallback,
+                       {**choice.latency_ms, "artifact": choice.latency_ms[choice.name]}, choice.to_json())
+
+
+def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built, rebuild) -> tuple:
+    """The deployment when fp32 measured fastest: the model realized with every layer kept fp32
+    (a tvmq artifact whose record says so), run by the fp32 build when that is its program."""
+    keep = tuple(quantization_record(int8)["weights"])
+    realized = quantized.realize(program, keep_fp32=keep)
+    return realized, keep, fp32_built if same_program(realized, program.fp32) else rebuild(realized)
 
 
 def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple) -> dict:
@@ -350,23 +371,15 @@ def _bias_note(shifts: dict) -> list[dict]:
 
 
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
-                      db: Path) -> _Built:
+                      db: Path, share: int | None = None) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
-    tune and build."""
+    tune (``share`` trials per task when given: see :func:`tvmq.tune.tune`) and build."""
     mod = mod if model_batch else bind_batch(mod, deploy_batch)
     lifted, params = lift_params(spec.legalize(mod) if spec.legalize else mod)
     tuned, summary = lifted, None
     if trials > 0:
-        tuned, summary = tune(lifted, spec, trials, db)
+        tuned, summary = tune(lifted, spec, trials, db, share=share)
     return _Built(build(tuned, spec), params, summary, lifted)
-
-
-def _median_ms(executable, params: dict, inputs, runs: int) -> float:
-    import tvm
-
-    vm = virtual_machine(executable)
-    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=max(runs, 1))
-    return float(np.median(timer(*profile.zero_input_args(params, inputs)).results) * 1e3)
 
 
 def _target_key(spec: TargetSpec) -> str:

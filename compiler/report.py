@@ -55,9 +55,9 @@ def to_markdown(report: dict) -> str:
     lines += [f"| top-1 agreement with fp32 | | {acc['top1_agreement']:.2%} |",
               f"| output cosine similarity | | {acc['output_cosine']:.5f} |", "",
               "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
-              "| module | ms |", "|---|---|",
-              f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
-              f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
+              "| module | ms |", "|---|---|", *_latency_rows(lat),
+              f"| speed-up of the artifact | {lat['fp32'] / _artifact_ms(lat):.2f}x |", "",
+              *_choice(report.get("artifact_choice")),
               *_buckets(report.get("buckets")),
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
               *_fallback(report.get("latency_fallback")),
@@ -75,12 +75,35 @@ def _buckets(buckets: list | None) -> list[str]:
     if not buckets:
         return []
     lines = ["Shape buckets (one module each; the rest of this report is the first one's):", "",
-             "| inputs | fp32 ms | int8 ms | speed-up |", "|---|---|---|---|"]
+             "| inputs | fp32 ms | artifact ms | speed-up |", "|---|---|---|---|"]
     for bucket in buckets:
         shapes = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in bucket["inputs"])
         lat = bucket["latency_ms"]
-        lines.append(f"| {shapes} | {lat['fp32']:.3f} | {lat['int8']:.3f} | {lat['fp32'] / lat['int8']:.2f}x |")
+        artifact = _artifact_ms(lat)
+        lines.append(f"| {shapes} | {lat['fp32']:.3f} | {artifact:.3f} | {lat['fp32'] / artifact:.2f}x |")
     return lines + [""]
+
+
+MODULES = {"fp32": "fp32", "int8": "int8", "int8_rebuild": "int8 rebuilt by the latency fallback",
+           "artifact": "the artifact"}
+
+
+def _latency_rows(lat: dict) -> list[str]:
+    """One row per module timed end to end (the builds compared, then the one deployed)."""
+    return [f"| {label} | {lat[key]:.3f} |" for key, label in MODULES.items() if key in lat]
+
+
+def _artifact_ms(lat: dict) -> float:
+    """The deployed module's ms (reports before the end-to-end choice deployed the int8 one)."""
+    return lat.get("artifact", lat["int8"])
+
+
+def _choice(choice: dict | None) -> list[str]:
+    """Which build the artifact is and why: the fastest measured end to end (``tvmq.choose``)."""
+    if not choice:
+        return []
+    chosen = "the fastest build timed end to end, " if choice["timed"] else ""
+    return [f"Artifact: {chosen}**{choice['reason']}**.", ""]
 
 
 def _weights(report: dict) -> str:
@@ -92,8 +115,8 @@ def _weights(report: dict) -> str:
 def _tuning(tuning: dict) -> str:
     if not tuning["trials"]:
         return "none (--trials 0)."
-    parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now, {s['from_database']} from the database"
-             + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]),
+    parts = [f"{name}: {s['tuned_now']} of {s['tasks']} tasks tuned now{_share(s)}, {s['from_database']} from the "
+             "database" + _rate(s) for name, s in (("fp32", tuning["fp32"]), ("int8", tuning["int8"]),
                                         ("int8 rebuilt by the latency fallback", tuning.get("int8_rebuild")))
              if s is not None]
     return f"budget {tuning['trials']} trials per module; " + "; ".join(parts) + f" (`{tuning['database']}`)."
@@ -130,6 +153,13 @@ def _fallback(section: dict | None) -> list[str]:
                     "than their tuned fp32 kernel (the int8 module was rebuilt without them).", "",
                     "| layer | fp32 µs | int8 µs |", "|---|---|---|",
                     *[f"| {row['layer']} | {row['fp32_us']:.1f} | {row['int8_us']:.1f} |" for row in kept], ""]
+
+
+def _share(summary: dict) -> str:
+    """The trials each task was owed, and how many tasks had no record before this build."""
+    if "share" not in summary:
+        return ""
+    return f" ({summary['share']} trials each; {summary['no_record']} had no record)"
 
 
 def _rate(summary: dict) -> str:

@@ -25,20 +25,21 @@ logger = logging.getLogger(__name__)
 BUILD_SECONDS = 20  # a candidate normally builds in 0.2-1 s
 
 
-def tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
+def tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None):
     """``_tune`` holding the database's lock: one tvmq process tunes into ``work_dir`` at a time."""
     with _locked(work_dir):
-        return _tune(mod, spec, trials, work_dir)
+        return _tune(mod, spec, trials, work_dir, share)
 
 
-def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
+def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None):
     """Lower ``mod`` to fused TIR, tune what the budget still asks of ``work_dir``, apply the records.
 
-    ``trials`` is split evenly over the tasks; a task tuned before to at least its share
-    (:func:`_trials_done`) is not tuned again, so a second build of the same model and target
-    runs zero new trials, a larger budget tunes on from the best records, and a killed run
-    resumes. Returns ``(module, summary)`` with the number of tasks tuned now and taken from
-    the database.
+    Each task is owed ``share`` trials: given, or ``trials`` split evenly over the tasks. A task
+    tuned before to at least its share (:func:`_trials_done`) is not tuned again, so a second
+    build of the same model and target runs zero new trials, a larger budget tunes on from the
+    best records, and a killed run resumes; a rebuild passes the first build's ``share`` so that
+    its new kernels get as many trials as the first build's did. Returns ``(module, summary)``:
+    the share, the tasks tuned now, taken from the database and without any record before.
     """
     import tvm
     from tvm import relax
@@ -48,38 +49,70 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path):
     spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
-    share = max(1, -(-trials // len(tasks)))
+    share = share or max(1, -(-trials // len(tasks)))
     ledger = _Ledger(work_dir)
-    owed = {i: share - _trials_done(database, ledger, t, share) for i, t in enumerate(tasks)}
-    missing = [tasks[i] for i, n in owed.items() if n > 0]
-    measured, seconds = 0, 0.0
-    if missing:
-        start = time.perf_counter()
-        budget = sum(n for n in owed.values() if n > 0)
-        logger.info("tuning %d of %d tasks with %d trials (records in %s)", len(missing), len(tasks), budget, work_dir)
-        contexts, weights = _tune_contexts(missing, spec, work_dir)
-        _quiet_meta_schedule_console()  # after the contexts: making their loggers configures logging
-        with tqdm(total=budget, desc="tune", unit="trial", leave=False, disable=None) as bar:
-            progress = _progress(bar)
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=budget,
-                max_trials_per_task=max(owed.values()), num_trials_per_iter=_round_size(max(owed.values())),
-                builder=_in_process_builder(), runner=_cold_runner(), database=database,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress,
-                                   _stop_exhausted()])
-            measured, seconds = progress.measured, time.perf_counter() - start
-        ledger.record(database, missing, share)
-        logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
-                    60 * measured / max(seconds, 1e-9), work_dir / "logs")
-    else:
+    done = [_trials_done(database, ledger, task, share) for task in tasks]
+    owed = {i: share - n for i, n in enumerate(done) if n < share}
+    measured, seconds = _tune_owed(tasks, owed, share, spec, work_dir, database, ledger) if owed else (0, 0.0)
+    if not owed:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
-    summary = {"tasks": len(tasks), "tuned_now": len(missing), "from_database": len(tasks) - len(missing),
-               "measured": measured, "seconds": round(seconds, 1), "kernels": _kernel_latencies(database, tasks)}
+    summary = {"tasks": len(tasks), "share": share, "tuned_now": len(owed), "from_database": len(tasks) - len(owed),
+               "no_record": done.count(0), "measured": measured, "seconds": round(seconds, 1),
+               "kernels": _kernel_latencies(database, tasks)}
     with spec.target, database, tvm.transform.PassContext(opt_level=3):
         try:
             return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod), summary
         except tvm.s_tir.schedule.ScheduleError:
             raise _unreadable(work_dir, "ScheduleError") from None
+
+
+def _tune_owed(tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: Path, database,
+               ledger: "_Ledger") -> tuple[int, float]:
+    """Tune every task in ``owed`` (task index -> trials still owed) for exactly what it is owed:
+    one MetaSchedule run per group of tasks owed alike (:func:`_by_owed`), its per-task cap that
+    count and its global budget the group's total, each group recorded in the ledger as it ends.
+
+    One run for all of them, with one global budget and the largest debt as every task's cap,
+    let the task scheduler hand the budget unevenly: a latency fallback's rebuild gave 45 new
+    kernels about 3 trials each. Returns the candidates measured and the seconds it took.
+    """
+    budget = sum(owed.values())
+    logger.info("tuning %d of %d tasks with %d trials, %d each (records in %s)", len(owed), len(tasks), budget,
+                share, work_dir)
+    start, measured = time.perf_counter(), 0
+    with tqdm(total=budget, desc="tune", unit="trial", leave=False, disable=None) as bar:
+        for count, group in _by_owed(owed):
+            measured += _tune_group([tasks[i] for i in group], count, spec, work_dir, database, bar)
+            ledger.record(database, [tasks[i] for i in group], share)
+    seconds = time.perf_counter() - start
+    logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
+                60 * measured / max(seconds, 1e-9), work_dir / "logs")
+    return measured, seconds
+
+
+def _by_owed(owed: dict) -> list[tuple[int, list]]:
+    """``owed`` (task -> trials still owed) grouped by that count, largest debt first:
+    ``{0: 8, 1: 3, 2: 8}`` -> ``[(8, [0, 2]), (3, [1])]``."""
+    groups: dict = {}
+    for task, count in owed.items():
+        groups.setdefault(count, []).append(task)
+    return sorted(groups.items(), key=lambda item: -item[0])
+
+
+def _tune_group(tasks: list, trials_each: int, spec: TargetSpec, work_dir: Path, database, bar) -> int:
+    """One MetaSchedule run giving each of ``tasks`` ``trials_each`` trials; returns the candidates measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, weights = _tune_contexts(tasks, spec, work_dir)
+    _quiet_meta_schedule_console()  # after the contexts: making their loggers configures logging
+    progress = _progress(bar)
+    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                       max_trials_global=trials_each * len(tasks), max_trials_per_task=trials_each,
+                       num_trials_per_iter=_round_size(trials_each), builder=_in_process_builder(),
+                       runner=_cold_runner(), database=database,
+                       measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress,
+                                          _stop_exhausted()])
+    return progress.measured
 
 
 def _cold_runner():

@@ -276,6 +276,44 @@ def projection_block(seed=0) -> onnx.ModelProto:
     return _model(nodes, [_value("x", ["N", 8, 10, 10])], [_value("y", ["N", 8, 10, 10])], inits)
 
 
+def mobilenet_v3_block(seed=0) -> onnx.ModelProto:
+    """MobileNetV3's stem and an inverted residual block with squeeze-excite (opset 14), tiny:
+
+        x[N,3,16,16] --stem 3x3 s2 (8)--> s --HardSwish--> hs --expand 1x1 (16)--> e --HardSwish--> he
+          --dw 3x3--> d --HardSwish--> hd --GAP--> g --squeeze 1x1 (4)--> q --relu--> rq
+          --excite 1x1 (16)--> x1 --HardSigmoid--> a;  hd * a --> m --project 1x1 (8)--> p;  p + hs --> y
+    """
+    rng = np.random.default_rng(seed)
+
+    def conv(name, out, inp, k, groups=1):
+        return {f"w_{name}": (rng.standard_normal((out, inp // groups, k, k)) * 0.4).astype(np.float32),
+                f"b_{name}": (rng.standard_normal(out) * 0.1).astype(np.float32)}
+
+    inits = {**conv("stem", 8, 3, 3), **conv("expand", 16, 8, 1), **conv("dw", 16, 16, 3, groups=16),
+             **conv("squeeze", 4, 16, 1), **conv("excite", 16, 4, 1), **conv("project", 8, 16, 1)}
+
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, inputs, [output], name=output + "_" + op.lower(), **attrs)
+
+    nodes = [
+        node("Conv", ["x", "w_stem", "b_stem"], "s", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+        node("HardSwish", ["s"], "hs"),
+        node("Conv", ["hs", "w_expand", "b_expand"], "e", kernel_shape=[1, 1]),
+        node("HardSwish", ["e"], "he"),
+        node("Conv", ["he", "w_dw", "b_dw"], "d", kernel_shape=[3, 3], pads=[1] * 4, group=16),
+        node("HardSwish", ["d"], "hd"),
+        node("GlobalAveragePool", ["hd"], "g"),
+        node("Conv", ["g", "w_squeeze", "b_squeeze"], "q", kernel_shape=[1, 1]),
+        node("Relu", ["q"], "rq"),
+        node("Conv", ["rq", "w_excite", "b_excite"], "x1", kernel_shape=[1, 1]),
+        node("HardSigmoid", ["x1"], "a", alpha=1.0 / 6, beta=0.5),
+        node("Mul", ["hd", "a"], "m"),
+        node("Conv", ["m", "w_project", "b_project"], "p", kernel_shape=[1, 1]),
+        node("Add", ["p", "hs"], "y"),
+    ]
+    return _model(nodes, [_value("x", ["N", 3, 16, 16])], [_value("y", ["N", 8, 8, 8])], inits, opset=14)
+
+
 # ---- legal ONNX that real exporters write (tests/test_frontend_valid.py) --------------------
 
 def _const(name, value) -> onnx.NodeProto:

@@ -149,3 +149,61 @@ def test_a_task_whose_design_space_runs_out_ends_before_its_share(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     tasks, measured, empty_rounds = map(int, done.stdout.split()[-3:])
     assert tasks == 1 and 1 <= measured < 64 and empty_rounds == 1
+
+
+def _dense_chain(widths):
+    """Float denses chained ``4 x widths[0] -> 4 x widths[1] -> ...``: one tuning task per distinct shape."""
+    import numpy as np
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, widths[0]), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = x
+            for a, b in zip(widths, widths[1:]):
+                out = builder.emit(relax.op.matmul(out, relax.const(np.ones((a, b), np.float32))))
+            out = builder.emit_output(out)
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def _records_per_task(mod, spec, db) -> list[int]:
+    """How many measured records each of ``mod``'s tuning tasks has in the database at ``db``."""
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmq.tune import _open_database, fuse
+
+    database = _open_database(db)
+    tasks = ms.relax_integration.extract_tasks(relax.transform.FuseTIR()(fuse(mod, spec)), spec.target)
+    return [len(database.get_top_k(database.commit_workload(t.dispatched[0]), 1000)) for t in tasks]
+
+
+def test_a_rebuild_gives_each_new_task_the_first_builds_share(tmp_path):
+    """A latency fallback's rebuild re-fuses the graph into new kernels; they must each get the
+    per-task share the first build gave, not a token few trials of one run's global budget
+    (a MobileNetV3 rebuild gave 45 new kernels about 3 trials each). Counted from the database."""
+    from tvmq.targets import get_target
+    from tvmq.tune import tune
+
+    spec, db = get_target("host"), tmp_path / "db"
+    first = tune(_dense_module(), spec, 4, db)[1]
+    assert first["share"] == 4 and first["tasks"] == 1 and first["no_record"] == 1
+    rebuilt_mod = _dense_chain([32, 16, 24, 8])  # the first build's dense, then two new ones
+    rebuilt = tune(rebuilt_mod, spec, 4, db, share=first["share"])[1]
+    assert rebuilt["tasks"] == 3 and rebuilt["share"] == 4
+    assert rebuilt["from_database"] == 1 and rebuilt["tuned_now"] == rebuilt["no_record"] == 2
+    assert all(n >= first["share"] for n in _records_per_task(rebuilt_mod, spec, db)), \
+        _records_per_task(rebuilt_mod, spec, db)
+    again = tune(rebuilt_mod, spec, 4, db, share=first["share"])[1]
+    assert again["tuned_now"] == again["measured"] == 0, "the ledger holds what the rebuild was given"
+
+
+def test_tasks_are_grouped_by_the_trials_they_are_still_owed():
+    """One MetaSchedule run per group, its per-task cap the group's debt: a task owed less
+    cannot take another's trials, nor one owed more run short."""
+    from tvmq.tune import _by_owed
+
+    assert _by_owed({0: 8, 1: 3, 2: 8, 3: 1}) == [(8, [0, 2]), (3, [1]), (1, [3])]
+    assert _by_owed({}) == []
