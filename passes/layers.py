@@ -10,7 +10,7 @@ once. The kind says everything the numeric passes need to know about the op's we
 * ``matrix(layer)``: the weight as a ``(C_out, K)`` matrix, ``y = rows(x) @ matrix.T``;
 * ``rows(x, layer)``: the input as ``(M, K)`` rows of that matmul (im2col for a conv);
 * ``output_shape(values, layer)``: per-channel values shaped to broadcast over the output;
-* ``expected_shift(error, mean, layer)``: ``eps E[x]`` per output channel for a weight error.
+* ``expected_shift(error, mean, groups)``: ``eps E[x]`` per output channel for a weight error.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ class LayerKind:
     def rows(self, x: np.ndarray, layer: Layer) -> np.ndarray:
         raise NotImplementedError
 
-    def expected_shift(self, error: np.ndarray, expected_input: np.ndarray, layer: Layer) -> np.ndarray:
+    def groups(self, layer: Layer) -> int:
+        return 1
+
+    def expected_shift(self, error: np.ndarray, expected_input: np.ndarray, groups: int = 1) -> np.ndarray:
         raise NotImplementedError
 
     def integer_op(self, builder: relax.BlockBuilder, layer: Layer, x_q, zero_point: int, w_q: np.ndarray):

@@ -159,3 +159,22 @@ def _node_of(chain, nodes: dict) -> str | None:
     Gemm / MatMul, else the first one known."""
     named = [nodes[name] for name in chain if name in nodes]
     return next((node for node, op in named if op in ("Conv", "Gemm", "MatMul")), named[0][0] if named else None)
+
+
+def onnx_aliases(onnx_names: dict, nodes: dict) -> dict:
+    """tensor -> its other names: the ONNX node that makes it, then its ONNX tensor name
+    (``onnx_names``: variable -> ONNX tensor; ``nodes``: variable -> (node, op type))."""
+    names = set(onnx_names) | set(nodes)
+    aliases = {name: tuple(dict.fromkeys(n for n in (nodes.get(name, (None,))[0], onnx_names.get(name))
+                                         if n and n != name)) for name in names}
+    return {name: found for name, found in aliases.items() if found}
+
+
+def layer_labels(func, aliases: dict) -> list[str]:
+    """One name per layer of ``func``, as a user would give it: the ONNX node of its first named
+    tensor (or its output tensor's own name)."""
+    labels = []
+    for layer in find_layers(func).values():
+        named = [aliases[v.name][0] for v in layer.chain if v.name in aliases]
+        labels.append(named[0] if named else layer.out.name)
+    return labels

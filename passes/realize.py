@@ -1,6 +1,6 @@
 """Realize: rewrite the calibrated fp32 module into real integer compute.
 
-Every conv2d / dense chain (see :func:`tvmq.passes.graph.find_layers`) becomes
+Every conv2d / dense chain (see :func:`tvmq.passes.layers.find_layers`) becomes
 
     acc  = conv2d(x_q, w_q, out_dtype=int32) + bias_q          # int8 x int8 -> int32
     y_q  = clip(round(float(acc) * M) + z_out, lo_q, hi_q)      # fused requantize + ReLU/Clip
@@ -28,7 +28,8 @@ import json
 import tvm
 from tvm import relax
 
-from .graph import dataflow_bindings, find_layers, op_name, referenced_vars, with_main
+from .graph import dataflow_bindings, op_name, referenced_vars, with_main
+from .layers import find_layers
 from .plan import LATENCY_FALLBACK, QuantPlan, Scheme, layer_weight_qparams, plan_quantization
 from .qparams import QParams
 from .rules import rule_for
@@ -65,16 +66,20 @@ class Realize:
     ``weight_scales`` (layer output name -> per-channel scales) overrides the absmax weight
     scales of those layers, as EasyQuant's search chooses them; ``bias_shifts`` (layer output
     name -> per-channel values) is subtracted from their biases, as bias correction finds.
-    Layers whose output name is in ``keep_fp32`` stay fp32 (the latency fallback's choice).
+    Layers whose output name is in ``keep_fp32`` stay fp32 (the latency fallback's choice);
+    ``overrides`` / ``aliases`` are the user's per-layer precisions and the names they match.
     """
 
     def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None,
-                 bias_shifts: dict | None = None, keep_fp32=()):
+                 bias_shifts: dict | None = None, keep_fp32=(), overrides: dict | None = None,
+                 aliases: dict | None = None):
         self.stats, self.scheme, self.expose = stats, scheme, expose
         self.weight_scales, self.bias_shifts, self.keep_fp32 = weight_scales, bias_shifts, tuple(keep_fp32)
+        self.overrides, self.aliases = overrides, aliases
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        plan = plan_quantization(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts)
+        plan = plan_quantization(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts,
+                                 self.overrides, self.aliases)
         plan = plan.with_precision(self.keep_fp32, "fp32", LATENCY_FALLBACK)
         return RealizePlan(plan, self.expose)(mod)
 

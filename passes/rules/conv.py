@@ -54,9 +54,11 @@ class Conv2D(LayerKind):
     def rows(self, x: np.ndarray, layer: Layer) -> np.ndarray:
         return im2col(x, layer)
 
-    def expected_shift(self, error, expected_input, layer):
+    def groups(self, layer: Layer) -> int:
+        return int(layer.call.attrs.groups)
+
+    def expected_shift(self, error, expected_input, groups=1):
         """``shift[o] = sum_{i, taps} eps[o, i, ky, kx] E[x_{g(o) I + i}]`` (E[x] equal at every tap)."""
-        groups = int(layer.call.attrs.groups)
         expected_input = np.asarray(expected_input, np.float64)
         out_channels, in_per_group = error.shape[:2]
         per_tap = error.astype(np.float64).sum(axis=(2, 3))  # (O, I)

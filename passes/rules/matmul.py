@@ -47,7 +47,7 @@ class Dense(LayerKind):
     def rows(self, x: np.ndarray, layer: Layer) -> np.ndarray:
         return x
 
-    def expected_shift(self, error, expected_input, layer):
+    def expected_shift(self, error, expected_input, groups=1):
         """``shift = E[x] @ eps``."""
         return (np.asarray(expected_input, np.float64) @ error.astype(np.float64)).astype(np.float32)
 
