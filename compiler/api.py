@@ -21,7 +21,7 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import LATENCY_FALLBACK, QuantPlan, layer_labels, onnx_aliases, unmatched
+from tvmq.passes.plan import LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases, unmatched
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -178,7 +178,8 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     start = time.perf_counter()
     observers: dict = {}
     for program, data in sets:
-        observe(program.fp32, program.names, data, program.batch, program.vm, program.size, observers,
+        names = calibration_names(program.fp32["main"], program.names)
+        observe(program.fp32, names, data, program.batch, program.vm, program.size, observers,
                 lambda: make_observer(config.calibrator, scheme.activation_dtype))
     stats, chosen = ranges_of(observers)
     program, data = max(sets, key=lambda s: len(s[1]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from .layers import Layer, find_layers
 from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
 
+AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
 PRECISIONS = ("int8", "fp32")  # "dynamic" (run-time activation ranges) is planned, not yet realized
 CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"
@@ -119,6 +121,13 @@ def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | N
                                  reason, layer_weight_qparams(layer, scheme, weight_scales.get(name)),
                                  bias_shifts.get(name))
     return QuantPlan(scheme, layers, activations, {name: tuple(stats[name]) for name in activations})
+
+
+def calibration_names(func, names: list[str]) -> list[str]:
+    """``names`` and every layer input that has a name of its own but no ONNX tensor behind it
+    (the frontend's LSTM / GRU converters name their gate matmuls' inputs), sorted."""
+    inputs = {layer.data.name for layer in find_layers(func).values()}
+    return sorted(set(names) | {name for name in inputs if not AUTO_NAME.match(name)})
 
 
 def layer_names(layer: Layer, aliases: dict) -> list[str]:

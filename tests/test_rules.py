@@ -12,8 +12,10 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
+from tvmq.build import build, virtual_machine
 from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme
 from tvmq.passes.rules import rule_for, rule_ops
+from tvmq.targets import get_target
 
 
 def _act(lo, hi):
@@ -248,3 +250,46 @@ def test_padded_average_pool_counting_the_padding_stays_fp32(rng, count_include_
     pool = ops.index("relax.nn.avg_pool2d")
     assert ("relax.dequantize" in ops[:pool]) == falls_back  # fp32: dequantized before the pool
     assert ("relax.round" in ops[pool:]) != falls_back  # int8: round(mean(q)) after it
+
+
+def test_matmul_without_an_output_range_dequantizes_its_accumulator(rng):
+    """An LSTM gate matmul's sum with the other gate terms has no range: ``y = float(acc) * s_x s_w``,
+    bit for bit what numpy computes from the integers."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32"), w: R.Tensor((4, 3), "float32"), g: R.Tensor((2, 3), "float32")):
+            with R.dataflow():
+                a = R.matmul(x, w)
+                s = R.add(g, a)
+                R.output(s)
+            return s
+
+    w = rng.normal(0, 1, (4, 3)).astype(np.float32)
+    s_x, z_x = _act(-1.0, 2.0)
+    w_q, s_w = _weights(w, axis=1)
+    bias_q = _bias(np.zeros(3), s_x, s_w, z_x, w_q, 1)
+    acc_scale = (s_x * s_w).astype(np.float32)
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32"), g: R.Tensor((2, 3), "float32"), w_q: R.Tensor((4, 3), "int8"),
+                 bias_q: R.Tensor((3,), "int32"), acc_scale: R.Tensor((3,), "float32")):
+            with R.dataflow():
+                x_q = R.quantize(x, R.const(s_x, "float32"), R.const(z_x, "int32"), out_dtype="uint8", axis=-1)
+                acc = R.add(R.matmul(x_q, w_q, out_dtype="int32"), bias_q)
+                a = R.multiply(R.astype(acc, "float32"), acc_scale)
+                s = R.add(g, a)
+                gv = s
+                R.output(gv)
+            return gv
+
+    got = _realized(Before, {"w": w}, {"x": (-1.0, 2.0), "g": (-1.0, 1.0)})
+    tvm.ir.assert_structural_equal(got, _expected(Expected, {"w_q": w_q, "bias_q": bias_q, "acc_scale": acc_scale}))
+    x, g = rng.uniform(-1, 2, (2, 4)).astype(np.float32), rng.normal(0, 1, (2, 3)).astype(np.float32)
+    vm = virtual_machine(build(got, get_target("host")))
+    out = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(g)).numpy()
+    x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
+    want = g + ((x_q - z_x) @ w_q.astype(np.int64)).astype(np.float32) * acc_scale
+    np.testing.assert_array_equal(out, want)

@@ -6,7 +6,8 @@
 with ``w_q`` symmetric int8 on ``[-weight_qmax, weight_qmax]`` (the plan's weight parameters),
 ``bias_q = round((b - shift) / (s_in s_w)) - z_in sum_k w_q`` in int32 (the input zero point
 folded in, so the kernel needs no runtime correction) and ``M = s_in s_w / s_out`` in fp32.
-A layer whose result leaves the function is dequantized from the accumulator instead:
+A layer whose result leaves the function, or has no calibrated range (an LSTM gate matmul,
+whose sum with the other gate terms stays fp32), is dequantized from the accumulator instead:
 ``y = clamp(float(acc) * s_in s_w)``.
 """
 
@@ -32,7 +33,7 @@ def realize_layer(ctx, var, value) -> bool:
             ctx.record["kept_fp32"].update({v.name: layer.out.name for v in layer.chain})
         return False
     out_qp = None if layer.out in ctx.outputs else ctx.activation_qparams(layer.out)
-    if (layer.out not in ctx.outputs and out_qp is None) or ctx.to_q(layer.data) is None:
+    if ctx.to_q(layer.data) is None:
         return False
     x_q, x_qp = ctx.to_q(layer.data)
     w_qp = entry.weight
