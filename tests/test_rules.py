@@ -293,3 +293,45 @@ def test_matmul_without_an_output_range_dequantizes_its_accumulator(rng):
     x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
     want = g + ((x_q - z_x) @ w_q.astype(np.int64)).astype(np.float32) * acc_scale
     np.testing.assert_array_equal(out, want)
+
+
+def test_matmul_on_a_3d_activation_runs_as_a_2d_int8_dense(rng):
+    """``[B, S, K] x [K, N] + b``: reshaped to ``[B S, K]`` around the int8 matmul (a view), bias and
+    dequantize on the ``[B, S, N]`` accumulator; bit for bit the numpy integer reference."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 3, 4), "float32"), w: R.Tensor((4, 5), "float32"), b: R.Tensor((5,), "float32")):
+            with R.dataflow():
+                a = R.matmul(x, w)
+                y = R.add(a, b)
+                R.output(y)
+            return y
+
+    w, b = rng.normal(0, 1, (4, 5)).astype(np.float32), rng.normal(0, 1, 5).astype(np.float32)
+    s_x, z_x = _act(-1.0, 2.0)
+    w_q, s_w = _weights(w, axis=1)
+    bias_q = _bias(b, s_x, s_w, z_x, w_q, 1)
+    acc_scale = (s_x * s_w).astype(np.float32)
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 3, 4), "float32"), w_q: R.Tensor((4, 5), "int8"), bias_q: R.Tensor((5,), "int32"),
+                 acc_scale: R.Tensor((5,), "float32")):
+            with R.dataflow():
+                x_q = R.quantize(x, R.const(s_x, "float32"), R.const(z_x, "int32"), out_dtype="uint8", axis=-1)
+                rows = R.reshape(x_q, R.shape([6, 4]))
+                acc = R.reshape(R.matmul(rows, w_q, out_dtype="int32"), R.shape([2, 3, 5]))
+                y = R.multiply(R.astype(R.add(acc, bias_q), "float32"), acc_scale)
+                gv = y
+                R.output(gv)
+            return gv
+
+    got = _realized(Before, {"w": w, "b": b}, {"x": (-1.0, 2.0), "y": (-3.0, 3.0)})
+    tvm.ir.assert_structural_equal(got, _expected(Expected, {"w_q": w_q, "bias_q": bias_q, "acc_scale": acc_scale}))
+    x = rng.uniform(-1, 2, (2, 3, 4)).astype(np.float32)
+    out = virtual_machine(build(got, get_target("host")))["main"](tvm.runtime.tensor(x)).numpy()
+    x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
+    acc = x_q @ w_q.astype(np.int64) + bias_q  # bias_q holds -z_x sum_k w_q
+    np.testing.assert_array_equal(out, acc.astype(np.float32) * acc_scale)

@@ -1,9 +1,11 @@
 """matmul with a constant 2-D weight (dense) as an int8 layer:
 
-    acc[m, n] = sum_k (x_q[m, k] - z_in) w_q[k, n]
+    acc[..., n] = sum_k (x_q[..., k] - z_in) w_q[k, n]
 
 computed as ``matmul(x_q, w_q, out_dtype=int32)`` with ``- z_in sum_k w_q[k, n]`` folded into
-the bias (``linear``). The weight is ``(K, N)``: output channels on its last axis.
+the bias (``linear``). The weight is ``(K, N)``: output channels on its last axis. An N-D
+activation (``[B, S, K]``, a transformer's Linear) is reshaped to ``[B S, K]`` around the
+integer matmul (free: a view), so the target's packed 2-D int8 dense kernels apply to it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ realize_rule("relax.matmul")(realize_layer)
 
 @layer_kind
 class Dense(LayerKind):
-    """``x @ W`` with ``x`` 2-D and a constant ``(K, N)`` weight."""
+    """``x @ W`` with ``x`` of rank >= 2 and a constant ``(K, N)`` weight."""
 
     name, op, channel_axis = "dense", "relax.matmul", 1
 
     def weight(self, call):
         weight = constant_value(call.args[1])
-        if weight is None or weight.ndim != 2 or len(call.args[0].ty.shape) != 2:
+        shape = getattr(call.args[0].ty, "shape", None)
+        if weight is None or weight.ndim != 2 or shape is None or len(shape) < 2:
             return None
         return weight
 
@@ -45,11 +48,17 @@ class Dense(LayerKind):
         return layer.weight.T
 
     def rows(self, x: np.ndarray, layer: Layer) -> np.ndarray:
-        return x
+        return x.reshape(-1, x.shape[-1])
 
     def expected_shift(self, error, expected_input, groups=1):
         """``shift = E[x] @ eps``."""
         return (np.asarray(expected_input, np.float64) @ error.astype(np.float64)).astype(np.float32)
 
     def integer_op(self, builder, layer, x_q, zero_point, w_q):
-        return builder.emit(relax.op.matmul(x_q, const(w_q), out_dtype="int32"), f"{layer.out.name}_int")
+        name = f"{layer.out.name}_int"
+        shape = list(layer.chain[0].ty.shape)
+        if len(shape) == 2:
+            return builder.emit(relax.op.matmul(x_q, const(w_q), out_dtype="int32"), name)
+        rows = builder.emit(relax.op.reshape(x_q, (-1, w_q.shape[0])), f"{layer.out.name}_rows")
+        acc = builder.emit(relax.op.matmul(rows, const(w_q), out_dtype="int32"), f"{name}2d")
+        return builder.emit(relax.op.reshape(acc, shape), name)
