@@ -119,3 +119,16 @@ def test_plan_is_saved_in_the_artifact_and_the_report(tmp_path, rng):
     assert precision[node] == "fp32"
     x = calib[:1]
     np.testing.assert_array_equal(tvmq.load(out).run(x), compiled.run(x))
+
+
+def test_cli_unknown_fp32_layer_is_one_line_listing_valid_names(tmp_path, rng, capsys):
+    from tvmq import cli
+
+    path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "conv.onnx")
+    np.save(tmp_path / "calib.npy", rng.standard_normal((4, 8, 12, 12)).astype(np.float32))
+    code = cli.main(["compile", path, "--calib", str(tmp_path / "calib.npy"), "--out", str(tmp_path / "out"),
+                     "--fp32-layers", "conv_a,conv_q*"], isolated=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == ("tvmq: error: no layer is named 'conv_q*' (--fp32-layers / Config.layers); "
+                                     "layers: conv_a, conv_b")
+    assert not (tmp_path / "out").exists()
