@@ -100,6 +100,10 @@ class Context:
         self.inner = {v for layer in self.layers.values() for v in layer.chain[:-1]}  # no value of their own
         self.outputs = _returned_vars(func)
         self.bindings = {b.var: b for b in dataflow_bindings(func)}
+        self.readers = {}  # var -> the ops that read it
+        for binding in dataflow_bindings(func):
+            for read in referenced_vars(binding.value):
+                self.readers.setdefault(read, []).append(op_name(binding.value))
         self.fp, self.q = {}, {}
         self.roots = {}  # id(QParams) -> the tensor whose calibrated range made them
         self.record = {"precision": {}, "activations": {}, "weights": {}, "fused_into": {},
@@ -162,6 +166,10 @@ class Context:
         if isinstance(expr, relax.TupleGetItem):
             return relax.TupleGetItem(self._substitute(expr.tuple_value), expr.index)
         return expr
+
+    def has_int8_reader(self, var) -> bool:
+        """Whether some op reading ``var`` has a rule (could take it quantized)."""
+        return any(rule_for(op) is not None for op in self.readers.get(var, ()))
 
     def mark(self, var, precision: str) -> None:
         self.record["precision"][var.name] = precision

@@ -13,7 +13,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from tvmq.build import build, virtual_machine
-from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme
+from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme, quantization_record
 from tvmq.passes.rules import rule_for, rule_ops
 from tvmq.targets import get_target
 
@@ -335,3 +335,24 @@ def test_matmul_on_a_3d_activation_runs_as_a_2d_int8_dense(rng):
     x_q = np.clip(np.round(x / s_x) + z_x, 0, 255).astype(np.int64)
     acc = x_q @ w_q.astype(np.int64) + bias_q  # bias_q holds -z_x sum_k w_q
     np.testing.assert_array_equal(out, acc.astype(np.float32) * acc_scale)
+
+
+@pytest.mark.parametrize("reader, precision", [("softmax", "fp32"), ("reshape", "int8")])
+def test_residual_add_read_only_by_fp32_ops_adds_in_fp32(rng, reader, precision):
+    """Rounding a sum only an fp32 op reads (a transformer's residual stream into LayerNorm) to 8 bits
+    would only add error: the add stays fp32 unless some reader has a rule."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32"), w: R.Tensor((4, 3), "float32"), x2: R.Tensor((2, 3), "float32")):
+            with R.dataflow():
+                a = R.matmul(x, w)
+                s = R.add(a, x2)
+                t = R.nn.softmax(s) if reader == "softmax" else R.reshape(s, R.shape([6]))
+                R.output(t)
+            return t
+
+    bound = relax.transform.BindParams("main", {"w": rng.normal(0, 1, (4, 3)).astype(np.float32)})(Before)
+    stats = {"x": (-1, 1), "a": (-2, 2), "x2": (-1, 3), "s": (-3, 3), "t": (0, 1)}
+    record = quantization_record(Realize(stats, Scheme("uint8", per_channel=True))(bound))
+    assert record["precision"]["s"] == precision and record["precision"]["a"] == "int8"
