@@ -21,7 +21,8 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases, unmatched
+from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
+                              unmatched)
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -120,7 +121,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "plan": plan,
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
-    _warn_fp32_layers(report["layers"], {entry["node"] for entry in plan["layers"] if entry["reason"] != "calibrated"})
+    _warn_fp32_layers(report["layers"], {entry["node"] for entry in plan["layers"] if entry["reason"] != CALIBRATED})
     modules = [artifact.Module(d.int8_built.executable, d.int8_built.params, d.inputs()) for d in deployments]
     return CompiledModel(main.int8_built.executable, main.int8_built.params, {**manifest, "inputs": main.inputs(),
                          "params": list(main.int8_built.params)}, report,
