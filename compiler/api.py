@@ -21,8 +21,10 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
+from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
+                              unmatched)
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
-from tvmq.passes.realize import Scheme, quantization_record
+from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
 from . import artifact, assets, latency, layerwise, profile
@@ -31,6 +33,7 @@ from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
 from .config import Config
 from .data import Dataset
+from .errors import TvmqError
 from .evaluate import Comparison
 from .program import Bucket, Program, Programs
 from .report import LAYER_OPS, layer_node, layer_rows
@@ -52,6 +55,7 @@ class CompiledModel:
     report: dict
     baseline: tuple | None = None
     buckets: list = dataclasses.field(default_factory=list)
+    plan: dict | None = None  # the quantization plan as deployed (plan.json)
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
@@ -69,7 +73,7 @@ class CompiledModel:
 
     def save(self, directory: str | Path, force: bool = False) -> Path:
         """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
-        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force)
+        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan)
 
 
 def compile(model: str | Path, calib, target: str = "host", config: Config | None = None,
@@ -98,6 +102,7 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     main = deployments[0]
     imported = main.program.imported
     record = quantization_record(main.int8)
+    plan = quantized.planned(main.keep_fp32).to_json(imported.onnx_names, imported.nodes)
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
                                  imported.onnx_names)
     report = {
@@ -114,14 +119,15 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(main.program.fp32) + quantized.notes,
+        "plan": plan,
         "compile_seconds": round(time.perf_counter() - started, 1),
     }
-    _warn_fp32_layers(report["layers"])
+    _warn_fp32_layers(report["layers"], {entry["node"] for entry in plan["layers"] if entry["reason"] != CALIBRATED})
     modules = [artifact.Module(d.int8_built.executable, d.int8_built.params, d.inputs()) for d in deployments]
     return CompiledModel(main.int8_built.executable, main.int8_built.params, {**manifest, "inputs": main.inputs(),
                          "params": list(main.int8_built.params)}, report,
                          baseline=(main.fp32_built.executable, main.fp32_built.params),
-                         buckets=modules if len(modules) > 1 else [])
+                         buckets=modules if len(modules) > 1 else [], plan=plan)
 
 
 def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantized:
@@ -141,8 +147,8 @@ def _programs(model, config: Config, spec: TargetSpec) -> Programs:
 
 @dataclass
 class _Quantized:
-    """Calibration's result, realizable on any program: ranges, refinements, scheme; ``program``
-    and ``int8`` are the program refinement ran on and its int8 module."""
+    """Calibration's result, realizable on any program: ranges, refinements, scheme and the plan
+    made of them; ``program`` and ``int8`` are the program refinement ran on and its int8 module."""
 
     refined: layerwise.Refinement
     scheme: Scheme
@@ -150,10 +156,15 @@ class _Quantized:
     seconds: float
     notes: list
     program: Program
+    plan: QuantPlan = None
     int8: object = None
 
+    def planned(self, keep_fp32=()) -> QuantPlan:
+        """The plan with the latency fallback's ``keep_fp32`` layers fp32."""
+        return self.plan.with_precision(keep_fp32, "fp32", LATENCY_FALLBACK)
+
     def realize(self, program: Program, keep_fp32=(), expose: bool = False):
-        return self.refined.realize(self.scheme, expose=expose, keep_fp32=list(keep_fp32))(program.fp32)
+        return RealizePlan(self.planned(keep_fp32), expose)(program.fp32)
 
 
 def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetSpec) -> _Quantized:
@@ -163,18 +174,21 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
     scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
+    aliases = _check_layer_names(sets[0][0], config.layers)
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
     start = time.perf_counter()
     observers: dict = {}
     for program, data in sets:
-        observe(program.fp32, program.names, data, program.batch, program.vm, program.size, observers,
+        names = calibration_names(program.fp32["main"], program.names)
+        observe(program.fp32, names, data, program.batch, program.vm, program.size, observers,
                 lambda: make_observer(config.calibrator, scheme.activation_dtype))
     stats, chosen = ranges_of(observers)
     program, data = max(sets, key=lambda s: len(s[1]))
     refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
-                               correct_bias=config.bias_correction == "empirical")
+                               correct_bias=config.bias_correction == "empirical", overrides=config.layers,
+                               aliases=aliases)
     notes = _bias_note(refined.bias_shifts)
     if config.bias_correction == "analytic":
         correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
@@ -182,9 +196,20 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
         notes = [correction.note()]
         logger.info(notes[0]["note"])
     seconds = round(time.perf_counter() - start, 2)
-    quantized = _Quantized(refined, scheme, chosen, seconds, notes, program)
+    quantized = _Quantized(refined, scheme, chosen, seconds, notes, program, refined.plan(program.fp32["main"], scheme))
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _check_layer_names(program: Program, layers: dict) -> dict:
+    """The names a layer answers to; a ``Config.layers`` pattern that names no layer is an error."""
+    aliases = onnx_aliases(program.imported.onnx_names, program.imported.nodes)
+    missing = unmatched(layers, program.fp32["main"], aliases)
+    if missing:
+        labels = layer_labels(program.fp32["main"], aliases)
+        few = ", ".join(labels[:5]) + (f", ... ({len(labels)} in all)" if len(labels) > 5 else "")
+        raise TvmqError(f"no layer is named {missing[0]!r} (--fp32-layers / Config.layers); layers: {few or 'none'}")
+    return aliases
 
 
 @dataclass
@@ -286,9 +311,11 @@ def _fallback_report(config: Config, fallback: _Fallback | None, nodes: dict) ->
             "rebuilt": fallback.rebuilt}
 
 
-def _warn_fp32_layers(rows: list[dict]) -> None:
-    """Say loudly when a conv / dense layer could not be realized in int8 (not when kept fp32 on purpose)."""
-    missed = [row["name"] for row in rows if row["op"] in LAYER_OPS and row["precision"] == "fp32"]
+def _warn_fp32_layers(rows: list[dict], planned: set = frozenset()) -> None:
+    """Say loudly when a conv / dense layer could not be realized in int8 (not when kept fp32 on
+    purpose: the fallback's and the user's ``planned`` nodes)."""
+    missed = [row["name"] for row in rows if row["op"] in LAYER_OPS and row["precision"] == "fp32"
+              and row["name"] not in planned]
     if missed:
         logger.warning("%d conv/dense layer(s) stayed fp32: %s", len(missed), ", ".join(missed[:10]))
 

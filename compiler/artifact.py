@@ -5,6 +5,7 @@ Layout (``runtime`` reads it with TVM's runtime alone)::
     model.so  params.npz          the first bucket (the only one for a single shape)
     model-1.so  params-1.npz ...  further buckets
     manifest.json                 inputs, outputs, buckets, target, versions, quantization, sha256 of each file
+    plan.json                     the quantization plan: per layer precision, reason, parameters (ONNX names)
     report.json  report.md
 """
 
@@ -22,6 +23,7 @@ from .report import to_markdown
 from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
 FORMAT_VERSION = 1
+PLAN = "plan.json"
 
 
 @dataclass
@@ -40,7 +42,8 @@ def file_names(index: int) -> tuple[str, str]:
     return f"model-{index}.so", f"params-{index}.npz"
 
 
-def write(directory: Path, modules: list[Module], manifest: dict, report: dict, force: bool) -> Path:
+def write(directory: Path, modules: list[Module], manifest: dict, report: dict, force: bool,
+          plan: dict | None = None) -> Path:
     """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
     with staged_directory(Path(directory), force=force) as stage:
         files, buckets = {}, []
@@ -51,6 +54,9 @@ def write(directory: Path, modules: list[Module], manifest: dict, report: dict, 
             files.update({name: sha256(stage / name) for name in (library, params)})
             buckets.append({"inputs": module.inputs, "library": library, "params_file": params,
                             "params": list(module.params)})
+        if plan is not None:
+            (stage / PLAN).write_text(json.dumps(plan, indent=2))
+            files[PLAN] = sha256(stage / PLAN)
         whole = {**manifest, "inputs": modules[0].inputs, "params": list(modules[0].params), "buckets": buckets,
                  "files": files}
         (stage / MANIFEST).write_text(json.dumps(whole, indent=2))

@@ -121,6 +121,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="static shape for an input with free dimensions (named, unknown or -1); give a name "
                              "several times to build one module per shape (shape buckets)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch for calibration / evaluation runs")
+    parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
+                        help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
+                             "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
 
 
 def _config(args):
@@ -131,7 +134,12 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db)
+                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers))
+
+
+def _fp32_layers(value: str) -> dict:
+    """``{name: "fp32"}`` for each comma-separated name or pattern of ``--fp32-layers``."""
+    return {name.strip(): "fp32" for name in value.split(",") if name.strip()}
 
 
 def _input_shapes(values: list[str]) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .errors import TvmqError
 
 BIAS_CORRECTIONS = ("none", "empirical", "analytic")
+LAYER_PRECISIONS = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Config:
     latency_fallback : after tuning, keep fp32 every conv / dense layer whose int8 kernel plus its
         quantize / dequantize edges measured slower than its tuned fp32 kernel, and rebuild the
         int8 module once without them (needs ``trials`` > 0: nothing is measured otherwise).
+    layers : per-layer precision overrides, ``{name or glob pattern: "fp32" | "int8"}``; a name is
+        an ONNX node name (``/encoder/layer.0/attention/MatMul``) or the name of one of the layer's
+        tensors; later patterns win. The quantization plan records them as "user override".
     """
 
     target: str = "host"
@@ -55,6 +59,7 @@ class Config:
     tuning_db: Path | None = None
     latency_runs: int = 50
     latency_fallback: bool = True
+    layers: dict = field(default_factory=dict)
 
     def activation_dtype(self, target_default: str) -> str:
         return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")
@@ -70,6 +75,10 @@ class Config:
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise TvmqError(f"unknown bias correction {self.bias_correction!r}; "
                             f"choose one of: {', '.join(BIAS_CORRECTIONS)}")
+        for pattern, precision in self.layers.items():
+            if precision not in LAYER_PRECISIONS:
+                raise TvmqError(f"layer {pattern!r}: unknown precision {precision!r}; choose one of: "
+                                f"{', '.join(LAYER_PRECISIONS)}")
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -25,6 +25,7 @@ from tvmq.passes.bias_correction import bias_shift
 from tvmq.passes.eq import layer_problem, search
 from tvmq.passes.expose import ExposeTensors, exposed_names
 from tvmq.passes.graph import find_layers
+from tvmq.passes.plan import QuantPlan, plan_quantization
 from tvmq.passes.realize import Realize, Scheme, quantization_record
 
 from .calibrate import run_batches
@@ -36,28 +37,40 @@ NUM_SAMPLES = 64
 
 @dataclass
 class Refinement:
-    """What realize takes on top of the calibrated ranges."""
+    """What the plan takes on top of the calibrated ranges; ``overrides`` / ``aliases`` are the
+    user's per-layer precisions and the names they may use (:func:`tvmq.passes.plan.plan_quantization`)."""
 
     stats: dict
     weight_scales: dict = field(default_factory=dict)
     bias_shifts: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    aliases: dict = field(default_factory=dict)
+
+    def plan(self, func, scheme: Scheme) -> QuantPlan:
+        return plan_quantization(func, self.stats, scheme, self.weight_scales, self.bias_shifts, self.overrides,
+                                 self.aliases)
 
     def realize(self, scheme: Scheme, expose: bool = False, keep_fp32=()) -> Realize:
         return Realize(self.stats, scheme, expose=expose, weight_scales=self.weight_scales,
-                       bias_shifts=self.bias_shifts, keep_fp32=keep_fp32)
+                       bias_shifts=self.bias_shifts, keep_fp32=keep_fp32, overrides=self.overrides,
+                       aliases=self.aliases)
 
 
 def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, vm_factory, batch_size: int,
-           search_scales: bool, correct_bias: bool) -> Refinement:
-    """Search scales (EasyQuant) and / or correct biases, layer by layer."""
-    result = Refinement(dict(stats))
+           search_scales: bool, correct_bias: bool, overrides: dict | None = None,
+           aliases: dict | None = None) -> Refinement:
+    """Search scales (EasyQuant) and / or correct biases, layer by layer (not the layers the
+    user's ``overrides`` keep fp32: they stay fp32 while the others are refined, too)."""
+    result = Refinement(dict(stats), overrides=dict(overrides or {}), aliases=dict(aliases or {}))
     if not (search_scales or correct_bias):
         return result
     start = time.perf_counter()
     subset = data.head(NUM_SAMPLES)
     names = exposed_names(fp32, sorted(stats))
     reference = _values(vm_factory(ExposeTensors(names)(fp32)), names, subset, batch, batch_size)
-    layers = [layer for layer in find_layers(fp32["main"]).values() if layer.out.name in reference]
+    kept = set(result.plan(fp32["main"], scheme).fp32_layers())
+    layers = [layer for layer in find_layers(fp32["main"]).values()
+              if layer.out.name in reference and layer.out.name not in kept]
     for layer in tqdm(layers, desc="refine layers", unit="layer", leave=False):
         int8 = result.realize(scheme, expose=True)(fp32)
         record = quantization_record(int8)

@@ -17,7 +17,8 @@ import numpy as np
 import tvm
 
 from .equalize_cross_layer import LayerRewriter, input_channel_axis, layer_bias, layer_pairs
-from .graph import append_note, batchnorm_stats, find_layers, with_batchnorm_stats, with_main
+from .graph import append_note, batchnorm_stats, with_batchnorm_stats, with_main
+from .layers import find_layers
 
 SIGMAS = 3.0
 

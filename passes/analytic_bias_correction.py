@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from .graph import Layer, batchnorm_stats, find_layers
+from .graph import batchnorm_stats
+from .layers import Layer, find_layers, kind_for
+from .plan import Scheme, layer_weight_qparams
 from .qparams import dequantize, quantize
-from .realize import Scheme, layer_weight_qparams
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -62,20 +63,13 @@ def clipped_normal_mean(mean: np.ndarray, std: np.ndarray, lo: float = -np.inf, 
 
 def expected_output_shift(error: np.ndarray, expected_input: np.ndarray, kind: str,
                           groups: int = 1) -> np.ndarray:
-    """``eps E[x]`` per output channel.
+    """``eps E[x]`` per output channel, as the layer kind ``kind`` computes it (its ``expected_shift``).
 
     conv2d: ``error`` (``W_q - W``) is OIHW with I = C_in / groups; output channel o reads input
     channels ``g * I ... g * I + I - 1`` of its group g = o // (O / groups) through every tap.
     dense: ``error`` is (K, N), the shift is ``E[x] @ eps``.
     """
-    expected_input = np.asarray(expected_input, np.float64)
-    if kind == "dense":
-        return (expected_input @ error.astype(np.float64)).astype(np.float32)
-    out_channels, in_per_group = error.shape[:2]
-    per_tap = error.astype(np.float64).sum(axis=(2, 3))  # (O, I): E[x] is the same at every tap
-    group_of = np.arange(out_channels) // (out_channels // groups)
-    inputs = expected_input.reshape(groups, in_per_group)[group_of]  # (O, I)
-    return (per_tap * inputs).sum(axis=1).astype(np.float32)
+    return kind_for(kind).expected_shift(error, expected_input, groups)
 
 
 def weight_error(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None) -> np.ndarray:
@@ -112,8 +106,7 @@ def analytic_bias_shifts(func: relax.Function, scheme: Scheme, weight_scales: di
             result.skipped.append(layer.out.name)
             continue
         error = weight_error(layer, scheme, (weight_scales or {}).get(layer.out.name))
-        groups = int(layer.call.attrs.groups) if layer.kind == "conv2d" else 1
-        result.bias_shifts[layer.out.name] = expected_output_shift(error, expected, layer.kind, groups)
+        result.bias_shifts[layer.out.name] = layer.form.expected_shift(error, expected, layer.form.groups(layer))
     return result
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .eq import LayerProblem, _fake_act, _fake_weight
-from .realize import Scheme
+from .plan import Scheme
+from .qparams import weight_scale as absmax_scale
 
 
 def bias_shift(problem: LayerProblem, act_range: tuple[float, float], scheme: Scheme,
@@ -22,8 +23,7 @@ def bias_shift(problem: LayerProblem, act_range: tuple[float, float], scheme: Sc
     """The per-channel amount to subtract from the layer's bias."""
     axis = 0 if scheme.per_channel else None
     if weight_scale is None:
-        absmax = np.abs(problem.weight).max(axis=1 if scheme.per_channel else None)
-        weight_scale = np.maximum(absmax / scheme.weight_qmax, 1e-8).astype(np.float32)
+        weight_scale = absmax_scale(problem.weight, axis, scheme.weight_qmax)
     rows = _fake_act(problem.rows_q, act_range, 1.0, scheme.activation_dtype)
     quantized = rows @ _fake_weight(problem.weight, weight_scale, axis, scheme.weight_qmax).T
     exact = problem.rows_fp @ problem.weight.T

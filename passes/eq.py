@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibrators import register_calibrator
-from .graph import Layer
+from .layers import Layer
 from .minmax import MinMaxObserver
-from .qparams import WEIGHT_QMAX, activation_qparams, dequantize, quantize
+from .qparams import WEIGHT_QMAX, activation_qparams, dequantize, quantize, weight_scale
 
 NUM_STEPS = 100
 LOW, HIGH = 0.5, 2.0
@@ -50,16 +50,13 @@ class LayerProblem:
 
 
 def layer_problem(layer: Layer, x_fp: np.ndarray, x_q: np.ndarray, seed: int = 0) -> LayerProblem:
-    """Lay a conv2d / dense layer out as matmuls over (a sample of) its output positions."""
-    if layer.kind == "dense":
-        rows_fp, rows_q, weight = x_fp, x_q, layer.weight.T
-    else:
-        rows_fp, rows_q = _im2col(x_fp, layer), _im2col(x_q, layer)
-        weight = _dense_weight(layer.weight, int(layer.call.attrs.groups)).reshape(layer.weight.shape[0], -1)
+    """Lay a layer out as matmuls over (a sample of) its output positions (its kind's matrix view)."""
+    form = layer.form
+    rows_fp, rows_q, weight = form.rows(x_fp, layer), form.rows(x_q, layer), form.matrix(layer)
     if len(rows_fp) > MAX_ROWS:
         keep = np.random.default_rng(seed).choice(len(rows_fp), MAX_ROWS, replace=False)
         rows_fp, rows_q = rows_fp[keep], rows_q[keep]
-    bias = layer.bias if layer.bias is not None else np.zeros(weight.shape[0], np.float32)
+    bias = layer.bias_or_zeros()
     target = _apply(rows_fp, weight, bias, layer.clamp)
     return LayerProblem(rows_fp, rows_q, weight.astype(np.float32), bias, layer.clamp, target)
 
@@ -70,8 +67,7 @@ def search(problem: LayerProblem, act_range: tuple[float, float], dtype: str, pe
     return ``((lo, hi), weight scales)``."""
     factors = np.linspace(LOW, HIGH, NUM_STEPS)
     axis = 0 if per_channel else None
-    w_scale = np.maximum(np.abs(problem.weight).max(axis=1 if per_channel else None) / weight_qmax, 1e-8)
-    w_scale = w_scale.astype(np.float32)
+    w_scale = weight_scale(problem.weight, axis, weight_qmax)
     act_factor = 1.0
     for _ in range(ROUNDS):
         weight_q = _fake_weight(problem.weight, w_scale, axis, weight_qmax)
@@ -116,32 +112,3 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _channel_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(0) / np.maximum(np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0), 1e-30)
-
-
-def _dense_weight(weight: np.ndarray, groups: int) -> np.ndarray:
-    """A grouped OIHW weight as the equivalent ungrouped one (zeros outside each group)."""
-    if groups == 1:
-        return weight
-    out_channels, per_group, kh, kw = weight.shape
-    dense = np.zeros((out_channels, per_group * groups, kh, kw), weight.dtype)
-    step = out_channels // groups
-    for g in range(groups):
-        dense[g * step:(g + 1) * step, g * per_group:(g + 1) * per_group] = weight[g * step:(g + 1) * step]
-    return dense
-
-
-def _im2col(x: np.ndarray, layer: Layer) -> np.ndarray:
-    """(N, C, H, W) -> (N*OH*OW, C*KH*KW) patches, zero padded."""
-    attrs = layer.call.attrs
-    (top, left, bottom, right), (sh, sw), (dh, dw) = ([int(v) for v in attrs.padding],
-                                                      [int(v) for v in attrs.strides],
-                                                      [int(v) for v in attrs.dilation])
-    _, _, kh, kw = layer.weight.shape
-    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    n, c, h, w = x.shape
-    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    cols = np.empty((n, c, kh, kw, oh, ow), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = x[:, :, i * dh: i * dh + sh * oh: sh, j * dw: j * dw + sw * ow: sw]
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, c * kh * kw)

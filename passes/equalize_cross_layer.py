@@ -22,7 +22,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Layer, append_note, batchnorm_stats, find_layers, use_counts, with_batchnorm_stats, with_main
+from .graph import append_note, batchnorm_stats, use_counts, with_batchnorm_stats, with_main
+from .layers import Layer, find_layers
 
 MAX_ITERATIONS = 20
 TOLERANCE = 1e-6
@@ -74,7 +75,7 @@ def _scaled_stats(func: relax.Function, layers: dict, out_scales: dict) -> dict:
 
 
 def layer_bias(layer: Layer) -> np.ndarray:
-    return layer.bias if layer.bias is not None else np.zeros(layer.weight.shape[layer.channel_axis], np.float32)
+    return layer.bias_or_zeros()
 
 
 def layer_pairs(func: relax.Function, layers: dict) -> list[_Pair]:
@@ -96,12 +97,7 @@ def layer_pairs(func: relax.Function, layers: dict) -> list[_Pair]:
 
 def input_channel_axis(layer: Layer) -> int | None:
     """The axis of ``layer.weight`` that indexes its input channels (None: not equalizable)."""
-    if layer.kind == "dense":
-        return 0
-    groups = int(layer.call.attrs.groups)
-    if groups == 1:
-        return 1
-    return 0 if groups == layer.weight.shape[0] and layer.weight.shape[1] == 1 else None  # depthwise
+    return layer.form.input_channel_axis(layer)
 
 
 def _channel_range(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -149,7 +145,7 @@ class LayerRewriter(relax.PyExprMutator):
             weight = relax.const(self.weights[id(layer)].astype(np.float32))
             new = relax.Call(value.op, [self.visit_expr(value.args[0]), weight], value.attrs, value.ty_args)
         elif layer is not None:
-            bias = self.biases[id(layer)].reshape((1, -1, 1, 1) if layer.kind == "conv2d" else (-1,))
+            bias = layer.form.output_shape(self.biases[id(layer)], layer)
             new = relax.op.add(self.visit_expr(value.args[0]), relax.const(bias.astype(np.float32)))
         else:
             super().visit_var_binding_(binding)

@@ -1,15 +1,13 @@
-"""Small read-only helpers over a Relax ``main`` function: bindings, uses, constants, layers.
+"""Small read-only helpers over a Relax ``main`` function: bindings, uses, constants, notes.
 
-A *layer* is what realize turns into one integer kernel: a conv2d or matmul with a constant
-weight, optionally followed by a constant bias add and a clamp (ReLU, ReLU6, Clip), each
-intermediate used exactly once.
+Layers (a conv2d / matmul with a constant weight, its bias and clamp) are in
+:mod:`tvmq.passes.layers`; :func:`find_layers` is kept here for its callers.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -18,24 +16,6 @@ from tvm import ir, relax
 
 PASSES_ATTR = "tvmq.passes"
 BN_STATS_ATTR = "tvmq.batchnorm_stats"  # {tensor: {"mean": [...], "std": [...]}} of folded BatchNorms
-
-
-@dataclass
-class Layer:
-    """One quantizable conv2d/dense chain; ``out`` is the variable its result ends in."""
-
-    kind: str  # "conv2d" or "dense"
-    call: relax.Call
-    data: relax.Var
-    weight: np.ndarray  # OIHW for conv2d, (K, N) for dense
-    bias: np.ndarray | None
-    clamp: tuple[float, float]
-    chain: list  # the variables of the chain, first to last
-    channel_axis: int  # axis of ``weight`` that indexes output channels
-
-    @property
-    def out(self) -> relax.Var:
-        return self.chain[-1]
 
 
 def with_main(mod: tvm.IRModule, main: relax.Function) -> tvm.IRModule:
@@ -98,87 +78,18 @@ def prim_float(value) -> float:
 
 
 def find_layers(func: relax.Function) -> dict:
-    """Map the first variable of every quantizable chain to its :class:`Layer`."""
-    bindings = dataflow_bindings(func)
-    uses = use_counts(func)
-    consumer = {}
-    for binding in bindings:
-        for var in referenced_vars(binding.value):
-            consumer.setdefault(var, binding)
-    layers = {}
-    for binding in bindings:
-        layer = _start_layer(binding)
-        if layer is None:
-            continue
-        _extend_with_bias(layer, consumer, uses)
-        _extend_with_clamp(layer, consumer, uses)
-        layers[layer.chain[0]] = layer
-    return layers
+    """Map the first variable of every quantizable chain to its layer (:func:`tvmq.passes.layers.find_layers`)."""
+    from .layers import find_layers as find
+
+    return find(func)
 
 
-def _start_layer(binding) -> Layer | None:
-    call = binding.value
-    name = op_name(call)
-    if name == "relax.nn.conv2d":
-        weight = constant_value(call.args[1])
-        attrs = call.attrs
-        if weight is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
-            return None
-        return Layer("conv2d", call, call.args[0], weight, None, (-np.inf, np.inf), [binding.var], 0)
-    if name == "relax.matmul":
-        weight = constant_value(call.args[1])
-        if weight is None or weight.ndim != 2 or len(call.args[0].ty.shape) != 2:
-            return None
-        return Layer("dense", call, call.args[0], weight, None, (-np.inf, np.inf), [binding.var], 1)
-    return None
+def __getattr__(name: str):
+    if name == "Layer":  # moved to tvmq.passes.layers; kept importable from here
+        from .layers import Layer
 
-
-def _single_consumer(var, consumer, uses):
-    return consumer.get(var) if uses[var] == 1 else None
-
-
-def _extend_with_bias(layer: Layer, consumer, uses) -> None:
-    binding = _single_consumer(layer.out, consumer, uses)
-    if binding is None or op_name(binding.value) != "relax.add":
-        return
-    args = binding.value.args
-    other = args[1] if args[0].same_as(layer.out) else args[0]
-    bias = constant_value(other)
-    channels = layer.weight.shape[layer.channel_axis]
-    if bias is None or bias.size != channels or _channel_axis_of(bias, layer) is None:
-        return
-    layer.bias = bias.reshape(-1).astype(np.float32)
-    layer.chain.append(binding.var)
-
-
-def _channel_axis_of(bias: np.ndarray, layer: Layer) -> int | None:
-    """The axis along which ``bias`` varies, if it broadcasts per output channel."""
-    out_ndim = len(layer.out.ty.shape)
-    channel_axis = 1 if layer.kind == "conv2d" else out_ndim - 1
-    padded = (1,) * (out_ndim - bias.ndim) + bias.shape
-    non_unit = [i for i, d in enumerate(padded) if d != 1]
-    return channel_axis if non_unit in ([channel_axis], []) else None
-
-
-def _extend_with_clamp(layer: Layer, consumer, uses) -> None:
-    """Absorb relu / maximum(x, c) / minimum(x, c) into the layer's output clamp."""
-    lo, hi = layer.clamp
-    while (binding := _single_consumer(layer.out, consumer, uses)) is not None:
-        name = op_name(binding.value)
-        args = binding.value.args if name else []
-        if name == "relax.nn.relu":
-            lo = max(lo, 0.0)
-        elif name == "relax.clip":
-            lo, hi = max(lo, prim_float(args[1])), min(hi, prim_float(args[2]))
-        elif name in ("relax.maximum", "relax.minimum") and args[0].same_as(layer.out):
-            bound = constant_value(args[1])
-            if bound is None or bound.size != 1:
-                break
-            lo, hi = (max(lo, float(bound)), hi) if name == "relax.maximum" else (lo, min(hi, float(bound)))
-        else:
-            break
-        layer.chain.append(binding.var)
-    layer.clamp = (lo, hi)
+        return Layer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def append_note(func: relax.Function, note: dict) -> relax.Function:

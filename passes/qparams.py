@@ -65,13 +65,16 @@ def activation_qparams(lo: float, hi: float, dtype: str) -> QParams:
 def weight_qparams(weight: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> QParams:
     """Symmetric int8 parameters onto ``[-qmax, qmax]``, per channel along ``axis`` (or per tensor
     when ``axis`` is None)."""
-    if axis is None:
-        absmax = np.abs(weight).max(initial=0.0)
-    else:
-        reduce = tuple(i for i in range(weight.ndim) if i != axis)
-        absmax = np.abs(weight).max(axis=reduce, initial=0.0)
-    scale = np.maximum(absmax / qmax, TINY_SCALE).astype(np.float32)
+    scale = weight_scale(weight, axis, qmax)
     return QParams(scale, np.zeros_like(scale, dtype=np.int32), "int8", axis, limit=qmax)
+
+
+def weight_scale(weight: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> np.ndarray:
+    """The symmetric absmax weight scale ``s_c = max(max_k |W[c, k]| / qmax, 1e-8)`` in fp32, per
+    channel along ``axis`` (one scale for the tensor when ``axis`` is None). The one place it is computed."""
+    reduce = None if axis is None else tuple(i for i in range(weight.ndim) if i != axis)
+    absmax = np.abs(weight).max(axis=reduce, initial=0.0)
+    return np.maximum(absmax / qmax, TINY_SCALE).astype(np.float32)
 
 
 def weight_bits(qmax: int) -> int:

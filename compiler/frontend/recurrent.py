@@ -8,7 +8,9 @@ and directions ``d``, the input projection of every step and direction is one ma
 and each step of each direction adds one recurrent matmul ``H_{t-1} R_d^T`` (two for a GRU
 with ``linear_before_reset=0``, whose candidate gate needs the reset gate first) and the
 gate element-wise ops. All matmuls are ``relax.matmul`` on 2-D tensors with constant
-weights, so tvmq's passes see them as dense layers. Peepholes (LSTM's ``P``) and both
+weights, so tvmq's passes see them as dense layers; their inputs are named after the node
+(``<node>/X_rows``, ``<node>/d<d>/initial<k>``, ``<node>/d<d>/t<t>/h``, GRU's ``.../rh``) so
+that calibration and the quantization plan can key them. Peepholes (LSTM's ``P``) and both
 layouts are imported; other activations than the defaults, ``clip``, ``input_forget``, a
 symbolic sequence length, ``sequence_lens`` shorter than the sequence and weights that are
 not constants are refused with a :class:`TvmqError`. The batch may stay symbolic.
@@ -109,10 +111,12 @@ def _convert(bb, cell: _Cell, inputs, attrs: dict, opset: int) -> relax.Tuple:
     x_gates = _input_projection(bb, node, inputs[0], w, in_bias)
     finals, ys = [], []
     for d, reverse in enumerate(node.reverse):
-        state = tuple(_initial_state(bb, node, inputs[i], d) for i in cell.initial_inputs)
+        state = tuple(_initial_state(bb, node, inputs[i], d, f"{node.name}/d{d}/initial{k}")
+                      for k, i in enumerate(cell.initial_inputs))
         hs = {}
         for t in (reversed(range(node.seq)) if reverse else range(node.seq)):
-            state = cell.step(bb, node, weights[d], _step_input(bb, x_gates, t, d, width), state)
+            state = cell.step(bb, node, weights[d], _step_input(bb, x_gates, t, d, width), state,
+                              f"{node.name}/d{d}/t{t}")
             hs[t] = state[0]
         ys.append(_stack(bb, [hs[t] for t in range(node.seq)], axis=0))
         finals.append(state)
@@ -214,7 +218,7 @@ def _input_projection(bb, node: _Node, x, w: np.ndarray, bias: np.ndarray):
     """``G_x = X W^T + b`` for all steps and directions, as ``[T, batch, dirs * gates * hidden]``."""
     if node.layout:
         x = bb.emit(relax.op.permute_dims(x, [1, 0, 2]))
-    flat = bb.emit(relax.op.reshape(x, (-1, w.shape[-1])))
+    flat = bb.emit(relax.op.reshape(x, (-1, w.shape[-1])), f"{node.name}/X_rows")
     w_t = np.ascontiguousarray(w.reshape(-1, w.shape[-1]).T)
     projected = bb.emit(relax.op.add(bb.emit(relax.op.matmul(flat, relax.const(w_t))), relax.const(bias)))
     return bb.emit(relax.op.reshape(projected, (node.seq, node.batch, w_t.shape[1])))
@@ -226,14 +230,14 @@ def _step_input(bb, x_gates, t: int, d: int, width: int):
     return bb.emit(relax.op.squeeze(part, axis=[0]))
 
 
-def _initial_state(bb, node: _Node, value, d: int):
+def _initial_state(bb, node: _Node, value, d: int, name: str):
     """Direction ``d`` of ``initial_h`` / ``initial_c`` (``[dirs, batch, hidden]``, or batch first
     when ``layout=1``) as ``[batch, hidden]``; zeros when the input is absent."""
     if value is None:
         return bb.emit(relax.op.zeros(relax.ShapeExpr([node.batch, node.hidden]), node.dtype))
     axis = 1 if node.layout else 0
     part = bb.emit(relax.op.strided_slice(value, axes=[axis], begin=[d], end=[d + 1]))
-    return bb.emit(relax.op.squeeze(part, axis=[axis]))
+    return bb.emit(relax.op.squeeze(part, axis=[axis]), name)
 
 
 def _outputs(bb, node: _Node, ys: list, finals: list, states: int) -> relax.Tuple:
@@ -262,7 +266,7 @@ def _recurrent(bb, h, r_t: np.ndarray, bias: np.ndarray | None = None):
     return out if bias is None else bb.emit(relax.op.add(out, relax.const(bias)))
 
 
-def _lstm_step(bb, node: _Node, w: _Weights, x_gates, state: tuple) -> tuple:
+def _lstm_step(bb, node: _Node, w: _Weights, x_gates, state: tuple, tag: str) -> tuple:
     """One LSTM step: ``(h, c) -> (h', c')`` (formulas in :func:`lstm`)."""
     h, c = state
     emit, op = bb.emit, relax.op
@@ -275,11 +279,11 @@ def _lstm_step(bb, node: _Node, w: _Weights, x_gates, state: tuple) -> tuple:
     c = emit(op.add(emit(op.multiply(f, c)), emit(op.multiply(i, g))))
     if w.peephole is not None:
         o = emit(op.add(o, emit(op.multiply(p_o, c))))
-    h = emit(op.multiply(emit(op.sigmoid(o)), emit(op.tanh(c))))
+    h = emit(op.multiply(emit(op.sigmoid(o)), emit(op.tanh(c))), f"{tag}/h")
     return h, c
 
 
-def _gru_step(bb, node: _Node, w: _Weights, x_gates, state: tuple) -> tuple:
+def _gru_step(bb, node: _Node, w: _Weights, x_gates, state: tuple, tag: str) -> tuple:
     """One GRU step: ``(h,) -> (h',)`` (formulas in :func:`gru`)."""
     (h,) = state
     emit, op, hidden = bb.emit, relax.op, node.hidden
@@ -292,9 +296,10 @@ def _gru_step(bb, node: _Node, w: _Weights, x_gates, state: tuple) -> tuple:
     if node.linear_before_reset:
         n = emit(op.tanh(emit(op.add(x_n, emit(op.multiply(r, h_n))))))
     else:
-        n = emit(op.tanh(emit(op.add(x_n, _recurrent(bb, emit(op.multiply(r, h)), w.r_t[:, 2 * hidden:])))))
+        n = emit(op.tanh(emit(op.add(x_n, _recurrent(bb, emit(op.multiply(r, h), f"{tag}/rh"),
+                                                      w.r_t[:, 2 * hidden:])))))
     one = relax.const(1.0, node.dtype)
-    return (emit(op.add(emit(op.multiply(emit(op.subtract(one, z)), n)), emit(op.multiply(z, h)))),)
+    return (emit(op.add(emit(op.multiply(emit(op.subtract(one, z)), n)), emit(op.multiply(z, h))), f"{tag}/h"),)
 
 
 _CELLS = {

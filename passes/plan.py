@@ -1,0 +1,189 @@
+"""QuantPlan: what realize does to every layer and tensor, as plain data keyed by tensor names.
+
+A planner (:func:`plan_quantization`) builds the plan from the calibrated ranges, the layer-wise
+refinements (EasyQuant's weight scales, bias corrections), per-layer precision overrides and
+the target's constraints (its :class:`Scheme`); :class:`tvmq.passes.realize.RealizePlan` only
+carries it out. Per layer (keyed by the tensor its chain ends in) the plan holds its precision,
+the reason for it, its weight parameters (range ``[-weight_qmax, weight_qmax]``) and bias shift;
+per calibrated tensor, its activation parameters:
+
+    activation: s = (hi - lo) / 255, z = round(-lo / s)  (uint8; int8: s = max|.| / 127, z = 0)
+    weight:     s_c = max_k |W[c, k]| / weight_qmax      (absmax, unless a search chose s_c)
+
+Overrides map exact names or glob patterns (of a layer's tensors, their ONNX tensor names or
+its ONNX node's name) to a precision; the latency fallback is an override too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layers import Layer, find_layers
+from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
+
+AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
+PRECISIONS = ("int8", "fp32")  # "dynamic" (run-time activation ranges) is planned, not yet realized
+CALIBRATED = "calibrated"
+USER_OVERRIDE = "user override"
+LATENCY_FALLBACK = "latency fallback"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How to quantize: the activation dtype the target's int8 instructions want, weight granularity,
+    and the weight range ``[-weight_qmax, weight_qmax]`` its kernels can take without overflow."""
+
+    activation_dtype: str = "uint8"
+    per_channel: bool = True
+    weight_qmax: int = WEIGHT_QMAX
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's plan: ``tensor`` is its output (the chain's last tensor), ``input`` its data."""
+
+    tensor: str
+    kind: str
+    input: str
+    chain: tuple[str, ...]
+    precision: str
+    reason: str
+    weight: QParams
+    bias_shift: np.ndarray | None = None
+
+    def to_json(self, activations: dict, rename=str, node: str | None = None) -> dict:
+        act = {role: activations[name].to_json() for role, name in (("input", self.input), ("output", self.tensor))
+               if name in activations}
+        out = {"node": node, "tensor": rename(self.tensor), "kind": self.kind, "precision": self.precision,
+               "reason": self.reason, "input_tensor": rename(self.input), "chain": [rename(n) for n in self.chain],
+               **act, "weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)]}
+        if self.bias_shift is not None:
+            out["bias_shift"] = np.asarray(self.bias_shift, np.float64).ravel().tolist()
+        return out
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Per-layer plans (by output tensor) and per-tensor activation parameters (by tensor)."""
+
+    scheme: Scheme
+    layers: dict = field(default_factory=dict)  # tensor -> LayerPlan
+    activations: dict = field(default_factory=dict)  # tensor -> QParams
+    ranges: dict = field(default_factory=dict)  # tensor -> (lo, hi) they came from
+
+    def with_precision(self, tensors, precision: str, reason: str) -> QuantPlan:
+        """A copy with the layers ending in ``tensors`` set to ``precision`` for ``reason``."""
+        tensors = set(tensors)
+        layers = {name: dataclasses.replace(entry, precision=precision, reason=reason) if name in tensors else entry
+                  for name, entry in self.layers.items()}
+        return dataclasses.replace(self, layers=layers)
+
+    def fp32_layers(self) -> list[str]:
+        return [name for name, entry in self.layers.items() if entry.precision == "fp32"]
+
+    def to_json(self, onnx_names: dict | None = None, nodes: dict | None = None) -> dict:
+        """The plan keyed by ONNX names (``onnx_names``: variable -> ONNX tensor; ``nodes``:
+        variable -> (ONNX node, op type))."""
+        onnx_names, nodes = onnx_names or {}, nodes or {}
+
+        def rename(name):
+            return onnx_names.get(name, name)
+
+        return {"scheme": dataclasses.asdict(self.scheme),
+                "layers": [entry.to_json(self.activations, rename, _node_of(entry.chain, nodes))
+                           for entry in self.layers.values()],
+                "activations": {rename(name): {**qp.to_json(), "range": [float(v) for v in self.ranges[name]]}
+                                for name, qp in sorted(self.activations.items())}}
+
+
+def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | None = None,
+                      bias_shifts: dict | None = None, overrides: dict | None = None,
+                      aliases: dict | None = None) -> QuantPlan:
+    """Plan ``func``'s layers and tensors.
+
+    ``stats``: tensor -> calibrated ``(lo, hi)``; ``weight_scales`` / ``bias_shifts``: layer
+    output -> searched weight scales / bias shift; ``overrides``: name or glob -> precision,
+    matched against each layer's tensors and their ``aliases`` (tensor -> other names: ONNX
+    tensor and node names). A layer matched by several patterns takes the last one's precision.
+    """
+    weight_scales, bias_shifts = weight_scales or {}, bias_shifts or {}
+    activations = {name: activation_qparams(lo, hi, scheme.activation_dtype) for name, (lo, hi) in stats.items()}
+    layers = {}
+    for layer in find_layers(func).values():
+        name = layer.out.name
+        precision, reason = _override(layer, overrides or {}, aliases or {})
+        layers[name] = LayerPlan(name, layer.kind, layer.data.name, tuple(v.name for v in layer.chain), precision,
+                                 reason, layer_weight_qparams(layer, scheme, weight_scales.get(name)),
+                                 bias_shifts.get(name))
+    return QuantPlan(scheme, layers, activations, {name: tuple(stats[name]) for name in activations})
+
+
+def calibration_names(func, names: list[str]) -> list[str]:
+    """``names`` and every layer input that has a name of its own but no ONNX tensor behind it
+    (the frontend's LSTM / GRU converters name their gate matmuls' inputs), sorted."""
+    inputs = {layer.data.name for layer in find_layers(func).values()}
+    return sorted(set(names) | {name for name in inputs if not AUTO_NAME.match(name)})
+
+
+def layer_names(layer: Layer, aliases: dict) -> list[str]:
+    """Every name ``layer`` answers to: its tensors and their aliases."""
+    names = [v.name for v in layer.chain]
+    return names + [alias for name in names for alias in aliases.get(name, ())]
+
+
+def unmatched(patterns, func, aliases: dict) -> list[str]:
+    """The patterns that name no layer of ``func``."""
+    names = [layer_names(layer, aliases) for layer in find_layers(func).values()]
+    return [p for p in patterns if not any(_matches(p, n) for n in names)]
+
+
+def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None) -> QParams:
+    """The int8 weight parameters ``layer`` gets: absmax per channel or per tensor (``weight_qparams``),
+    or the given ``scale`` (EasyQuant's search) instead, clipped at ``weight_qmax`` either way."""
+    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None, scheme.weight_qmax)
+    if scale is None:
+        return w_qp
+    scale = np.asarray(scale, np.float32)
+    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None,
+                   limit=scheme.weight_qmax)
+
+
+def _override(layer: Layer, overrides: dict, aliases: dict) -> tuple[str, str]:
+    names = layer_names(layer, aliases)
+    chosen = [precision for pattern, precision in overrides.items() if _matches(pattern, names)]
+    return (chosen[-1], USER_OVERRIDE) if chosen else ("int8", CALIBRATED)
+
+
+def _matches(pattern: str, names: list[str]) -> bool:
+    return any(pattern == name or fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def _node_of(chain, nodes: dict) -> str | None:
+    """The ONNX node a layer is reported under: the first of its tensors' nodes that is a Conv /
+    Gemm / MatMul, else the first one known."""
+    named = [nodes[name] for name in chain if name in nodes]
+    return next((node for node, op in named if op in ("Conv", "Gemm", "MatMul")), named[0][0] if named else None)
+
+
+def onnx_aliases(onnx_names: dict, nodes: dict) -> dict:
+    """tensor -> its other names: the ONNX node that makes it, then its ONNX tensor name
+    (``onnx_names``: variable -> ONNX tensor; ``nodes``: variable -> (node, op type))."""
+    names = set(onnx_names) | set(nodes)
+    aliases = {name: tuple(dict.fromkeys(n for n in (nodes.get(name, (None,))[0], onnx_names.get(name))
+                                         if n and n != name)) for name in names}
+    return {name: found for name, found in aliases.items() if found}
+
+
+def layer_labels(func, aliases: dict) -> list[str]:
+    """One name per layer of ``func``, as a user would give it: the ONNX node of its first named
+    tensor (or its output tensor's own name)."""
+    labels = []
+    for layer in find_layers(func).values():
+        named = [aliases[v.name][0] for v in layer.chain if v.name in aliases]
+        labels.append(named[0] if named else layer.out.name)
+    return labels
