@@ -361,12 +361,8 @@ def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: Tar
     return _Built(build(tuned, spec), params, summary, lifted)
 
 
-def _median_ms(executable, params: dict, inputs, runs: int) -> float:
-    import tvm
-
-    vm = virtual_machine(executable)
-    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=max(runs, 1))
-    return float(np.median(timer(*profile.zero_input_args(params, inputs)).results) * 1e3)
+def _median_ms(executable, params: dict, inputs, runs: int) -> float | str:
+    return profile.median_ms(executable, profile.zero_input_args(params, inputs), runs)
 
 
 def _target_key(spec: TargetSpec) -> str:
