@@ -56,8 +56,8 @@ def to_markdown(report: dict) -> str:
               f"| output cosine similarity | | {acc['output_cosine']:.5f} |", "",
               "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
               "| module | ms |", "|---|---|",
-              f"| fp32 | {lat['fp32']:.3f} |", f"| int8 | {lat['int8']:.3f} |",
-              f"| speed-up | {lat['fp32'] / lat['int8']:.2f}x |", "",
+              f"| fp32 | {_ms(lat['fp32'])} |", f"| int8 | {_ms(lat['int8'])} |",
+              f"| speed-up | {_speedup(lat)} |", "",
               *_buckets(report.get("buckets")),
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
               *_fallback(report.get("latency_fallback")),
@@ -79,8 +79,18 @@ def _buckets(buckets: list | None) -> list[str]:
     for bucket in buckets:
         shapes = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in bucket["inputs"])
         lat = bucket["latency_ms"]
-        lines.append(f"| {shapes} | {lat['fp32']:.3f} | {lat['int8']:.3f} | {lat['fp32'] / lat['int8']:.2f}x |")
+        lines.append(f"| {shapes} | {_ms(lat['fp32'])} | {_ms(lat['int8'])} | {_speedup(lat)} |")
     return lines + [""]
+
+
+def _ms(value) -> str:
+    """A latency in ms, or the target's reason it has none (``not measured (emulated)``)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _speedup(lat: dict) -> str:
+    numbers = all(isinstance(lat[k], (int, float)) for k in ("fp32", "int8"))
+    return f"{lat['fp32'] / lat['int8']:.2f}x" if numbers else "not measured"
 
 
 def _weights(report: dict) -> str:
