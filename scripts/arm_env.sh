@@ -51,5 +51,10 @@ for deb in "$DEBS"/*.deb; do dpkg -x "$deb" "$SYSROOT"; done
   --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
   --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
   "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$FFI_VERSION" numpy ml_dtypes typing_extensions psutil cloudpickle
+# 5. bytecode for the emulated interpreter, compiled natively (same CPython minor, same .pyc): without
+#    it every start under qemu recompiles the stdlib and TVM's Python (measured: 77 s -> 44 s a start)
+if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  "$PY" -m compileall -q -j 0 "$SYSROOT/site" "$SYSROOT/usr/lib/python3.11" >/dev/null || true
+fi
 touch "$STAMP"
 echo "arm-env: ready ($SYSROOT)"
