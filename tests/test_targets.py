@@ -74,3 +74,43 @@ def test_an_untimed_target_reports_why_instead_of_a_latency():
     x = tvm.runtime.tensor(np.zeros(4, np.float32))
     assert profile.median_ms(executable, [x], 3) == "not measured (x)"
     assert profile.kernel_rows(executable, [x]) == [] and profile.in_run_rows(executable, [x], runs=1) == []
+
+
+@pytest.fixture(scope="module")
+def realized(tmp_path_factory):
+    """conv_chain's int8 module (batch 1) and a sample, per activation dtype, calibrated here."""
+    import onnx_models
+    from tvmq import api
+    from tvmq.build import bind_batch
+    from tvmq.config import Config
+
+    path = onnx_models.save(onnx_models.conv_chain(channels=3), tmp_path_factory.mktemp("m") / "m.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32)
+    modules = {}
+    for dtype in ("uint8", "int8"):
+        quantized = api.quantize(path, calib, Config(batch_size=16, symmetric=dtype == "int8"))
+        modules[dtype] = bind_batch(quantized.int8, 1)
+    return modules, calib[:1]
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_legalizes_bit_identically_onto_packed_weights(realized, name):
+    """The template each target passes (built and run on this machine, so it runs everywhere):
+    its legalization packs the int8 convs, and the integers do not change."""
+    import tvm
+
+    from tvmq.passes.graph import dataflow_bindings, op_name
+    from tvmq.targets import x86_int8
+
+    spec = get_target(name)
+    if spec.legalize is None:
+        pytest.skip(f"{name} keeps TVM's generic kernels (a CPU without an int8 dot product)")
+    modules, x = realized
+    int8 = modules[spec.activation_dtype]
+    legalized = spec.legalize(int8)
+    kernels = [b.value.args[0].name_hint for b in dataflow_bindings(legalized["main"])
+               if op_name(b.value) == "relax.call_tir"]
+    assert sum(x86_int8.PACKED_PREFIX in k for k in kernels) == 2
+    host = get_target("host")
+    outputs = [virtual_machine(build(m, host))["main"](tvm.runtime.tensor(x)).numpy() for m in (legalized, int8)]
+    np.testing.assert_array_equal(*outputs)
