@@ -11,6 +11,7 @@ Emulated time says nothing about the device's speed: modules run, but are not ti
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import shutil
@@ -61,8 +62,8 @@ class QemuUser:
 
     def vm(self, executable) -> "EmulatedVM":
         worker = self._worker()
-        path = worker.scratch / f"module-{len(list(worker.scratch.iterdir()))}.so"
-        executable.export_library(str(path))
+        path = worker.scratch / f"module-{next(worker.exported)}.so"
+        executable.export_library(str(path))  # with the target's cross compiler (tvmq.build.build)
         return EmulatedVM(worker, worker.request({"op": "load", "path": str(path)}))
 
     def runner(self):
@@ -88,7 +89,7 @@ class Worker:
     """One aarch64 Python under qemu serving load / run requests (:mod:`tvmq.targets.qemu_worker`)."""
 
     def __init__(self, sysroot: Path, mcpu: str):
-        self.mcpu = mcpu
+        self.mcpu, self.exported = mcpu, itertools.count()
         self.scratch = Path(tempfile.mkdtemp(prefix="tvmq-qemu-"))
         env = {**os.environ, "PYTHONPATH": str(sysroot / "site"), "TVM_USE_RUNTIME_LIB": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}

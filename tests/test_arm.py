@@ -6,7 +6,6 @@ Everything that runs aarch64 code skips, saying why, without the toolchain (``ma
 One qemu worker per target serves all of a target's modules here (each start costs 10-20 s).
 """
 
-import dataclasses
 import subprocess
 
 import numpy as np
