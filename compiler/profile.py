@@ -32,8 +32,8 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False
     """``{"kernel", "calls", "us"}`` per kernel of ``executable``'s ``main`` run on ``args``
     (tvm tensors: inputs, then params), µs per call (fastest repeat, median over its calls), most time first:
     the rows of the tuning summary's ``kernels``, measured in the module (``cold``: each
-    repeat after flushing the cache of all arguments but the first). None for a target whose
-    clock says nothing of its speed (an emulator): ``[]``."""
+    repeat after flushing the cache of all arguments but the first). Empty for a target whose
+    clock says nothing of its speed (an emulator)."""
     executor = executor_of(executable)
     if not executor.timed:
         return []

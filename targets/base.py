@@ -25,6 +25,7 @@ class Executor(Protocol):
     """How a target's modules run and are measured."""
 
     timed: bool  # whether its clock says anything about the target's speed
+    why_untimed: str  # what a report gives instead of a latency when it is not
 
     def device(self):
         """The ``tvm.runtime.Device`` its modules run on."""
