@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tvmq-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test arm-env bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)  ## set up, compile the bundled MNIST CNN for this machine, print
 
 test: $(STAMP)  ## set up and run the test suite
 	$(PY) -m pytest -q tests
+
+arm-env: $(STAMP)  ## install the aarch64 cross compiler, qemu-user and runtime (targets arm, arm-neon); idempotent
+	PYTHON=$(PY) bash scripts/arm_env.sh
 
 clean:
 	rm -rf demo-out .pytest_cache

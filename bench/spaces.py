@@ -70,9 +70,9 @@ def conv_us(path: Path, shape: list[int], trials: int, spaces: str, precision: s
     from tvmq.passes.realize import RECORD_ATTR
     from tvmq.targets import x86, x86_int8, x86_legalize
 
-    originals = x86._packed_space, x86_legalize.LegalizeForX86
+    originals = x86.packed_space, x86_legalize.LegalizeForX86
     if spaces == "generic" and precision == "int8":
-        x86._packed_space = lambda intrinsic, task: (x86_int8.search_space(intrinsic.name)
+        x86.packed_space = lambda intrinsic, task: (x86_int8.search_space(intrinsic.name)
                                                      if x86_int8.PACKED_PREFIX in task else None)
     if spaces == "generic" and precision == "fp32":  # legalize the int8 module only
         x86_legalize.LegalizeForX86 = lambda lanes: (
@@ -84,7 +84,7 @@ def conv_us(path: Path, shape: list[int], trials: int, spaces: str, precision: s
         compiled = tvmq.compile(str(path), calib, config=tvmq.Config(
             trials=trials, tuning_db=database, latency_fallback=False, latency_runs=1))
     finally:
-        x86._packed_space, x86_legalize.LegalizeForX86 = originals
+        x86.packed_space, x86_legalize.LegalizeForX86 = originals
     rows = compiled.report["kernel_profile"][precision]
     return next(r["us"] for r in rows if "conv2d" in r["kernel"])
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
-from tvmq.targets import TargetSpec
+from tvmq.targets import LocalCpu, TargetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,37 @@ def build(mod, spec: TargetSpec):
     with tvm.transform.PassContext(opt_level=3):
         executable = tvm.compile(mod, target=spec.target)
     logger.debug("built in %.1f s", time.perf_counter() - start)
-    return executable
+    return _built(executable.mod, spec)
 
 
 def virtual_machine(executable):
-    import tvm
-    from tvm import relax
+    """A VM running ``executable`` where its target runs modules (:class:`tvmq.targets.Executor`)."""
+    return executor_of(executable).vm(executable)
 
-    return relax.VirtualMachine(executable, tvm.cpu())
+
+def executor_of(executable):
+    """The executor of the target ``executable`` was built for (this CPU for a foreign one)."""
+    spec = getattr(executable, "spec", None)
+    return spec.executor if spec is not None else LocalCpu()
+
+
+def _built(module, spec: TargetSpec):
+    built = _built_class()(module)
+    built.spec = spec
+    return built
+
+
+@functools.cache
+def _built_class():
+    from tvm.runtime import Executable
+
+    class Built(Executable):
+        """An executable that remembers its target (``spec``): it exports with the target's
+        compiler and runs on the target's executor."""
+
+        def export_library(self, file_name, **kwargs):
+            if self.spec.exporter is not None:
+                kwargs.setdefault("fcompile", self.spec.exporter)
+            return super().export_library(file_name, **kwargs)
+
+    return Built

@@ -32,8 +32,9 @@ class Choice:
         return {"artifact": self.name, "reason": self.reason, "timed": self.timed}
 
 
-def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_of=None) -> dict[str, float]:
-    """Median ms of one run of each module's ``main`` on zero inputs, over ``runs`` interleaved rounds.
+def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_of=None) -> dict[str, float | str]:
+    """Median ms of one run of each module's ``main`` on zero inputs, over ``runs`` interleaved rounds
+    (for a target whose executor cannot time, each module's value is its reason instead).
 
     ``modules``: name -> a build with ``executable`` and ``params``; ``inputs``: ``(shape,
     dtype)`` per model input (:func:`tvmq.profile.zero_input_args`). One VM per module, one
@@ -41,9 +42,13 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     further each round, so the machine's load drifts (other processes, frequency) hit all
     alike and none always runs after the same neighbour.
     """
-    from .build import virtual_machine
+    from .build import executor_of, virtual_machine
     from .profile import zero_input_args
 
+    untimed = next((executor_of(m.executable) for m in modules.values()
+                    if not executor_of(m.executable).timed), None) if vm_of is None else None
+    if untimed is not None:  # an emulator's clock says nothing of the target's speed
+        return {name: untimed.why_untimed for name in modules}
     vm_of = vm_of or virtual_machine
     calls = {name: _caller(vm_of(m.executable), zero_input_args(m.params, inputs)) for name, m in modules.items()}
     for call in calls.values():
@@ -69,6 +74,8 @@ def pick_artifact(fp32, int8, rebuild=None, kept_fp32: int = 0, *, inputs, runs:
     (:func:`time_modules`'s signature: tests pass their own)."""
     candidates = {INT8: int8, REBUILD: rebuild, FP32: fp32}
     measured = timer({name: candidates[name] for name in ORDER if candidates[name] is not None}, inputs, runs)
+    if not all(isinstance(ms, (int, float)) for ms in measured.values()):
+        return Choice(INT8, f"int8 (not chosen by time: {measured[INT8]})", measured, timed=False)
     best = min(measured, key=lambda name: (measured[name], ORDER.index(name)))
     return Choice(best, _reason(best, measured, kept_fp32), measured)
 

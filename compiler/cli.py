@@ -95,7 +95,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--target", default="host",
                         help="target name (default: host, the machine running tvmq, with the best x86 int8 kernel "
-                             "its CPU has; x86-vnni, x86-avx512 or x86-avx2 force one)")
+                             "its CPU has; x86-vnni, x86-avx512 or x86-avx2 force one; arm (aarch64 + dotprod) or "
+                             "arm-neon cross-compile for ARM: make arm-env)")
     parser.add_argument("--calibrator", default="minmax",
                         help="activation range estimator: minmax, kld, percentile, mse, eq or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",

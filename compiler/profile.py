@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .build import executor_of
+
 REPEAT, MIN_REPEAT_MS = 5, 1
 
 
@@ -30,12 +32,12 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False
     """``{"kernel", "calls", "us"}`` per kernel of ``executable``'s ``main`` run on ``args``
     (tvm tensors: inputs, then params), µs per call (fastest repeat, median over its calls), most time first:
     the rows of the tuning summary's ``kernels``, measured in the module (``cold``: each
-    repeat after flushing the cache of all arguments but the first)."""
-    import tvm
-    from tvm import relax
-
-    device = tvm.cpu()
-    vm = relax.VirtualMachine(executable, device)
+    repeat after flushing the cache of all arguments but the first). Empty for a target whose
+    clock says nothing of its speed (an emulator)."""
+    executor = executor_of(executable)
+    if not executor.timed:
+        return []
+    device, vm = executor.device(), executor.vm(executable)
     library = _library(executable)
     timers, times = {}, {}
 
@@ -58,10 +60,10 @@ def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
     """:func:`kernel_rows` with each call timed where it runs, in ``runs`` whole runs of
     ``main`` after two warm-ups: the median of each call site, averaged over a kernel's calls.
     The instrument's own return to the VM (about a microsecond) is inside each time."""
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    executor = executor_of(executable)
+    if not executor.timed:
+        return []
+    vm = executor.vm(executable)
     library = _library(executable)
     run_times, started = [], []
 
@@ -83,6 +85,16 @@ def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
         by_kernel.setdefault(site[0][0], []).append(statistics.median(t for _, t in site) * 1e6)
     rows = [{"kernel": k, "calls": len(us), "us": round(sum(us) / len(us), 2)} for k, us in by_kernel.items()]
     return sorted(rows, key=lambda r: -r["us"] * r["calls"])
+
+
+def median_ms(executable, args: list, runs: int) -> float | str:
+    """The median ms of ``runs`` runs of ``main`` on ``args``, or why its target's clock is not
+    the target's speed (an emulator's: ``"not measured (emulated)"``)."""
+    executor = executor_of(executable)
+    if not executor.timed:
+        return executor.why_untimed
+    timer = executor.vm(executable).time_evaluator("main", executor.device(), number=1, repeat=max(runs, 1))
+    return float(np.median(timer(*args).results) * 1e3)
 
 
 def total_us(rows: list[dict]) -> float:

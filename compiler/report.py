@@ -56,7 +56,7 @@ def to_markdown(report: dict) -> str:
               f"| output cosine similarity | | {acc['output_cosine']:.5f} |", "",
               "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
               "| module | ms |", "|---|---|", *_latency_rows(lat),
-              f"| speed-up of the artifact | {lat['fp32'] / _artifact_ms(lat):.2f}x |", "",
+              f"| speed-up of the artifact | {_speedup(lat)} |", "",
               *_choice(report.get("artifact_choice")),
               *_buckets(report.get("buckets")),
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
@@ -79,8 +79,7 @@ def _buckets(buckets: list | None) -> list[str]:
     for bucket in buckets:
         shapes = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in bucket["inputs"])
         lat = bucket["latency_ms"]
-        artifact = _artifact_ms(lat)
-        lines.append(f"| {shapes} | {lat['fp32']:.3f} | {artifact:.3f} | {lat['fp32'] / artifact:.2f}x |")
+        lines.append(f"| {shapes} | {_ms(lat['fp32'])} | {_ms(_artifact_ms(lat))} | {_speedup(lat)} |")
     return lines + [""]
 
 
@@ -90,12 +89,24 @@ MODULES = {"fp32": "fp32", "int8": "int8", "int8_rebuild": "int8 rebuilt by the 
 
 def _latency_rows(lat: dict) -> list[str]:
     """One row per module timed end to end (the builds compared, then the one deployed)."""
-    return [f"| {label} | {lat[key]:.3f} |" for key, label in MODULES.items() if key in lat]
+    return [f"| {label} | {_ms(lat[key])} |" for key, label in MODULES.items() if key in lat]
 
 
-def _artifact_ms(lat: dict) -> float:
+def _artifact_ms(lat: dict):
     """The deployed module's ms (reports before the end-to-end choice deployed the int8 one)."""
     return lat.get("artifact", lat["int8"])
+
+
+def _ms(value) -> str:
+    """A latency in ms, or the target's reason it has none (``not measured (emulated)``)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _speedup(lat: dict) -> str:
+    """fp32's time over the artifact's, where both were measured."""
+    fp32, artifact = lat["fp32"], _artifact_ms(lat)
+    numbers = all(isinstance(v, (int, float)) for v in (fp32, artifact))
+    return f"{fp32 / artifact:.2f}x" if numbers else "not measured"
 
 
 def _choice(choice: dict | None) -> list[str]:
@@ -126,6 +137,8 @@ def _kernels(report: dict, top: int = 8) -> list[str]:
     """Each module's kernels that take the most time, as timed inside the built module."""
     lines = []
     for name, rows in (report.get("kernel_profile") or {}).items():
+        if not rows:  # a target whose clock is not its speed (emulated) times no kernel
+            continue
         total = max(total_us(rows), 1e-9)
         lines += [f"Slowest {name} kernels, each timed in the module ({len(rows)} kernels, "
                   f"{total / 1e3:.3f} ms a run in all):", "", "| kernel | calls | µs each | share |",

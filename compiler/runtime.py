@@ -34,7 +34,7 @@ class DeployedModel:
         self.directory = Path(directory)
         self.manifest = _read_manifest(self.directory)
         _verify_files(self.directory, self.manifest)
-        self._device = tvm.cpu()
+        self._device = tvm.device(self.manifest.get("device", "cpu"))  # where the artifact's target runs
         buckets = self.manifest.get("buckets") or [{"inputs": self.manifest["inputs"], "library": LIBRARY,
                                                      "params_file": PARAMS, "params": self.manifest["params"]}]
         self._modules = [self._load_bucket(bucket) for bucket in buckets]

@@ -1,19 +1,11 @@
-"""MetaSchedule tuning with an in-process builder and a reusable JSON record database.
-
-TVM's stock ``LocalBuilder`` starts worker processes that each import every tensor
-intrinsic (~60 s) and time out here, failing every trial; building in this process,
-with only the target's own intrinsics registered once, works (shared/TOOLCHAIN.md).
-"""
+"""MetaSchedule tuning with a reusable JSON record database; the target gives the builder, the
+runner and the design spaces (:mod:`tvmq.targets.base`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,7 +14,6 @@ from tvmq.errors import TvmqError
 from tvmq.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
-BUILD_SECONDS = 20  # a candidate normally builds in 0.2-1 s
 
 
 def tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None):
@@ -108,27 +99,11 @@ def _tune_group(tasks: list, trials_each: int, spec: TargetSpec, work_dir: Path,
     progress = _progress(bar)
     ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                        max_trials_global=trials_each * len(tasks), max_trials_per_task=trials_each,
-                       num_trials_per_iter=_round_size(trials_each), builder=_in_process_builder(),
-                       runner=_cold_runner(), database=database,
+                       num_trials_per_iter=_round_size(trials_each), builder=spec.builder(),
+                       runner=spec.runner(), database=database,
                        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress,
                                           _stop_exhausted()])
     return progress.measured
-
-
-def _cold_runner():
-    """A runner that times each candidate 10 times, flushing the CPU caches of all its arguments
-    but the first before each run.
-
-    In a model's run a kernel's first argument, its input, was just written by the kernel
-    before, but its weights and output buffer come from memory. MetaSchedule's default
-    (3 back-to-back runs, averaged) measures them cached, and so favours a schedule that
-    re-reads a weight too large for the L2 (ResNet-50's last 3x3 convs: 2.4 MB) over one that
-    streams it once.
-    """
-    from tvm.s_tir import meta_schedule as ms
-
-    config = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
-    return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=config)
 
 
 def _round_size(trials_per_task: int, largest: int = 32) -> int:
@@ -216,8 +191,7 @@ def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path):
 
     loggers = _task_loggers(work_dir, [t.task_name for t in tasks])
     contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, task_name=task.task_name,
-                               space_generator=(spec.search_space and spec.search_space(task.task_name))
-                               or _search_space(), search_strategy="evolutionary", logger=task_logger,
+                               space_generator=spec.space(task.task_name), search_strategy="evolutionary", logger=task_logger,
                                rand_state=seed, num_threads="physical").clone()
                 for task, task_logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)))]
     return contexts, [t.weight for t in tasks]
@@ -334,66 +308,3 @@ def _stop_exhausted():
                 task_scheduler.terminate_task(task_id)
 
     return StopExhausted()
-
-
-def _search_space():
-    """TVM's generic CPU schedule rules, without auto-tensorization.
-
-    MetaSchedule's default x86 space tries the VNNI intrinsic on weights in their natural
-    layout, which was measured to compute wrong results (shared/TOOLCHAIN.md); a target
-    offers tensorizing spaces only for its own packed kernels (``TargetSpec.search_space``).
-    """
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
-
-
-def _in_process_builder():
-    import tvm
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-    from tvm.support.tar import tar
-
-    def build_one(item):
-        try:
-            mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-            built = tvm.tirx.build(mod, target=item.target)
-            path = os.path.join(tempfile.mkdtemp(prefix="tvmq-ms-"), "candidate." + tar.output_format)
-            built.export_library(path, fcompile=tar)
-            return ms.builder.BuilderResult(path, None)
-        except Exception as err:  # a failing candidate is a tuning outcome, not an error
-            return ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"[:2000])
-
-    @derived_object
-    class InProcessBuilder(ms.builder.PyBuilder):
-        """Build candidates on threads of this process (TVM's build releases the GIL: two
-        threads halve a round's build time on two cores) and export each as a tar for the runner.
-
-        A candidate still building at the round's deadline fails as timed out, and the round
-        goes on: LLVM once spent over ten minutes on one heavily unrolled candidate. Its thread
-        cannot be stopped and finishes in the background.
-        """
-
-        def build(self, build_inputs):
-            pool = ThreadPoolExecutor(max_workers=_build_threads())
-            futures = [pool.submit(build_one, item) for item in build_inputs]
-            deadline = time.monotonic() + BUILD_SECONDS * (1 + len(futures) // _build_threads())
-            try:
-                return [_result_by(future, deadline) for future in futures]
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
-
-    def _result_by(future, deadline: float):
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            return ms.builder.BuilderResult(None, f"build timed out (over {BUILD_SECONDS} s a candidate)")
-
-    return InProcessBuilder()
-
-
-def _build_threads() -> int:
-    from tvmq.threads import physical_cores
-
-    return physical_cores()

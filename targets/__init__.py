@@ -1,46 +1,21 @@
-"""Targets: one file per family, each registering how to make its TVM target and int8 scheme.
+"""Targets: one file per family behind one interface (:mod:`tvmq.targets.base`), each
+registering how to make its TVM target, its int8 scheme, and how its modules run.
 
-A target adds a file here, not an ``if target == ...`` branch elsewhere.
+A target adds a file here, not an ``if target == ...`` branch elsewhere: each family module
+(a name without an underscore: ``x86.py``, ``arm.py``; its helpers are ``x86_*.py``) is
+imported once and registers its targets with :func:`register_target`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+import pkgutil
 from typing import Callable
 
+from .base import Executor, LocalCpu, TargetSpec, generic_space  # noqa: F401  (the interface)
+
+_INTERFACE = ("base", "builder", "qemu")  # shared by the families, registering nothing
 _TARGETS: dict[str, Callable[[], "TargetSpec"]] = {}
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What the compiler needs to know about one target.
-
-    ``activation_dtype`` is the int8 flavour the target's dot-product instructions want for
-    activations. Weights are always symmetric int8 in ``[-weight_qmax, weight_qmax]``: 127, or
-    63 (7-bit) where the target's kernel would saturate int16 with 8-bit weights.
-    """
-
-    name: str
-    target: object  # tvm.target.Target
-    activation_dtype: str
-    features: tuple[str, ...] = field(default_factory=tuple)
-    prepare: Callable[[], None] = lambda: None  # per-process setup before building or tuning
-    legalize: Callable | None = None  # IRModule -> IRModule: conv / dense in the target's kernels and layouts
-    search_space: Callable[[str], object] | None = None  # tuning task name -> space (None: generic)
-    weight_qmax: int = 127
-
-    @property
-    def description(self) -> str:
-        bits = "" if self.weight_qmax == 127 else f"; {self.weight_bits}-bit weights"
-        return (f"{self.name} ({self.target.attrs.get('mcpu', 'generic')}; "
-                f"{', '.join(self.features) or 'no int8 dot product'}{bits})")
-
-    @property
-    def weight_bits(self) -> int:
-        """Bits of the symmetric weight range: 8 for [-127, 127], 7 for [-63, 63]."""
-        from tvmq.passes.qparams import weight_bits
-
-        return weight_bits(self.weight_qmax)
 
 
 def register_target(*names: str):
@@ -67,4 +42,6 @@ def get_target(name: str) -> TargetSpec:
 
 
 def _load_builtin() -> None:
-    from . import x86  # noqa: F401  (registers itself)
+    for module in pkgutil.iter_modules(__path__):
+        if "_" not in module.name and module.name not in _INTERFACE:
+            importlib.import_module(f"{__name__}.{module.name}")

@@ -89,14 +89,15 @@ def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic)
 
     return TargetSpec(name, target, "uint8", features, prepare=intrinsic.register,
                       legalize=LegalizeForX86(intrinsic.lanes),
-                      search_space=lambda task: _packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
+                      search_space=lambda task: packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
 
 
 INPUT_QUANTIZE = "fused_divide_tir_round_add_minimum_maximum_cast"  # LegalizeForX86's quantize, fused
 
 
-def _packed_space(intrinsic: DotIntrinsic, task_name: str):
-    """Our sketches for the packed (int8, fp32) and depthwise convs and the input's quantize +
+def packed_space(intrinsic, task_name: str):
+    """Our sketches for the packed (int8, fp32) and depthwise convs (``intrinsic``: a dot product
+    with ``name`` and ``lanes``, x86's or ARM's) and the input's quantize +
     transpose, auto-tensorization onto ``intrinsic`` for the other packed int8 kernels (dense),
     TVM's generic rules for the rest."""
     from . import x86_depthwise, x86_fp32, x86_int8, x86_sketch

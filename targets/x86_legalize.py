@@ -47,15 +47,18 @@ def _convert_layout(mod: tvm.IRModule) -> tvm.IRModule:
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeForX86")
 class LegalizeForX86:
-    def __init__(self, lanes: int):
-        self.lanes = lanes
+    """``activation_dtype``: the 8-bit activations the int8 kernels take (``uint8`` on x86;
+    ``int8`` on ARM, whose ``sdot`` kernels are these same TE kernels with 4 lanes)."""
+
+    def __init__(self, lanes: int, activation_dtype: str = "uint8"):
+        self.lanes, self.activation_dtype = lanes, activation_dtype
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
         mod = with_main(mod, _QdqAsElementwise(mod).visit_expr(mod["main"]))
         mod = _convert_layout(mod)
         mod = relax.transform.EliminateCommonSubexpr()(relax.transform.FoldConstant()(mod))  # one transpose per input
-        packer = _Packer(mod, self.lanes)
+        packer = _Packer(mod, self.lanes, self.activation_dtype)
         main = packer.visit_expr(mod["main"])
         return relax.transform.DeadCodeElimination()(with_main(packer.builder_.get(), main))
 
@@ -102,16 +105,16 @@ class _QdqAsElementwise(relax.PyExprMutator):
 
 @relax.expr_functor.mutator
 class _Packer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, lanes: int):
+    def __init__(self, mod: tvm.IRModule, lanes: int, activation_dtype: str):
         super().__init__(mod)
-        self.lanes = lanes
+        self.lanes, self.activation_dtype = lanes, activation_dtype
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not isinstance(call.op, tvm.ir.Op) or call.op.name not in ("relax.nn.conv2d", "relax.matmul"):
             return call
         weight = constant_value(call.args[1])
-        kind = _kind(call) if weight is not None else None
+        kind = _kind(call, self.activation_dtype) if weight is not None else None
         if kind is None:
             return call
         if call.op.name == "relax.matmul":
@@ -150,10 +153,10 @@ class _Packer(relax.PyExprMutator):
         return self.builder_.emit(relax.op.nn.pad(data, [0, 0, 0, 0, 0, 0, 0, missing]))
 
 
-def _kind(call: relax.Call) -> str | None:
-    """``int8`` for uint8 x int8 -> int32, ``fp32`` for float32 x float32 -> float32, else None."""
+def _kind(call: relax.Call, activation_dtype: str) -> str | None:
+    """``int8`` for ``activation_dtype`` x int8 -> int32, ``fp32`` for float32 x float32 -> float32, else None."""
     dtypes = tuple(str(getattr(t, "dtype", None)) for t in (call.args[0].ty, call.args[1].ty, call.ty))
-    return {("uint8", "int8", "int32"): "int8", ("float32", "float32", "float32"): "fp32"}.get(dtypes)
+    return {(activation_dtype, "int8", "int32"): "int8", ("float32", "float32", "float32"): "fp32"}.get(dtypes)
 
 
 def _packable_conv(call: relax.Call) -> bool:

@@ -85,7 +85,7 @@ def test_a_candidate_past_the_build_deadline_fails_as_timed_out_and_the_rest_bui
     from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
-    import tvmq.tune
+    from tvmq.targets import builder, get_target
 
     a = te.placeholder((8,), name="a")
     mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((8,), lambda i: a[i] + 1.0, name="b")])})
@@ -100,9 +100,9 @@ def test_a_candidate_past_the_build_deadline_fails_as_timed_out_and_the_rest_bui
 
     slow_first.calls = []
     monkeypatch.setattr(tvm.tirx, "build", slow_first)
-    monkeypatch.setattr(tvmq.tune, "BUILD_SECONDS", 1)
-    monkeypatch.setattr(tvmq.tune, "_build_threads", lambda: 2)
-    results = tvmq.tune._in_process_builder().build(inputs)
+    monkeypatch.setattr(builder, "BUILD_SECONDS", 1)
+    monkeypatch.setattr(builder, "build_threads", lambda: 2)
+    results = get_target("host").builder().build(inputs)
     assert "timed out" in (results[0].error_msg or "")
     assert results[1].error_msg is None and results[1].artifact_path
 

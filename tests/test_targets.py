@@ -1,0 +1,116 @@
+"""The target interface (``tvmq.targets.base``), for every registered target: what the compiler
+asks of it, and that the compiler itself names no device, runner, rule set or compiler."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvmq import profile
+from tvmq.build import build, executor_of, virtual_machine
+from tvmq.targets import LocalCpu, TargetSpec, get_target, target_names
+
+COMPILER = Path(__file__).parent.parent / "compiler"
+
+
+def test_the_compiler_names_no_device_runner_rules_or_compiler():
+    """Those belong to the targets: ``grep -rn 'tvm.cpu()\\|LocalRunner\\|"llvm"' compiler/`` finds nothing."""
+    pattern = re.compile(r'tvm\.cpu\(\)|LocalRunner|"llvm"')
+    hits = [f"{path.name}:{n}" for path in COMPILER.rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+
+
+def test_family_modules_register_themselves():
+    assert {"host", "x86", "x86-vnni", "arm", "arm-neon"} <= set(target_names())
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_implements_the_interface(name):
+    from tvm.s_tir import meta_schedule as ms
+
+    spec = get_target(name)
+    assert isinstance(spec, TargetSpec) and spec.activation_dtype in ("uint8", "int8")
+    assert isinstance(spec.space("fused_add_relu"), ms.space_generator.PostOrderApply)  # generic rules
+    if spec.search_space is not None:
+        assert not isinstance(spec.space("fused_packed_conv2d_add"), ms.space_generator.PostOrderApply)
+    assert spec.builder() is not None
+    assert spec.executor.unavailable() is None or isinstance(spec.executor.unavailable(), str)
+    assert isinstance(spec.executor.timed, bool)
+
+
+def _add_one():
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.add(x, relax.const(1.0, "float32")))
+        bb.emit_func_output(y)
+    return tvm.ir.IRModule(bb.get().functions)
+
+
+def test_a_built_module_runs_and_is_timed_through_its_target():
+    import tvm
+
+    host = get_target("host")
+    executable = build(_add_one(), host)
+    assert executor_of(executable) is host.executor
+    x = tvm.runtime.tensor(np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(virtual_machine(executable)["main"](x).numpy(), np.arange(4) + 1)
+    assert isinstance(profile.median_ms(executable, [x], 3), float)
+    assert [row["calls"] for row in profile.kernel_rows(executable, [x], repeat=1)] == [1]
+
+
+def test_an_untimed_target_reports_why_instead_of_a_latency():
+    import tvm
+
+    untimed = dataclasses.replace(get_target("host"), executor=LocalCpu(timed=False, why_untimed="not measured (x)"))
+    executable = build(_add_one(), untimed)
+    x = tvm.runtime.tensor(np.zeros(4, np.float32))
+    assert profile.median_ms(executable, [x], 3) == "not measured (x)"
+    assert profile.kernel_rows(executable, [x]) == [] and profile.in_run_rows(executable, [x], runs=1) == []
+
+
+@pytest.fixture(scope="module")
+def realized(tmp_path_factory):
+    """conv_chain's int8 module (batch 1) and a sample, per activation dtype, calibrated here."""
+    import onnx_models
+    from tvmq import api
+    from tvmq.build import bind_batch
+    from tvmq.config import Config
+
+    path = onnx_models.save(onnx_models.conv_chain(channels=3), tmp_path_factory.mktemp("m") / "m.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32)
+    modules = {}
+    for dtype in ("uint8", "int8"):
+        quantized = api.quantize(path, calib, Config(batch_size=16, symmetric=dtype == "int8"))
+        modules[dtype] = bind_batch(quantized.int8, 1)
+    return modules, calib[:1]
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_legalizes_bit_identically_onto_packed_weights(realized, name):
+    """The template each target passes (built and run on this machine, so it runs everywhere):
+    its legalization packs the int8 convs, and the integers do not change."""
+    import tvm
+
+    from tvmq.passes.graph import dataflow_bindings, op_name
+    from tvmq.targets import x86_int8
+
+    spec = get_target(name)
+    if spec.legalize is None:
+        pytest.skip(f"{name} keeps TVM's generic kernels (a CPU without an int8 dot product)")
+    modules, x = realized
+    int8 = modules[spec.activation_dtype]
+    legalized = spec.legalize(int8)
+    kernels = [b.value.args[0].name_hint for b in dataflow_bindings(legalized["main"])
+               if op_name(b.value) == "relax.call_tir"]
+    assert sum(x86_int8.PACKED_PREFIX in k for k in kernels) == 2
+    host = get_target("host")
+    outputs = [virtual_machine(build(m, host))["main"](tvm.runtime.tensor(x)).numpy() for m in (legalized, int8)]
+    np.testing.assert_array_equal(*outputs)
