@@ -32,7 +32,9 @@ def test_compile_for_arm_writes_an_aarch64_artifact_whose_accuracy_ran_under_emu
     report = json.loads((out / "report.json").read_text())
     assert json.loads(report["target"])["mtriple"] == "aarch64-linux-gnu"
     assert report["activation_dtype"] == "int8"
-    assert report["latency_ms"] == {"fp32": "not measured (emulated)", "int8": "not measured (emulated)"}
+    assert report["latency_ms"] == {m: "not measured (emulated)" for m in ("fp32", "int8", "artifact")}
+    assert report["artifact_choice"] == {"artifact": "int8", "timed": False,
+                                         "reason": "int8 (not chosen by time: no tuning, --trials 0)"}
     assert "not measured (emulated)" in (out / "report.md").read_text()
     accuracy = report["accuracy"]
     assert accuracy["num_samples"] == SAMPLES and accuracy["int8_top1"] > 0.9

@@ -363,7 +363,7 @@ def _(tmp, mp):
 
 # ---- command line --------------------------------------------------------------------------
 
-@case("cli: unknown target", r"unknown target 'z80'; choose one of: host")
+@case("cli: unknown target", r"unknown target 'z80'; choose one of: arm, arm-neon, host")
 def _(tmp, mp):
     return compile_argv(tmp, extra=["--target", "z80"])
 
