@@ -44,8 +44,7 @@ class Histogram:
         if self.symmetric:
             vmin, vmax = -max(-vmin, vmax, 1e-8), max(-vmin, vmax, 1e-8)
         if self.lo is None:
-            self.lo = vmin
-            self.hi = vmax if vmax > self.lo else self.lo + 1e-8
+            self.lo, self.hi = vmin, vmin + _least_width(vmin, vmax)
         elif vmin < self.lo or vmax > self.hi:
             self._grow(vmin, vmax)
         counts, _ = np.histogram(values, bins=self.bins, range=(self.lo, self.hi))
@@ -65,6 +64,13 @@ class Histogram:
         new_edges = np.linspace(new_lo, new_lo + width, self.bins + 1)
         self.counts = rebin(self.counts, self.edges, new_edges)
         self.lo, self.hi = new_edges[0], new_edges[-1]
+
+
+def _least_width(vmin: float, vmax: float) -> float:
+    """The range's first width: the data's, but at least 2**-10 of its magnitude, so that float32
+    (numpy bins in the values' dtype, 2**-23 relative resolution) still splits it into 2,048
+    bins: a constant tensor of 1e4 (MiniLM has them) made ``np.histogram`` refuse the range."""
+    return max(vmax - vmin, 1e-8, max(abs(vmin), abs(vmax)) * 2.0 ** -10)
 
 
 def rebin(counts: np.ndarray, old_edges: np.ndarray, new_edges: np.ndarray) -> np.ndarray:

@@ -206,5 +206,16 @@ def test_histogram_state_stays_bounded_and_keeps_its_mass(rng):
     assert hist.lo <= hist.min and hist.hi >= hist.max
 
 
+@pytest.mark.parametrize("name", ["kld", "percentile", "mse", "auto"])
+def test_histogram_calibrators_take_a_constant_tensor_of_large_magnitude(name):
+    """A constant 1e4 (MiniLM has such tensors) gave a histogram range narrower than float64 can
+    split into 2,048 bins: numpy refused it ('Too many bins for data range')."""
+    observer = make_observer(name, "uint8")
+    for _ in range(2):
+        observer.observe(np.full(64, 1e4, np.float32))
+    lo, hi = observer.range()
+    assert lo <= 1e4 * (1 + 1e-3) and hi >= 1e4 * (1 - 1e-3)
+
+
 def test_every_calibrator_is_registered():
     assert calibrator_names() == ["auto", "eq", "kld", "minmax", "mse", "percentile"]
