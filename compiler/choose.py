@@ -45,8 +45,7 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     from .build import executor_of, virtual_machine
     from .profile import zero_input_args
 
-    untimed = next((executor_of(m.executable) for m in modules.values()
-                    if not executor_of(m.executable).timed), None) if vm_of is None else None
+    untimed = next((e for e in map(executor_of, (m.executable for m in modules.values())) if not e.timed), None)
     if untimed is not None:  # an emulator's clock says nothing of the target's speed
         return {name: untimed.why_untimed for name in modules}
     vm_of = vm_of or virtual_machine

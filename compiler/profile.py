@@ -87,16 +87,6 @@ def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us"] * r["calls"])
 
 
-def median_ms(executable, args: list, runs: int) -> float | str:
-    """The median ms of ``runs`` runs of ``main`` on ``args``, or why its target's clock is not
-    the target's speed (an emulator's: ``"not measured (emulated)"``)."""
-    executor = executor_of(executable)
-    if not executor.timed:
-        return executor.why_untimed
-    timer = executor.vm(executable).time_evaluator("main", executor.device(), number=1, repeat=max(runs, 1))
-    return float(np.median(timer(*args).results) * 1e3)
-
-
 def total_us(rows: list[dict]) -> float:
     """The sum of every kernel call's time, µs per run."""
     return round(sum(r["us"] * r["calls"] for r in rows), 1)

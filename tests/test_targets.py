@@ -4,12 +4,14 @@ asks of it, and that the compiler itself names no device, runner, rule set or co
 import dataclasses
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from tvmq import profile
 from tvmq.build import build, executor_of, virtual_machine
+from tvmq.choose import time_modules
 from tvmq.targets import LocalCpu, TargetSpec, get_target, target_names
 
 COMPILER = Path(__file__).parent.parent / "compiler"
@@ -62,7 +64,8 @@ def test_a_built_module_runs_and_is_timed_through_its_target():
     assert executor_of(executable) is host.executor
     x = tvm.runtime.tensor(np.arange(4, dtype=np.float32))
     np.testing.assert_array_equal(virtual_machine(executable)["main"](x).numpy(), np.arange(4) + 1)
-    assert isinstance(profile.median_ms(executable, [x], 3), float)
+    timed = time_modules({"m": SimpleNamespace(executable=executable, params={})}, [((4,), "float32")], 3)
+    assert isinstance(timed["m"], float)
     assert [row["calls"] for row in profile.kernel_rows(executable, [x], repeat=1)] == [1]
 
 
@@ -72,7 +75,8 @@ def test_an_untimed_target_reports_why_instead_of_a_latency():
     untimed = dataclasses.replace(get_target("host"), executor=LocalCpu(timed=False, why_untimed="not measured (x)"))
     executable = build(_add_one(), untimed)
     x = tvm.runtime.tensor(np.zeros(4, np.float32))
-    assert profile.median_ms(executable, [x], 3) == "not measured (x)"
+    module = SimpleNamespace(executable=executable, params={})
+    assert time_modules({"m": module}, [((4,), "float32")], 3) == {"m": "not measured (x)"}
     assert profile.kernel_rows(executable, [x]) == [] and profile.in_run_rows(executable, [x], runs=1) == []
 
 
