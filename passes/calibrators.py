@@ -44,4 +44,4 @@ def make_observer(name: str, dtype: str = "uint8") -> Observer:
 
 
 def _load_builtin() -> None:
-    from . import auto, eq, kld, minmax, mse, percentile  # noqa: F401  (each registers itself)
+    from . import admm, auto, eq, kld, minmax, mse, percentile  # noqa: F401  (each registers itself)

@@ -218,4 +218,4 @@ def test_histogram_calibrators_take_a_constant_tensor_of_large_magnitude(name):
 
 
 def test_every_calibrator_is_registered():
-    assert calibrator_names() == ["auto", "eq", "kld", "minmax", "mse", "percentile"]
+    assert calibrator_names() == ["admm", "auto", "eq", "kld", "minmax", "mse", "percentile"]
