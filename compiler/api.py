@@ -22,7 +22,7 @@ from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
 from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
-                              unmatched)
+                              plan_imported, unmatched)
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -76,7 +76,7 @@ class CompiledModel:
         return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan)
 
 
-def compile(model: str | Path, calib, target: str = "host", config: Config | None = None,
+def compile(model: str | Path, calib=None, target: str = "host", config: Config | None = None,
             eval_data=None) -> CompiledModel:
     """Quantize an ONNX model to int8 and build it for ``target``.
 
@@ -93,11 +93,18 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
     started = time.perf_counter()
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
-    calib_sets = programs.data(calib, "calibration")
-    quantized = _quantize(calib_sets, config, spec)
+    qdq = buckets[0].program.imported.qdq
+    if qdq is not None:  # a pre-quantized model: its parameters are the plan, calibration data is not needed
+        calib_sets = []
+        quantized = _imported(buckets[0].program, config, spec)
+    else:
+        if calib is None:
+            raise TvmqError("calibration data is needed (--calib): the model is float, not a QDQ model")
+        calib_sets = programs.data(calib, "calibration")
+        quantized = _quantize(calib_sets, config, spec)
     deployments = [_deploy(bucket, quantized, config, spec) for bucket in buckets]
     eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
-    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32)
+    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32) if eval_sets else _not_evaluated()
 
     main = deployments[0]
     imported = main.program.imported
@@ -107,12 +114,14 @@ def compile(model: str | Path, calib, target: str = "host", config: Config | Non
                                  imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
-        "calibrator": config.calibrator, "per_channel": config.per_channel,
+        "calibrator": config.calibrator if qdq is None else "imported (QDQ model)", "per_channel": config.per_channel,
         "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
-        "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
+        "eval_data": "evaluation split" if eval_data is not None else
+        "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
+        **({"qdq_import": qdq.summary()} if qdq is not None else {}),
         "accuracy": comparison["accuracy"], **main.summary(),
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
@@ -199,6 +208,28 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     quantized = _Quantized(refined, scheme, chosen, seconds, notes, program, refined.plan(program.fp32["main"], scheme))
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
+    """The plan a QDQ model carries (:func:`tvmq.passes.plan.plan_imported`): no calibration."""
+    qdq = program.imported.qdq
+    scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel, spec.weight_qmax)
+    aliases = _check_layer_names(program, config.layers)
+    variable = {onnx: var for var, onnx in program.imported.onnx_names.items()}
+    acts = {variable[name]: qp for name, qp in qdq.activations.items() if name in variable}
+    weights = {variable[name]: qp for name, qp in qdq.weights.items() if name in variable}
+    plan = plan_imported(program.fp32["main"], acts, weights, scheme, config.layers, aliases)
+    logger.info("QDQ model: %d tensors and %d weights quantized by the model; %d of %d layers int8",
+                len(acts), len(weights), len(plan.layers) - len(plan.fp32_layers()), len(plan.layers))
+    refined = layerwise.Refinement({}, overrides=dict(config.layers), aliases=aliases)
+    quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
+    quantized.int8 = quantized.realize(program)
+    return quantized
+
+
+def _not_evaluated() -> dict:
+    return {"accuracy": {"fp32_top1": None, "int8_top1": None, "top1_agreement": None, "output_cosine": None,
+                         "num_samples": 0}, "sqnr_db": {}}
 
 
 def _check_layer_names(program: Program, layers: dict) -> dict:
@@ -377,11 +408,14 @@ def demo(out: str | Path, config: Config | None = None, force: bool = False) -> 
     return compiled
 
 
-def prepare_fp32(mod, cle: bool = False, absorb_high_bias: bool = False):
-    """The fp32 -> fp32 passes: constant and BatchNorm folding, optionally CLE and high-bias absorption."""
+def prepare_fp32(mod, cle: bool = False, absorb_high_bias: bool = False, qdq: bool = False):
+    """The fp32 -> fp32 passes: constant and BatchNorm folding, optionally CLE and high-bias absorption;
+    a QDQ model's float graph (``qdq``) only folds constants: its weights are the model's int8 values."""
     import tvm
     from tvm import relax
 
+    if qdq:
+        return relax.transform.FoldConstant()(mod)
     passes = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
     if cle:
         passes.append(EqualizeCrossLayer())

@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="quantize an ONNX model to int8 and build it for a target")
     comp.add_argument("model", type=Path, help="the float ONNX model")
-    comp.add_argument("--calib", type=Path, required=True,
-                      help="calibration data: .npy (one input), .npz keyed by input names (or x) with optional "
+    comp.add_argument("--calib", type=Path,
+                      help="calibration data (not needed for a QDQ model: its scales are the plan): .npy (one input), .npz keyed by input names (or x) with optional "
                            "labels y, or a directory of such .npz feeds")
     comp.add_argument("--eval", type=Path, help="evaluation data, as --calib")
     _add_build_options(comp)

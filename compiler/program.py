@@ -111,7 +111,7 @@ class Programs:
 
     def _load(self, shapes: dict[str, tuple]) -> Program:
         imported = load_model(self.model, shapes, self.config.batch_size)
-        fp32 = self._prepare(imported.mod)
+        fp32 = self._prepare(imported.mod, qdq=True) if imported.qdq is not None else self._prepare(imported.mod)
         names = float_tensor_names(fp32, imported)
         batch = model_batch(imported)
         return Program(imported, fp32, names, 1 if batch == 0 else batch,

@@ -52,8 +52,10 @@ def to_markdown(report: dict) -> str:
              "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:
         lines.append(f"| top-1 | {acc['fp32_top1']:.2%} | {acc['int8_top1']:.2%} |")
-    lines += [f"| top-1 agreement with fp32 | | {acc['top1_agreement']:.2%} |",
-              f"| output cosine similarity | | {acc['output_cosine']:.5f} |", "",
+    if acc["num_samples"]:
+        lines += [f"| top-1 agreement with fp32 | | {acc['top1_agreement']:.2%} |",
+                  f"| output cosine similarity | | {acc['output_cosine']:.5f} |"]
+    lines += ["",
               "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
               "| module | ms |", "|---|---|", *_latency_rows(lat),
               f"| speed-up of the artifact | {_speedup(lat)} |", "",

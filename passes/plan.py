@@ -187,3 +187,49 @@ def layer_labels(func, aliases: dict) -> list[str]:
         named = [aliases[v.name][0] for v in layer.chain if v.name in aliases]
         labels.append(named[0] if named else layer.out.name)
     return labels
+
+
+IMPORTED = "imported"
+
+
+def plan_imported(func, activations: dict, weights: dict, scheme: Scheme, overrides: dict | None = None,
+                  aliases: dict | None = None) -> QuantPlan:
+    """The plan a QDQ model carries (:mod:`tvmq.frontend.qdq`), keyed by ``func``'s variables.
+
+    ``activations``: tensor -> QParams; ``weights``: a tensor of the layer's chain -> its weight
+    QParams. A layer is int8 (reason "imported") when the model quantized both its weight and its
+    input, fp32 (reason "imported") otherwise; user overrides still win. An activation in the other
+    8-bit dtype than the scheme's is the same quantizer shifted: ``q_u8 = q_s8 + 128``, ``z_u8 = z_s8 + 128``.
+    A weight with a zero point, or wider than the target's ``weight_qmax``, is re-quantized by absmax.
+    """
+    activations = {name: _as_dtype(qp, scheme.activation_dtype) for name, qp in activations.items()}
+    scales = {}
+    for layer in find_layers(func).values():
+        found = next((weights[v.name] for v in layer.chain if v.name in weights), None)
+        if found is not None and not np.any(found.zero_point) and _fits(layer, found, scheme):
+            scales[layer.out.name] = np.asarray(found.scale, np.float32)
+    base = plan_quantization(func, {}, scheme, scales, None, overrides, aliases)
+    layers = {}
+    for name, entry in base.layers.items():
+        has = any(v in weights for v in entry.chain) and entry.input in activations
+        if entry.reason == USER_OVERRIDE:
+            layers[name] = entry
+        else:
+            layers[name] = dataclasses.replace(entry, precision="int8" if has else "fp32", reason=IMPORTED)
+    ranges = {name: (float(qp.scale) * (qp.qmin - int(qp.zero_point)), float(qp.scale) * (qp.qmax - int(qp.zero_point)))
+              for name, qp in activations.items()}
+    return QuantPlan(scheme, layers, activations, ranges)
+
+
+def _as_dtype(qp: QParams, dtype: str) -> QParams:
+    shift = {("int8", "uint8"): 128, ("uint8", "int8"): -128}.get((qp.dtype, dtype), 0)
+    return QParams(np.float32(qp.scale), np.int32(int(qp.zero_point) + shift), dtype)
+
+
+def _fits(layer: Layer, qp: QParams, scheme: Scheme) -> bool:
+    """Whether re-quantizing ``layer``'s weight with ``qp``'s scale stays within ``weight_qmax``."""
+    axis = layer.channel_axis if np.ndim(qp.scale) else None
+    shape = [1] * layer.weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    return bool(np.abs(np.round(layer.weight / np.asarray(qp.scale).reshape(shape))).max(initial=0) <= scheme.weight_qmax)

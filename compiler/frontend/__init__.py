@@ -1,6 +1,7 @@
 """ONNX in, Relax out: a checked, shape-inferred fp32 module whose tensors carry ONNX names.
 
-``load_model`` reads and checks the file (:mod:`.reader`), fixes the input shapes
+``load_model`` reads and checks the file (:mod:`.reader`), strips a QDQ model's quantize /
+dequantize pairs into plain float plus the parameters they held (:mod:`.qdq`), fixes the input shapes
 (:mod:`.shapes`), folds the constant subgraphs that static shapes make constant
 (:mod:`.fold`), imports the graph with TVM's importer and tvmq's converter registry
 (:mod:`.importer`), and names every Relax variable that holds the output of an ONNX node
@@ -24,6 +25,7 @@ from .conv1d import conv1d_as_2d
 from .importer import import_onnx, unsupported_operator
 from .merge_pads import merge_pads
 from .names import float_tensors, name_tensors, with_probes
+from .qdq import ImportedQuantization, strip_qdq
 from .reader import read_model
 from .shapes import (BATCH_DIM, MAX_ELEMENTS, InputSpec, check_inferred_shapes, infer_shapes, input_specs,
                      pin_batch, set_input_shapes)
@@ -43,6 +45,7 @@ class ImportedModel:
     nodes: dict[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (node name, op type)
     name: str = "model"
     onnx_names: dict[str, str] = field(default_factory=dict)  # variable name -> ONNX tensor name
+    qdq: ImportedQuantization | None = None  # a QDQ model's quantization, by the float graph's tensors
 
 
 class _BatchMustBeFixed(Exception):
@@ -61,7 +64,7 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, b
     batches of ``batch_size``) is refused before TVM sees it.
     """
     path = Path(path)
-    model = read_model(path)
+    model, qdq = strip_qdq(read_model(path))
     specs = input_specs(model, input_shapes or {})
     try:
         graph, probes, mod = _convert(model, specs, path.name, batch_size)
@@ -78,7 +81,7 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple] | None = None, b
     variable = {onnx: var for var, onnx in onnx_names.items()}
     nodes = {variable[out]: (node.name or out, node.op_type)
              for node in graph.graph.node for out in node.output if out in variable}
-    return ImportedModel(mod, specs, outputs, nodes, name=path.stem, onnx_names=onnx_names)
+    return ImportedModel(mod, specs, outputs, nodes, name=path.stem, onnx_names=onnx_names, qdq=qdq)
 
 
 def _convert(model: onnx.ModelProto, specs: list[InputSpec], name: str, batch_size: int):
