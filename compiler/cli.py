@@ -98,7 +98,7 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "its CPU has; x86-vnni, x86-avx512 or x86-avx2 force one; arm (aarch64 + dotprod) or "
                              "arm-neon cross-compile for ARM: make arm-env)")
     parser.add_argument("--calibrator", default="minmax",
-                        help="activation range estimator: minmax, kld, percentile, mse, eq or auto (default: minmax)")
+                        help="activation range estimator: minmax, kld, percentile, mse, admm, eq or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",
                         help="weight scales (default: per-channel)")
     scheme = parser.add_mutually_exclusive_group()
