@@ -15,7 +15,7 @@ import numpy as np
 
 from tvmq.passes.absorb_high_bias import AbsorbHighBias
 from tvmq.passes.analytic_bias_correction import analytic_bias_shifts
-from tvmq.passes.calibrators import make_observer
+from tvmq.passes.calibrators import make_observer, weight_scale_of
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
@@ -197,7 +197,7 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical", overrides=config.layers,
-                               aliases=aliases)
+                               aliases=aliases, weight_scales=_calibrated_weight_scales(program, config, scheme))
     notes = _bias_note(refined.bias_shifts)
     if config.bias_correction == "analytic":
         correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
@@ -208,6 +208,16 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     quantized = _Quantized(refined, scheme, chosen, seconds, notes, program, refined.plan(program.fp32["main"], scheme))
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) -> dict:
+    """Layer output -> weight scales, for a calibrator that sets weight ranges too (``admm``)."""
+    weight_scale = weight_scale_of(config.calibrator)
+    if weight_scale is None:
+        return {}
+    layers = find_layers(program.fp32["main"]).values()
+    return {layer.out.name: weight_scale(layer.weight, layer.channel_axis if scheme.per_channel else None,
+                                         scheme.weight_qmax) for layer in layers}
 
 
 def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
