@@ -139,6 +139,7 @@ class _Exporter:
         inferred = onnx.shape_inference.infer_shapes(model)
         self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                        for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+        self.graph_inputs = {i.name for i in model.graph.input}
         self.taken = {t for n in self.nodes for t in (*n.input, *n.output)} | set(self.inits) | \
             {i.name for i in model.graph.input}
 
@@ -165,6 +166,9 @@ class _Exporter:
             raise TvmqError(f"cannot export layer {entry['node'] or tensor!r}: the source graph has no single "
                             f"Conv / Gemm / MatMul behind its tensors {named} (a layer tvmq's frontend made)")
         op = ops[0]
+        if entry["input_tensor"] not in produced and entry["input_tensor"] not in self.graph_inputs:
+            raise TvmqError(f"cannot export layer {entry['node'] or tensor!r}: its input {entry['input_tensor']!r} "
+                            f"is not a tensor of the source graph (tvmq's frontend made it)")
         weight, axis = self._onnx_weight(op, w_q, entry)
         w_scale = np.asarray(entry["weight"]["scale"], np.float32)
         x_scale = np.float32(self._input_qparams(entry)["scale"][0])
@@ -243,9 +247,12 @@ class _Exporter:
         """``Q -> DQ`` on every tensor that has a quantized value in tvmq's module (``range_of``),
         read through by every reader when tvmq computed it in int8, by its int8 readers otherwise."""
         produced = _producers(self.nodes)
-        inputs = {i.name for i in self.model.graph.input}
-        outputs = {o.name for o in self.model.graph.output}
+        inputs, outputs = self.graph_inputs, {o.name for o in self.model.graph.output}
         precision = self.record["precision"]
+        self.readers: dict = {}
+        for node in self.nodes:
+            for name in dict.fromkeys(node.input):
+                self.readers.setdefault(name, []).append(node)
         after: dict = {}  # tensor -> the Q / DQ nodes emitted after its producer
         for tensor, root in sorted(self.record["range_of"].items()):
             if tensor not in produced and tensor not in inputs:
@@ -254,7 +261,7 @@ class _Exporter:
                 raise TvmqError(f"cannot export: tvmq quantizes tensor {tensor!r}, which the source graph does "
                                 f"not have (made by tvmq's frontend)")
             int8 = precision.get(tensor) == "int8"
-            readers = [n for n in self.nodes if tensor in n.input and (int8 or self._reads_int8(n))]
+            readers = [n for n in self.readers.get(tensor, ()) if int8 or self._reads_int8(n)]
             if not readers and not (int8 and tensor in outputs):
                 continue
             qp = self.record["activations"][root]
@@ -285,7 +292,7 @@ class _Exporter:
             known = [precision[o] for o in node.output if o in precision]
             if known:
                 return known[0] == "int8"
-            readers = [n for n in self.nodes if node.output and node.output[0] in n.input]
+            readers = self.readers.get(node.output[0], []) if node.output else []
             if len(readers) != 1:
                 return True
             node = readers[0]

@@ -109,6 +109,14 @@ def test_reimport_gives_back_the_same_int8_module(exported):
     planned = {e["tensor"]: (e["precision"], e["weight"]["scale"]) for e in compiled.plan["layers"]}
     assert {e["tensor"]: (e["precision"], e["weight"]["scale"]) for e in back.plan["layers"]} == planned
     np.testing.assert_array_equal(_runs(back.run, x), _runs(compiled.run, x))
+    again = back.export_qdq(path.with_name("again.onnx"))  # from an artifact of a QDQ model: the same file
+    assert _initializers(again) == _initializers(path)
+
+
+def _initializers(path) -> dict:
+    """The quantized constants (int8 weights, int32 biases, zero points) and scales, by name."""
+    return {t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(str(path)).graph.initializer
+            if t.data_type != onnx.TensorProto.FLOAT or t.name.endswith("scale")}
 
 
 def test_bad_source_or_old_artifact_is_one_line_and_writes_nothing(exported, tmp_path, capsys):
