@@ -96,6 +96,8 @@ def export_artifact(directory: str | Path, out: str | Path, model: str | Path | 
 def export(manifest: dict, plan: dict, arrays: dict, out: str | Path, model: str | Path | None = None) -> Path:
     """Write the QDQ model (see the module docstring) to ``out`` atomically; checked by
     ``onnx.checker`` (full check) before anything is written."""
+    if arrays is None or plan is None:
+        raise TvmqError("this compiled model carries no plan / qdq weights to export (compile it again)")
     source = _source_model(manifest, model)
     qdq = _Exporter(strip_qdq(_opset(onnx.load(str(source))))[0], manifest["quantization"], plan, arrays).run()
     try:
