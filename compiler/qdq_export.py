@@ -19,7 +19,9 @@ int8 layer of the deployed int8 module, the integers tvmq computes with::
   output quantizer; fp32 layers keep their float weights.
 
 A Gemm / MatMul weight is written in the node's own layout (``transB``); per-channel weights
-need opset 13, so older models are converted first (``onnx.version_converter``).
+need opset 13, so older models are converted first (``onnx.version_converter``). Layers and
+tensors that only tvmq's frontend has (1-D convs run as 2-D ones, LSTM / GRU gate matmuls,
+inlined ``If`` branches) are refused in one line.
 """
 
 from __future__ import annotations
@@ -136,14 +138,10 @@ class _Exporter:
         self.plan = {entry["tensor"]: entry for entry in plan["layers"]}
         self.arrays = arrays
         self.nodes = list(model.graph.node)
-        self.inits = {t.name: t for t in model.graph.initializer}
         self.new_inits: list = []
-        inferred = onnx.shape_inference.infer_shapes(model)
-        self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-                       for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
         self.graph_inputs = {i.name for i in model.graph.input}
-        self.taken = {t for n in self.nodes for t in (*n.input, *n.output)} | set(self.inits) | \
-            {i.name for i in model.graph.input}
+        self.taken = {t for n in self.nodes for t in (*n.input, *n.output)} | \
+            {t.name for t in model.graph.initializer} | self.graph_inputs
 
     def run(self) -> onnx.ModelProto:
         for index, tensor in enumerate(self.arrays.get("tensors", ())):
@@ -180,7 +178,7 @@ class _Exporter:
                                            0 if w_scale.size > 1 else None)
         stages = [self._op_node(op, w_name, b_name)]
         if op.op_type == "MatMul":
-            stages.append(helper.make_node("Add", ["", b_name], [""], name=f"{prefix}/bias_add"))
+            stages.append(helper.make_node("Add", ["", b_name], [""], name=self._name(f"{prefix}/bias_add")))
         clamp_node = self._clamp(float(clamp[0]), float(clamp[1]), prefix)
         if clamp_node is not None:
             stages.append(clamp_node)
@@ -194,9 +192,6 @@ class _Exporter:
         """``w_q`` in ``op``'s layout and the DequantizeLinear axis of its output channels."""
         per_channel = entry["weight"]["axis"] is not None
         if op.op_type == "Conv":
-            shape = self._shape(op.input[1])
-            if shape and int(np.prod(shape)) == w_q.size:
-                w_q = w_q.reshape(shape)  # a 1-D conv's [O, I, K] (tvmq ran it as [O, I, 1, K])
             return w_q, 0 if per_channel else None
         attrs = {a.name: helper.get_attribute_value(a) for a in op.attribute}
         if op.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0):
@@ -222,12 +217,12 @@ class _Exporter:
     def _clamp(self, lo: float, hi: float, prefix: str):
         """Relu for ``[0, inf)``, Clip for other finite bounds, None for none."""
         if lo == 0.0 and hi == np.inf:
-            return helper.make_node("Relu", [""], [""], name=f"{prefix}/relu")
+            return helper.make_node("Relu", [""], [""], name=self._name(f"{prefix}/relu"))
         if not (np.isfinite(lo) or np.isfinite(hi)):
             return None
         bounds = [self._constant(f"{prefix}/clip_{side}", np.float32(v)) if np.isfinite(v) else ""
                   for side, v in (("min", lo), ("max", hi))]
-        return helper.make_node("Clip", ["", *bounds], [""], name=f"{prefix}/clip")
+        return helper.make_node("Clip", ["", *bounds], [""], name=self._name(f"{prefix}/clip"))
 
     def _chain_outputs(self, stages: list, named: list[str]) -> None:
         """Wire ``stages`` in a row: the last ends in the layer's tensor, earlier ones take the
@@ -336,11 +331,6 @@ class _Exporter:
             name = f"{base}_{n}"
         self.taken.add(name)
         return name
-
-    def _shape(self, name: str) -> list[int] | None:
-        if name in self.inits:
-            return list(self.inits[name].dims)
-        return self.shapes.get(name)
 
     def _model(self) -> onnx.ModelProto:
         """The rewritten graph without nodes and initializers nothing reads any more."""
