@@ -27,7 +27,7 @@ from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 
-from . import artifact, assets, latency, layerwise, profile
+from . import artifact, assets, latency, layerwise, profile, qdq_export
 from .build import bind_batch, build, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -56,6 +56,7 @@ class CompiledModel:
     baseline: tuple | None = None
     buckets: list = dataclasses.field(default_factory=list)
     plan: dict | None = None  # the quantization plan as deployed (plan.json)
+    qdq_weights: dict | None = None  # each int8 layer's integers as realized (qdq_weights.npz)
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
@@ -73,7 +74,13 @@ class CompiledModel:
 
     def save(self, directory: str | Path, force: bool = False) -> Path:
         """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
-        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan)
+        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan,
+                              qdq_weights=self.qdq_weights)
+
+    def export_qdq(self, path: str | Path, model: str | Path | None = None) -> Path:
+        """Write the plan as a QDQ ONNX model (:mod:`tvmq.qdq_export`); ``model``: the source ONNX
+        model, default the path compiled from (its sha256 must match)."""
+        return qdq_export.export(self.manifest, self.plan, self.qdq_weights, path, model)
 
 
 def compile(model: str | Path, calib=None, target: str = "host", config: Config | None = None,
@@ -111,7 +118,9 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     record = quantization_record(main.int8)
     plan = quantized.planned(main.keep_fp32).to_json(imported.onnx_names, imported.nodes)
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
-                                 imported.onnx_names)
+                                 imported.onnx_names) | {"source": qdq_export.source_record(model)}
+    integers = qdq_export.integer_layers(main.program.fp32["main"], quantized.planned(main.keep_fp32),
+                                         record, imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "calibrator": config.calibrator if qdq is None else "imported (QDQ model)", "per_channel": config.per_channel,
@@ -136,7 +145,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     return CompiledModel(main.int8_built.executable, main.int8_built.params, {**manifest, "inputs": main.inputs(),
                          "params": list(main.int8_built.params)}, report,
                          baseline=(main.fp32_built.executable, main.fp32_built.params),
-                         buckets=modules if len(modules) > 1 else [], plan=plan)
+                         buckets=modules if len(modules) > 1 else [], plan=plan, qdq_weights=integers)
 
 
 def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantized:

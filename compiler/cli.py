@@ -1,4 +1,4 @@
-"""The ``tvmq`` command line: ``compile``, ``run`` and ``demo``.
+"""The ``tvmq`` command line: ``compile``, ``run``, ``demo`` and ``export-qdq``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
 the traceback instead. Every command runs in a worker process (``isolate``), so a native
@@ -84,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, required=True,
                      help=".npy (a single-output model) or .npz (every output, keyed by output name)")
     run.set_defaults(handler=_run)
-    for sub_parser in (comp, demo, run):
+
+    qdq = sub.add_parser("export-qdq", help="write a compiled artifact's plan as a QDQ ONNX model "
+                                             "(ONNX Runtime runs it; tvmq compile reads it back)")
+    qdq.add_argument("artifact", type=Path)
+    qdq.add_argument("output", type=Path, help="the QDQ model to write (.onnx)")
+    qdq.add_argument("--model", type=Path, help="the source ONNX model (default: the path the artifact "
+                                                "records; its sha256 must match)")
+    qdq.set_defaults(handler=_export_qdq)
+    for sub_parser in (comp, demo, run, qdq):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks and debug logs")
     return parser
@@ -228,6 +236,14 @@ def _run(args) -> int:
     atomic_write_bytes(args.output, buffer.getvalue())
     shapes = ", ".join(f"{y.dtype} {tuple(y.shape)}" for y in outputs)
     print(f"wrote {args.output} ({shapes})")
+    return 0
+
+
+def _export_qdq(args) -> int:
+    from .qdq_export import export_artifact
+
+    export_artifact(args.artifact, args.output, args.model)
+    print(f"wrote {args.output}")
     return 0
 
 
