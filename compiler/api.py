@@ -122,7 +122,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),
-        "accuracy": comparison["accuracy"], **main.summary(),
+        "accuracy": comparison["accuracy"], **_analysis_note(spec), **main.summary(),
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
@@ -151,7 +151,7 @@ def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantiz
 
 def _programs(model, config: Config, spec: TargetSpec) -> Programs:
     prepare = functools.partial(prepare_fp32, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    return Programs(model, config, spec, prepare)
+    return Programs(model, config, spec.analysis_spec(), prepare)  # calibration and evaluation run there
 
 
 @dataclass
@@ -225,6 +225,14 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _analysis_note(spec: TargetSpec) -> dict:
+    """Where accuracy was measured, when not on the deployed target's own code."""
+    analysis = spec.analysis_spec()
+    if analysis is spec:
+        return {}
+    return {"accuracy_measured_on": f"{analysis.description}: the host's integer simulation of the int8 model"}
 
 
 def _not_evaluated() -> dict:
