@@ -30,6 +30,11 @@ class LegalizeForCuda:
     def __init__(self, dot: str = cuda_int8.DP4A):
         self.dot = dot
 
+    def on_host(self) -> "LegalizeForCuda":
+        """The same legalization with the word product emulated: kernels a CPU runs, to check
+        layouts, packing and epilogues bit for bit where there is no GPU."""
+        return LegalizeForCuda(cuda_int8.EMULATED)
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = with_main(mod, _ClipAsMinMax(mod).visit_expr(mod["main"]))
         mod = with_main(mod, _QdqAsElementwise(mod).visit_expr(mod["main"]))
