@@ -185,14 +185,24 @@ class CudaGpu:
         return None if gpu_present() else "there is no CUDA GPU here"
 
 
+# Float ops IEEE-exact on the GPU (TVM compiles CUDA with --use_fast_math), so that a module's
+# quantize / requantize / dequantize round as the host's do and its outputs equal them bit for bit.
+EXACT_NVRTC = "--ftz=false --prec-div=true --prec-sqrt=true --fmad=false"
+EXACT_NVCC = "--fmad=false"
+
+
 def _jit_compiler() -> None:
-    """The runtime compiles a module's CUDA source when it loads it, with NVRTC by default; where
-    NVRTC's Python bindings are missing, with ``nvcc`` (``TVM_CUDA_COMPILE_MODE``)."""
+    """Set up how the runtime compiles a module's CUDA source when the GPU loads it: NVRTC when
+    its Python bindings are installed, else ``nvcc`` (``TVM_CUDA_COMPILE_MODE``); exact float
+    math either way (settings already in the environment win)."""
     try:
         import cuda.bindings.nvrtc  # noqa: F401
     except ImportError:
         if shutil.which("nvcc"):
             os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    os.environ.setdefault("TVM_CUDA_NVRTC_EXTRA_OPTS", EXACT_NVRTC)
+    os.environ.setdefault("TVM_CUDA_NVCC_NO_FAST_MATH", "1")
+    os.environ.setdefault("NVCC_APPEND_FLAGS", EXACT_NVCC)
 
 
 class DeviceVM:
