@@ -133,7 +133,7 @@ def test_compile_for_cuda_writes_an_artifact_that_says_what_it_measured_where(tm
     assert (out / "model.so").read_bytes()[:4] == b"\x7fELF"
     manifest = runtime._read_manifest(out)
     runtime._verify_files(out, manifest)
-    assert manifest["device"] == "cuda" and json.loads(manifest["target"])["arch"] == cuda_arch()
+    assert manifest["device"] == "cuda:0" and json.loads(manifest["target"])["arch"] == cuda_arch()
     report = json.loads((out / "report.json").read_text())
     assert report["activation_dtype"] == "int8" and report["weight_bits"] == 8
     assert report["accuracy"]["num_samples"] == SAMPLES and report["accuracy"]["top1_agreement"] > 0.97
