@@ -15,10 +15,11 @@ architecture when ``nvcc`` is on the PATH, so a kernel that does not compile fai
 not on the device. TVM 0.27's CUDA module carries the CUDA source, which the runtime compiles
 when the GPU loads it (NVRTC, or ``nvcc`` when NVRTC's Python bindings are absent).
 
-Without a GPU, modules are built but not run: calibration and evaluation run on the host
-(:attr:`TargetSpec.analysis`: the integer arithmetic is the same, so accuracy is the host's
-integer simulation), latency is "not measured (no GPU here)", and tuning (``--trials`` > 0)
-stops with one error line (its runner times candidates on the GPU).
+Calibration and evaluation run on the host (:attr:`TargetSpec.analysis`), GPU or not: the
+integer arithmetic is the same (``scripts/gpu_check.py`` checks the GPU's results against the
+host's bit for bit), so a report's accuracy is the host's integer simulation and says so.
+Without a GPU, modules are built but not run: latency is "not measured (no GPU here)", and
+tuning (``--trials`` > 0) stops with one error line (its runner times candidates on the GPU).
 """
 
 from __future__ import annotations
@@ -77,10 +78,9 @@ def cuda() -> TargetSpec:
 
     arch = cuda_arch()
     target = tvm.target.Target({"kind": "cuda", "arch": arch})
-    present = gpu_present()
     return TargetSpec("cuda", target, "int8", ("dp4a",), legalize=LegalizeForCuda(),
-                      search_space=lambda _task: cuda_space(), executor=CudaGpu(arch, timed=present),
-                      compiler=compile_module, analysis=None if present else _host())
+                      search_space=lambda _task: cuda_space(), executor=CudaGpu(arch, timed=gpu_present()),
+                      compiler=compile_module, analysis=_host())
 
 
 def _host() -> TargetSpec:
@@ -206,15 +206,22 @@ def _jit_compiler() -> None:
 
 
 class DeviceVM:
-    """A Relax VM on a GPU: ``vm["main"](*tensors)`` copies host arguments to the GPU (each tensor
-    once: parameters are not copied again on every run) and returns the GPU's tensors."""
+    """A Relax VM on a GPU: ``vm["main"](*tensors)`` copies arguments that are not on the GPU there
+    (the timers pass theirs on the GPU already) and returns once the GPU has finished, its
+    tensors on the GPU."""
 
     def __init__(self, vm, device):
-        self.vm, self.device, self._copies = vm, device, {}
+        self.vm, self.device = vm, device
 
     def __getitem__(self, func: str):
         function = self.vm[func]
-        return lambda *args: function(*[self._on_device(a) for a in args])
+
+        def call(*args):
+            result = function(*[self._on_device(a) for a in args])
+            self.device.sync()  # a host clock around the call times the GPU's work
+            return result
+
+        return call
 
     def set_instrument(self, instrument) -> None:
         self.vm.set_instrument(instrument)
@@ -225,8 +232,4 @@ class DeviceVM:
 
         if isinstance(value, tvm.runtime.Tensor) and value.device == self.device:
             return value
-        key = id(value)
-        if key not in self._copies:
-            array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-            self._copies[key] = (value, tvm.runtime.tensor(array, self.device))
-        return self._copies[key][1]
+        return tvm.runtime.tensor(value.numpy() if hasattr(value, "numpy") else np.asarray(value), self.device)
