@@ -22,6 +22,10 @@ from tvmq.passes.graph import constant_value, with_main
 from . import cuda_int8
 from .x86_legalize import _ClipAsMinMax, _convert_layout, _ints, _kind, _packable_conv, _QdqAsElementwise
 
+# TVM's OpPatternKind kOutEWiseFusable: what AnnotateTIROpPattern finds for the conv, but not for the
+# dense (its sum of __dp4a calls is no multiply-add), whose requantize then did not fuse into it
+OUT_ELEMWISE_FUSABLE = 4
+
 
 @tvm.transform.module_pass(opt_level=0, name="tvmq.LegalizeForCuda")
 class LegalizeForCuda:
@@ -63,7 +67,8 @@ class _Packer(relax.PyExprMutator):
                 return call
             return self.builder_.call_te(cuda_int8.dense, call.args[0],
                                          relax.const(cuda_int8.pack_dense_weight(weight)), dot=self.dot,
-                                         primfunc_name_hint=cuda_int8.PREFIX + "dense")
+                                         primfunc_name_hint=cuda_int8.PREFIX + "dense",
+                                         primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
         if not _packable_conv(call):
             return call
         attrs = call.attrs

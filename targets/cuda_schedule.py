@@ -6,7 +6,8 @@ channels of one output pixel (conv) or row (dense), accumulating in registers ov
 reduction with one ``__dp4a`` per 4 input channels; threads are laid out over pixels x
 channel groups, 128 a block. The fused requantize epilogue runs in the same thread on its
 accumulators; the activation-word stage before the kernel is a kernel of its own in the same
-function (each word is packed once, not once per output channel). Every other function gets DLight's stock GPU rules (``Matmul``, ``GEMV``,
+function (each word is packed once, not once per output channel), with any elementwise ops
+FuseOps put before the kernel (the previous dense layer's requantize) inlined into it. Every other function gets DLight's stock GPU rules (``Matmul``, ``GEMV``,
 ``Reduction``, ``GeneralReduction``, ``Fallback``).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from .cuda_int8 import CONV_BLOCK, DENSE_BLOCK
+from .cuda_int8 import CONV_BLOCK, DENSE_BLOCK, WORDS_BLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,12 @@ def schedule_dp4a(sch, block) -> None:
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(sch.get(block).name_hint)
-    for prologue in blocks[:at]:
-        _bind_flat(sch, prologue)
+    for prologue in blocks[:at]:  # elementwise ops FuseOps put before the kernel go into its word stage
+        if sch.get(prologue).name_hint == WORDS_BLOCK:
+            words = prologue
+        else:
+            sch.compute_inline(prologue)
+    _bind_flat(sch, words)
     epilogue = blocks[at + 1:]
     for middle in epilogue[:-1]:
         sch.compute_inline(middle)
