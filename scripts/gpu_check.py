@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 CONVS = [  # (channels, out_channels, size, kernel, stride, padding)
-    (3, 16, 12, 3, 1, 1), (6, 20, 9, 3, 2, 1), (32, 32, 8, 1, 1, 0)]
+    (3, 16, 12, 3, 1, 1), (6, 20, 9, 3, 2, 1), (32, 32, 8, 1, 1, 0), (32, 32, 14, 3, 1, 1)]
 DENSES = [(3, 38, 24), (1, 256, 10)]  # (rows, K, N)
 SAMPLES = 32  # evaluation samples of the bundled model compared with the host
 

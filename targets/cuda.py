@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ARCH = "sm_80"
 MIN_SM = 61  # __dp4a
+# every architecture since sm_61 has these (per block: 1024 threads, 48 KB of static shared memory,
+# 64 K registers); MetaSchedule's CUDA rules and GPU code verification read them off the target
+LIMITS = {"max_threads_per_block": 1024, "max_num_threads": 1024, "max_shared_memory_per_block": 49152,
+          "registers_per_block": 65536, "thread_warp_size": 32}
 
 
 def cuda_arch() -> str:
@@ -77,7 +81,7 @@ def cuda() -> TargetSpec:
     from .cuda_legalize import LegalizeForCuda
 
     arch = cuda_arch()
-    target = tvm.target.Target({"kind": "cuda", "arch": arch})
+    target = tvm.target.Target({"kind": "cuda", "arch": arch, **LIMITS})
     return TargetSpec("cuda", target, "int8", ("dp4a",), legalize=LegalizeForCuda(),
                       search_space=lambda _task: cuda_space(), executor=CudaGpu(arch, timed=gpu_present()),
                       compiler=compile_module, analysis=_host())

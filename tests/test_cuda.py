@@ -10,6 +10,7 @@ on the host by the target template (``tests/test_target_template.py``: the word 
 import json
 import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -168,3 +169,53 @@ def test_the_bundled_model_on_the_gpu_equals_its_host_integer_simulation(tmp_pat
         feeds = data[data.files[0]][:8]
     for sample in feeds:
         np.testing.assert_array_equal(deployed.run(sample[None]), host.run(sample[None]))
+
+
+def _conv_module(rng, channels: int = 32, size: int = 14):
+    """One int8 3x3 conv (padding 1) with its requantize: a tuning task of a realistic size (on a
+    conv with a tiny reduction the CUDA rules' software pipelining fails to lower: TVM's limit)."""
+    import tvm
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, size, size), "int8"))
+    w = rng.integers(-127, 128, (channels, channels, 3, 3)).astype(np.int8)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.nn.conv2d(x, relax.const(w), padding=[1, 1], out_dtype="int32"))
+            scaled = bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(np.float32(0.01))))
+            out = bb.emit_output(relax.op.astype(relax.op.clip(relax.op.round(scaled), -128, 127), "int8"))
+        bb.emit_func_output(out)
+    return tvm.ir.IRModule(bb.get().functions)
+
+
+@needs_nvcc
+def test_metaschedules_cuda_space_schedules_the_dp4a_conv_into_valid_gpu_code_with_dp4a(rng, spec):
+    """The tuning space's sketches for the conv task (requantize fused), decisions drawn again as
+    the search's replay does and post-processed as a tuning round would: one passes GPU code
+    verification and compiles with dp4a. (What tuned kernels compute needs a GPU:
+    scripts/gpu_check.py, and the template's tuned case where one is present.)"""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmq.targets.cuda import cuda_space
+    from tvmq.tune import fuse
+
+    lowered = relax.transform.FuseTIR()(fuse(spec.legalize(_conv_module(rng)), spec))
+    task = next(t for t in ms.relax_integration.extract_tasks(lowered, spec.target) if "dp4a_conv2d" in t.task_name)
+    assert type(spec.space(task.task_name)) is type(cuda_space())
+    context = ms.TuneContext(mod=task.dispatched[0], target=spec.target, space_generator=cuda_space(),
+                             task_name=task.task_name, rand_state=1)
+    valid = None
+    for seed in range(1, 17):
+        for sketch in context.generate_design_space():
+            schedule = tvm.s_tir.Schedule(task.dispatched[0], seed=seed)
+            tvm.s_tir.schedule.Trace(sketch.trace.insts, {}).apply_to_schedule(schedule, remove_postproc=True)
+            if all(postproc.apply(schedule) for postproc in context.space_generator.postprocs):
+                valid = valid or schedule
+        if valid:
+            break
+    assert valid is not None, "no schedule drawn from the CUDA space passed the post-processors"
+    source = tvm.tirx.build(valid.mod, target=spec.target).imports_[0].inspect_source()
+    assert "__dp4a" in source
+    executable = SimpleNamespace(mod=SimpleNamespace(kind="cuda", inspect_source=lambda: source, imports_=[]))
+    assert re.search(r"\bdp4a\.s32\.s32\b", ptx(executable, spec.target))
