@@ -90,6 +90,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     """
     config = config or Config(target=target)
     spec = get_target(config.target)
+    _check_tunable(spec, config.trials)
     started = time.perf_counter()
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
@@ -225,6 +226,15 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _check_tunable(spec: TargetSpec, trials: int) -> None:
+    """Tuning times candidates on the target's executor: one that cannot run here fails before
+    calibration, not after it."""
+    why = spec.executor.unavailable() if trials > 0 else None
+    if why:
+        raise TvmqError(f"--trials {trials}: tuning times candidates on the {spec.name} device, and {why}: "
+                        f"build with --trials 0")
 
 
 def _analysis_note(spec: TargetSpec) -> dict:

@@ -147,6 +147,16 @@ def test_compile_for_cuda_writes_an_artifact_that_says_what_it_measured_where(tm
     assert "not measured (no GPU here)" in markdown and "integer simulation" in markdown
 
 
+@pytest.mark.skipif(gpu_present(), reason="a GPU is here: tuning runs")
+def test_tuning_for_cuda_without_a_gpu_is_one_error_line_before_calibration(tmp_path, bundled, capsys):
+    model, calib, _ = bundled
+    assert main(["compile", str(model), "--calib", str(calib), "--out", str(tmp_path / "o"), "--target", "cuda",
+                 "--trials", "4"], isolated=False) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tvmq: error: --trials 4: tuning times candidates on the cuda device, and there is no CUDA GPU "
+                   "here: build with --trials 0"]
+
+
 @needs_gpu
 def test_int8_conv_and_dense_on_the_gpu_equal_numpy(rng, spec):
     mod, inputs, expected = _layers(rng)
