@@ -105,6 +105,8 @@ def test_packed_weights_come_back_out_of_the_kernels_unchanged(rng, name):
     channel ``c`` of sample ``c``, convolves to ``W[:, c]`` flipped; the identity matrix times a
     dense weight is the weight. Channels (5) and K (38) are not multiples of 4, the output
     channels (20) not a multiple of 16: every padding of the packing is crossed."""
+    import tvm
+
     spec = _spec(name)
     runs_on, legalize = _where_it_runs(spec)
     q = spec.weight_qmax
@@ -115,10 +117,10 @@ def test_packed_weights_come_back_out_of_the_kernels_unchanged(rng, name):
     assert not LAYER_OPS & {op_name(b.value) for b in dataflow_bindings(legalized["main"])}
     deltas = np.zeros((channels, channels, 3, 3), spec.activation_dtype)
     deltas[np.arange(channels), np.arange(channels), 1, 1] = 1
-    import tvm
 
+    identity = np.eye(k, dtype=spec.activation_dtype)
     conv, dense = virtual_machine(build(legalized, runs_on))["main"](tvm.runtime.tensor(deltas),
-                                                                    tvm.runtime.tensor(np.eye(k, dtype=spec.activation_dtype)))
+                                                                    tvm.runtime.tensor(identity))
     np.testing.assert_array_equal(conv.numpy().transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], conv_w)
     np.testing.assert_array_equal(dense.numpy(), dense_w)
 
