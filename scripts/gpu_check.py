@@ -174,12 +174,14 @@ def check_model(summary: dict) -> str:
     from tvmq.targets import get_target
 
     model, calib, evaluation = bundled_mnist()
+    scratch = Path(tempfile.mkdtemp(prefix="tvmq-gpu-check-"))
+    calib_data = scratch / "calib.npz"  # the first 256 samples, as a file: its labels are no input
     with np.load(calib) as data:
-        calib_data = {key: data[key][:256] for key in data.files}
+        np.savez(calib_data, **{key: data[key][:256] for key in data.files})
     with np.load(evaluation) as data:
-        samples = data[data.files[0]][:SAMPLES]
+        samples = data["x"][:SAMPLES]
     compiled = tvmq.compile(model, calib_data, target="cuda")
-    out = Path(tempfile.mkdtemp(prefix="tvmq-gpu-check-")) / "mnist"
+    out = scratch / "mnist"
     compiled.save(out)
     deployed = runtime.load(out)
     host = virtual_machine(build(bind_batch(api.quantize(model, calib_data, Config(target="cuda")).int8, 1),

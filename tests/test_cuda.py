@@ -176,7 +176,7 @@ def test_the_bundled_model_on_the_gpu_equals_its_host_integer_simulation(tmp_pat
     deployed = runtime.load(tmp_path / "a")
     host = tvmq.compile(model, _first(calib, tmp_path, 64), target="host")
     with np.load(evaluation) as data:
-        feeds = data[data.files[0]][:8]
+        feeds = data["x"][:8]
     for sample in feeds:
         np.testing.assert_array_equal(deployed.run(sample[None]), host.run(sample[None]))
 
@@ -229,3 +229,25 @@ def test_metaschedules_cuda_space_schedules_the_dp4a_conv_into_valid_gpu_code_wi
     assert "__dp4a" in source
     executable = SimpleNamespace(mod=SimpleNamespace(kind="cuda", inspect_source=lambda: source, imports_=[]))
     assert re.search(r"\bdp4a\.s32\.s32\b", ptx(executable, spec.target))
+
+
+def test_the_bundled_models_cuda_legalization_computes_the_same_integers_on_the_host(tmp_path, bundled, spec):
+    """Every layer of the bundled CNN on the dp4a kernels (word product emulated, run here) equals
+    the unlegalized int8 module bit for bit: packing, word stages, fused epilogues."""
+    import tvm
+
+    from tvmq import api
+    from tvmq.build import bind_batch
+    from tvmq.config import Config
+    from tvmq.passes.graph import dataflow_bindings, op_name
+
+    model, calib, evaluation = bundled
+    int8 = bind_batch(api.quantize(model, _first(calib, tmp_path, 64), Config(target="cuda")).int8, 1)
+    legalized = spec.legalize.on_host()(int8)
+    assert not {"relax.nn.conv2d", "relax.matmul"} & {op_name(b.value) for b in dataflow_bindings(legalized["main"])}
+    host = spec.analysis_spec()
+    run = [virtual_machine(build(m, host)) for m in (legalized, int8)]
+    with np.load(evaluation) as data:
+        for sample in data["x"][:4]:
+            feed = tvm.runtime.tensor(sample[None])
+            np.testing.assert_array_equal(run[0]["main"](feed).numpy(), run[1]["main"](feed).numpy())
