@@ -172,6 +172,7 @@ def check_model(summary: dict) -> str:
     from tvmq.build import bind_batch, build, virtual_machine
     from tvmq.config import Config
     from tvmq.targets import get_target
+    from tvmq.targets.cuda import jit_settings
 
     model, calib, evaluation = bundled_mnist()
     scratch = Path(tempfile.mkdtemp(prefix="tvmq-gpu-check-"))
@@ -183,6 +184,7 @@ def check_model(summary: dict) -> str:
     compiled = tvmq.compile(model, calib_data, target="cuda")
     out = scratch / "mnist"
     compiled.save(out)
+    jit_settings()  # how a process that only loads the artifact should compile its CUDA source
     deployed = runtime.load(out)
     host = virtual_machine(build(bind_batch(api.quantize(model, calib_data, Config(target="cuda")).int8, 1),
                                  get_target("host")))

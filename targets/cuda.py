@@ -167,7 +167,7 @@ class CudaGpu:
         why = self.unavailable()
         if why:
             raise TvmqError(f"cannot run CUDA modules here: {why}")
-        _jit_compiler()
+        jit_settings()
         return DeviceVM(relax.VirtualMachine(executable, self.device()), self.device())
 
     def runner(self):
@@ -176,7 +176,7 @@ class CudaGpu:
         why = self.unavailable()
         if why:
             raise TvmqError(f"tuning times candidates on the GPU, and {why}: build with --trials 0")
-        _jit_compiler()
+        jit_settings()
         config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
         return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=config)
 
@@ -195,7 +195,7 @@ EXACT_NVRTC = "--ftz=false --prec-div=true --prec-sqrt=true --fmad=false"
 EXACT_NVCC = "--fmad=false"
 
 
-def _jit_compiler() -> None:
+def jit_settings() -> None:
     """Set up how the runtime compiles a module's CUDA source when the GPU loads it: NVRTC when
     its Python bindings are installed, else ``nvcc`` (``TVM_CUDA_COMPILE_MODE``); exact float
     math either way (settings already in the environment win)."""
