@@ -133,6 +133,12 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--mode", choices=["static", "dynamic"], default="static",
+                        help="static: activation ranges from calibration (default); dynamic: every MatMul / Gemm "
+                             "with a constant weight quantizes its input at run time from the tensor itself "
+                             "(int8 weights; convs stay static)")
+    parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
+                        help="these MatMul / Gemm layers quantize their input at run time (names as --fp32-layers)")
 
 
 def _config(args):
@@ -143,12 +149,18 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers))
+                  tuning_db=args.tuning_db, mode=args.mode,
+                  layers={**_named(args.dynamic_layers, "dynamic"), **_fp32_layers(args.fp32_layers)})
 
 
 def _fp32_layers(value: str) -> dict:
     """``{name: "fp32"}`` for each comma-separated name or pattern of ``--fp32-layers``."""
-    return {name.strip(): "fp32" for name in value.split(",") if name.strip()}
+    return _named(value, "fp32")
+
+
+def _named(value: str, precision: str) -> dict:
+    """``{name: precision}`` for each comma-separated name or pattern in ``value``."""
+    return {name.strip(): precision for name in value.split(",") if name.strip()}
 
 
 def _input_shapes(values: list[str]) -> dict:

@@ -44,3 +44,24 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int
     """``clip(round(float32(acc) * M) + z, lo, hi)`` in float32, as the compiled epilogue does."""
     scaled = acc.astype(np.float32) * multiplier.astype(np.float32)
     return np.clip(np.round(scaled) + np.float32(zero_point), lo, hi).astype(dtype)
+
+
+def dynamic_dense(x: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None, dtype: str,
+                  clamp: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
+    """A dynamic dense layer (``tvmq.passes.rules.dynamic``) in float32 / int64: the input's
+    per-tensor scale and zero point from its own range, ``x_q @ w_q - z sum_k w_q``, then
+    ``float(acc) * (s * s_w) + b``, clamped."""
+    f32 = np.float32
+    lo, hi = min(f32(x.min()), f32(0)), max(f32(x.max()), f32(0))
+    if dtype == "uint8":
+        scale = max(f32(hi - lo) / f32(255), f32(1e-8))
+        zero_point, qmin, qmax = np.round(-lo / scale), 0, 255
+    else:
+        scale = max(max(-lo, hi) / f32(127), f32(1e-8))
+        zero_point, qmin, qmax = f32(0), -128, 127
+    x_q = np.clip(np.round(x / scale) + zero_point, qmin, qmax).astype(np.int64)
+    acc = x_q @ w_q.astype(np.int64) - int(zero_point) * w_q.astype(np.int64).sum(axis=0)
+    y = acc.astype(f32) * (scale * w_scale.astype(f32))
+    if bias is not None:
+        y = y + bias.astype(f32)
+    return np.clip(y, *clamp).astype(f32)

@@ -1,0 +1,70 @@
+"""Dynamic quantization of a dense layer (what ONNX Runtime's / PyTorch's ``quantize_dynamic`` do):
+the weight is int8 per channel at compile time (the plan's weight parameters), the input's scale
+and zero point are computed at run time from the tensor itself, per tensor:
+
+    lo = min(min(x), 0),  hi = max(max(x), 0)
+    uint8: s = max((hi - lo) / 255, 1e-8),  z = round(-lo / s)
+    int8:  s = max(max(-lo, hi) / 127, 1e-8),  z = 0           (the scheme's activation dtype)
+    x_q  = clip(round(x / s) + z, qmin, qmax)
+    acc  = matmul(x_q, w_q, out_dtype=int32) - int32(z) * sum_k w_q[k, n]   # the static rule's op
+    y    = clamp(float(acc) * (s * s_w[n]) + (b[n] - shift[n]))             # fp32 out
+
+The zero-point term is a run-time scalar times a compile-time column-sum vector, in int32; the
+``1e-8`` floor (``TINY_SCALE``, as the static parameters) keeps an all-zero input finite (x_q = z = 0).
+The result is fp32: the next op takes it as any fp32 value (quantizing it if it is int8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..qparams import DTYPE_RANGE, TINY_SCALE, quantize
+from .common import clamp, const
+
+SPAN = {"uint8": 255.0, "int8": 127.0}  # the quantizer's steps over [lo, hi] (uint8) or [0, max|x|] (int8)
+
+
+def realize_dynamic(ctx, layer, entry) -> bool:
+    """Emit ``layer`` (planned ``entry``, precision "dynamic") as above; its output is fp32."""
+    dtype = ctx.plan.scheme.activation_dtype
+    builder, name = ctx.builder, layer.out.name
+    scale, zero_point = _runtime_qparams(builder, ctx.to_fp(layer.data), dtype, name)
+    qmin, qmax = DTYPE_RANGE[dtype]
+    steps = relax.op.round(relax.op.divide(ctx.to_fp(layer.data), scale))
+    if zero_point is not None:
+        steps = relax.op.add(steps, zero_point)
+    x_q = builder.emit(relax.op.astype(clamp(steps, qmin, qmax), dtype), f"{name}_in_q")
+    w_q = quantize(layer.weight, entry.weight)
+    acc = layer.form.integer_op(builder, layer, x_q, 0, w_q)
+    if zero_point is not None:
+        column_sums = w_q.sum(axis=0, dtype=np.int32)  # sum_k w_q[k, n]; dense weights are (K, N)
+        offset = relax.op.multiply(relax.op.astype(zero_point, "int32"), const(column_sums))
+        acc = builder.emit(relax.op.subtract(acc, offset), f"{name}_acc")
+    w_scale = np.broadcast_to(entry.weight.scale, (w_q.shape[1],)).astype(np.float32)
+    y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.multiply(scale, const(w_scale)))
+    bias = layer.bias_or_zeros() - (entry.bias_shift if entry.bias_shift is not None else 0.0)
+    if layer.bias is not None or entry.bias_shift is not None:
+        y = relax.op.add(y, const(np.asarray(bias, np.float32).reshape(-1)))
+    lo, hi = layer.clamp
+    if np.isfinite(lo) or np.isfinite(hi):
+        y = clamp(y, max(lo, -3.4e38), min(hi, 3.4e38))
+    ctx.fp[layer.out] = builder.emit(y, name)
+    ctx.record["weights"][name] = entry.weight.to_json()
+    for chained in layer.chain:
+        ctx.mark(chained, "dynamic")
+        ctx.record["fused_into"][chained.name] = name
+    return True
+
+
+def _runtime_qparams(builder, x, dtype: str, name: str):
+    """``(s, z)`` as fp32 scalars computed from ``x`` (``z`` None for symmetric int8)."""
+    lo = builder.emit(relax.op.minimum(relax.op.min(x), const(np.float32(0.0))), f"{name}_in_lo")
+    hi = builder.emit(relax.op.maximum(relax.op.max(x), const(np.float32(0.0))), f"{name}_in_hi")
+    span = relax.op.subtract(hi, lo) if dtype == "uint8" else relax.op.maximum(relax.op.negative(lo), hi)
+    scale = relax.op.maximum(relax.op.divide(span, const(np.float32(SPAN[dtype]))), const(np.float32(TINY_SCALE)))
+    scale = builder.emit(scale, f"{name}_in_scale")
+    if dtype != "uint8":
+        return scale, None
+    zero_point = builder.emit(relax.op.round(relax.op.divide(relax.op.negative(lo), scale)), f"{name}_in_zp")
+    return scale, zero_point

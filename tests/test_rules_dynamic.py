@@ -1,0 +1,161 @@
+"""Dynamic quantization of dense layers (``--mode dynamic``, ``Config.layers`` "dynamic"):
+int8 weights at compile time, the input's scale and zero point computed at run time from the
+tensor itself, the static rule's int8 x int8 -> int32 matmul, the zero-point term
+``z sum_k w_q`` subtracted in int32 and the result rescaled to fp32.
+Every compiled result is checked against :func:`reference.dynamic_dense`, the same arithmetic in numpy.
+"""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import helper, numpy_helper
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+import onnx_models
+from reference import dynamic_dense
+from tvmq import api
+from tvmq.build import bind_batch, build, virtual_machine
+from tvmq.config import Config
+from tvmq.errors import TvmqError
+from tvmq.passes.graph import dataflow_bindings, op_name
+from tvmq.passes.plan import DYNAMIC_MODE, USER_OVERRIDE
+from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme, quantization_record
+from tvmq.targets import get_target, x86_int8
+from tvmq.targets.x86_legalize import LegalizeForX86
+
+
+def _weights(w, qmax=127):
+    """Symmetric int8 per output channel (the last axis of a ``(K, N)`` weight)."""
+    scale = np.maximum(np.abs(w).max(axis=0) / qmax, 1e-8).astype(np.float32)
+    return np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8), scale
+
+
+def _run(mod, *args):
+    vm = virtual_machine(build(mod, get_target("host")))
+    return vm["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
+
+
+def test_dynamic_dense_computes_its_input_scale_at_run_time(rng):
+    """``relu(x @ W + b)`` planned dynamic (uint8): the expected Relax, op for op."""
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32"), w: R.Tensor((4, 3), "float32"), b: R.Tensor((3,), "float32")):
+            with R.dataflow():
+                a = R.matmul(x, w)
+                c = R.add(a, b)
+                r = R.nn.relu(c)
+                R.output(r)
+            return r
+
+    w, b = rng.normal(0, 1, (4, 3)).astype(np.float32), rng.normal(0, 1, 3).astype(np.float32)
+    w_q, s_w = _weights(w)
+    f32 = "float32"
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32"), w_q: R.Tensor((4, 3), "int8"), sums: R.Tensor((3,), "int32"),
+                 s_w: R.Tensor((3,), "float32"), b: R.Tensor((3,), "float32")):
+            with R.dataflow():
+                lo = R.minimum(R.min(x), R.const(0.0, f32))
+                hi = R.maximum(R.max(x), R.const(0.0, f32))
+                s = R.maximum(R.divide(R.subtract(hi, lo), R.const(255.0, f32)), R.const(1e-8, f32))
+                z = R.round(R.divide(R.negative(lo), s))
+                steps = R.add(R.round(R.divide(x, s)), z)
+                x_q = R.astype(R.minimum(R.maximum(steps, R.const(0.0, f32)), R.const(255.0, f32)), "uint8")
+                acc = R.matmul(x_q, w_q, out_dtype="int32")
+                acc = R.subtract(acc, R.multiply(R.astype(z, "int32"), sums))
+                y = R.add(R.multiply(R.astype(acc, f32), R.multiply(s, s_w)), b)
+                r = R.minimum(R.maximum(y, R.const(0.0, f32)), R.const(3.4e38, f32))
+                gv = r
+                R.output(gv)
+            return gv
+
+    bound = relax.transform.BindParams("main", {"w": w, "b": b})(Before)
+    got = Realize({}, Scheme("uint8", mode="dynamic"))(bound)
+    record = quantization_record(got)
+    assert record["precision"] == {"a": "dynamic", "c": "dynamic", "r": "dynamic"}
+    got = tvm.IRModule({"main": got["main"].without_attr(RECORD_ATTR)})
+    want = relax.transform.BindParams("main", {"w_q": w_q, "sums": w_q.sum(0, dtype=np.int32), "s_w": s_w,
+                                               "b": b})(Expected)
+    tvm.ir.assert_structural_equal(got, want)
+    x = rng.uniform(-1, 3, (2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(got, x), dynamic_dense(x, w_q, s_w, b, "uint8", (0.0, np.inf)))
+
+
+@I.ir_module
+class Linear3d:
+    @R.function
+    def main(x: R.Tensor((2, 5, 16), "float32"), w: R.Tensor((16, 8), "float32"), b: R.Tensor((8,), "float32")):
+        with R.dataflow():
+            a = R.matmul(x, w)
+            y = R.add(a, b)
+            R.output(y)
+        return y
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_nd_matmul_runs_on_the_packed_int8_dense_kernel_as_the_reference(rng, dtype):
+    """``[B, S, K] x [K, N] + b`` dynamic: one packed int8 dense kernel after the target's
+    legalization, and exactly the numpy reference (uint8 with a zero point; int8 symmetric)."""
+    w, b = rng.normal(0, 0.3, (16, 8)).astype(np.float32), rng.normal(0, 0.1, 8).astype(np.float32)
+    bound = relax.transform.BindParams("main", {"w": w, "b": b})(Linear3d)
+    realized = Realize({}, Scheme(dtype, mode="dynamic"))(bound)
+    legalized = LegalizeForX86(16, dtype)(realized)
+    calls = [bv.value for bv in dataflow_bindings(legalized["main"]) if op_name(bv.value) == "relax.call_tir"]
+    assert sum(x86_int8.PACKED_PREFIX in c.args[0].name_hint for c in calls) == 1
+    w_q, s_w = _weights(w)
+    for x in (rng.uniform(-0.5, 2.0, (2, 5, 16)), rng.normal(0, 3, (2, 5, 16)), np.zeros((2, 5, 16))):
+        x = x.astype(np.float32)
+        want = dynamic_dense(x, w_q, s_w, b, dtype)
+        vm = relax.VirtualMachine(tvm.compile(legalized, get_target("host").target), tvm.cpu())
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
+    np.testing.assert_array_equal(want, np.broadcast_to(b, want.shape))  # all-zero input: s floored, y = b
+
+
+def test_mode_dynamic_compiles_a_dense_chain_as_the_reference(tmp_path, rng):
+    """``Config(mode="dynamic")`` on Gemm -> Clip -> MatMul + Add: both layers dynamic in the plan
+    and the report, the compiled module exactly the chained numpy reference."""
+    model = onnx_models.dense_chain()
+    path = onnx_models.save(model, tmp_path / "dense.onnx")
+    calib = rng.standard_normal((16, 20)).astype(np.float32)
+    compiled = api.compile(path, calib, config=Config(mode="dynamic", batch_size=16, latency_runs=1))
+    plan = {entry["node"]: (entry["precision"], entry["reason"]) for entry in compiled.plan["layers"]}
+    assert plan == {"fc1": ("dynamic", DYNAMIC_MODE), "fc2": ("dynamic", DYNAMIC_MODE)}
+    layers = {row["name"]: row["precision"] for row in compiled.report["layers"]}
+    assert layers["fc1"] == layers["fc2"] == "dynamic", layers
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = rng.standard_normal((1, 20)).astype(np.float32) * 2
+    qmax = compiled.plan["scheme"]["weight_qmax"]
+    w1_q, s1 = _weights(inits["w1"].T, qmax)
+    w2_q, s2 = _weights(inits["w2"], qmax)
+    dtype = get_target("host").activation_dtype
+    h = dynamic_dense(x, w1_q, s1, inits["b1"], dtype, (0.0, 6.0))
+    want = dynamic_dense(h, w2_q, s2, inits["b2"], dtype)
+    np.testing.assert_array_equal(compiled.run({"x": x}), want)
+
+
+def test_a_layer_override_makes_one_dense_dynamic_and_the_rest_static(tmp_path, rng):
+    path = onnx_models.save(onnx_models.dense_chain(), tmp_path / "dense.onnx")
+    calib = rng.standard_normal((16, 20)).astype(np.float32)
+    quantized = api.quantize(path, calib, Config(batch_size=16, layers={"fc2": "dynamic"}))
+    assert {name: (e.precision, e.reason) for name, e in quantized.plan.layers.items()} == \
+        {"r": ("int8", "calibrated"), "y": ("dynamic", USER_OVERRIDE)}
+    record = quantization_record(quantized.int8)
+    assert record["precision"]["r"] == "int8" and record["precision"]["y"] == "dynamic"
+
+
+def test_dynamic_is_for_dense_layers_and_modes_are_checked(tmp_path, rng):
+    path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "conv.onnx")
+    calib = rng.standard_normal((4, 8, 12, 12)).astype(np.float32)
+    with pytest.raises(TvmqError, match="'dynamic' is for dense"):
+        api.quantize(path, calib, Config(batch_size=4, layers={"conv_a": "dynamic"}))
+    quantized = api.quantize(path, calib, Config(batch_size=4, mode="dynamic"))  # convs stay static
+    assert {e.precision for e in quantized.plan.layers.values()} == {"int8"}
+    with pytest.raises(TvmqError, match="unknown mode 'fast'; choose one of: static, dynamic"):
+        Config(mode="fast")
+    with pytest.raises(TvmqError, match="unknown precision 'dyn'"):
+        Config(layers={"fc1": "dyn"})
