@@ -150,7 +150,13 @@ def _config(args):
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode,
-                  layers={**_named(args.dynamic_layers, "dynamic"), **_fp32_layers(args.fp32_layers)})
+                  layers=_layers(args.dynamic_layers, args.fp32_layers))
+
+
+def _layers(dynamic: str, fp32: str) -> dict:
+    """``Config.layers`` from ``--dynamic-layers`` then ``--fp32-layers`` (later patterns win: fp32 does)."""
+    kept = _fp32_layers(fp32)
+    return {**{name: p for name, p in _named(dynamic, "dynamic").items() if name not in kept}, **kept}
 
 
 def _fp32_layers(value: str) -> dict:

@@ -159,3 +159,14 @@ def test_dynamic_is_for_dense_layers_and_modes_are_checked(tmp_path, rng):
         Config(mode="fast")
     with pytest.raises(TvmqError, match="unknown precision 'dyn'"):
         Config(layers={"fc1": "dyn"})
+
+
+def test_cli_mode_and_dynamic_layers_become_the_config():
+    from tvmq import cli
+
+    args = cli._parser().parse_args(["compile", "m.onnx", "--out", "o", "--mode", "dynamic",
+                                     "--dynamic-layers", "fc1, /enc/*/MatMul", "--fp32-layers", "fc1"])
+    config = cli._config(args)
+    assert config.mode == "dynamic"
+    assert list(config.layers.items()) == [("/enc/*/MatMul", "dynamic"), ("fc1", "fp32")]  # fp32 wins
+    assert cli._config(cli._parser().parse_args(["compile", "m.onnx", "--out", "o"])).mode == "static"
