@@ -138,7 +138,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "with a constant weight quantizes its input at run time from the tensor itself "
                              "(int8 weights; convs stay static)")
     parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
-                        help="these MatMul / Gemm layers quantize their input at run time (names as --fp32-layers)")
+                        help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
+                             "--fp32-layers, which wins where both name a layer")
 
 
 def _config(args):

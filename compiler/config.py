@@ -45,7 +45,7 @@ class Config:
         layer with a constant weight quantizes its input at run time from the tensor itself
         (int8 weights; convs stay static), as ONNX Runtime's ``quantize_dynamic``.
     layers : per-layer precision overrides, ``{name or glob pattern: "fp32" | "int8" | "dynamic"}``
-        ("dynamic": dense / MatMul layers only); a name is
+        ("dynamic" works on convs too: the input is zero-padded in fp32, then quantized); a name is
         an ONNX node name (``/encoder/layer.0/attention/MatMul``) or the name of one of the layer's
         tensors; later patterns win. The quantization plan records them as "user override".
     """

@@ -13,8 +13,8 @@ per calibrated tensor, its activation parameters:
 Overrides map exact names or glob patterns (of a layer's tensors, their ONNX tensor names or
 its ONNX node's name) to a precision; the latency fallback is an override too. A layer's
 precision is ``int8`` (static: the calibrated input range), ``dynamic`` (int8 weights, the input's
-parameters computed at run time from the tensor itself: :mod:`tvmq.passes.rules.dynamic`; dense
-layers only) or ``fp32``; ``Scheme.mode = "dynamic"`` makes every dense layer dynamic by default.
+parameters computed at run time from the tensor itself: :mod:`tvmq.passes.rules.dynamic`) or
+``fp32``; ``Scheme.mode = "dynamic"`` makes every dense layer dynamic by default (convs stay static).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tvmq.errors import TvmqError
-
 from .layers import Layer, find_layers
 from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
 
@@ -35,7 +33,7 @@ AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes 
 DYNAMIC = "dynamic"  # int8 weights, the activation's scale / zero point computed at run time (rules.dynamic)
 PRECISIONS = ("int8", DYNAMIC, "fp32")
 MODES = ("static", DYNAMIC)  # Scheme.mode: "dynamic" makes every dense layer dynamic, convs stay static
-DYNAMIC_KINDS = ("dense",)  # the layer kinds a dynamic plan may give (their integer op takes no zero point)
+DYNAMIC_KINDS = ("dense",)  # the kinds mode "dynamic" makes dynamic (any layer may be by override)
 CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"
 DYNAMIC_MODE = "mode dynamic"
@@ -172,9 +170,6 @@ def _override(layer: Layer, overrides: dict, aliases: dict, mode: str = "static"
     names = layer_names(layer, aliases)
     chosen = [precision for pattern, precision in overrides.items() if _matches(pattern, names)]
     if chosen:
-        if chosen[-1] == DYNAMIC and layer.kind not in DYNAMIC_KINDS:
-            raise TvmqError(f"layer {names[0]!r} is a {layer.kind}: precision 'dynamic' is for "
-                            f"{', '.join(DYNAMIC_KINDS)} (MatMul / Gemm) layers only")
         return chosen[-1], USER_OVERRIDE
     if mode == DYNAMIC and layer.kind in DYNAMIC_KINDS:
         return DYNAMIC, DYNAMIC_MODE

@@ -14,7 +14,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 import onnx_models
-from reference import dynamic_dense
+from reference import dynamic_conv, dynamic_dense
 from tvmq import api
 from tvmq.build import bind_batch, build, virtual_machine
 from tvmq.config import Config
@@ -148,13 +148,39 @@ def test_a_layer_override_makes_one_dense_dynamic_and_the_rest_static(tmp_path, 
     assert record["precision"]["r"] == "int8" and record["precision"]["y"] == "dynamic"
 
 
-def test_dynamic_is_for_dense_layers_and_modes_are_checked(tmp_path, rng):
-    path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "conv.onnx")
+@pytest.mark.parametrize("groups", [1, 8])
+def test_dynamic_convs_pad_in_fp32_and_match_the_reference(tmp_path, rng, groups):
+    """Conv(3x3, pad 1) -> Relu -> Conv(1x1), both dynamic by override (``--mode dynamic`` alone
+    keeps convs static): packed x86 conv kernels after legalization, exactly the reference."""
+    model = onnx_models.conv_chain(groups=groups)
+    path = onnx_models.save(model, tmp_path / "conv.onnx")
     calib = rng.standard_normal((4, 8, 12, 12)).astype(np.float32)
-    with pytest.raises(TvmqError, match="'dynamic' is for dense"):
-        api.quantize(path, calib, Config(batch_size=4, layers={"conv_a": "dynamic"}))
-    quantized = api.quantize(path, calib, Config(batch_size=4, mode="dynamic"))  # convs stay static
-    assert {e.precision for e in quantized.plan.layers.values()} == {"int8"}
+    assert {e.precision for e in api.quantize(path, calib, Config(batch_size=4, mode="dynamic"))
+            .plan.layers.values()} == {"int8"}
+    quantized = api.quantize(path, calib, Config(batch_size=4, layers={"conv_*": "dynamic"}))
+    assert {(e.precision, e.reason) for e in quantized.plan.layers.values()} == {("dynamic", USER_OVERRIDE)}
+    dtype = get_target("host").activation_dtype
+    legalized = LegalizeForX86(16, dtype)(bind_batch(quantized.int8, 1))
+    calls = [bv.value for bv in dataflow_bindings(legalized["main"]) if op_name(bv.value) == "relax.call_tir"]
+    assert sum("conv2d" in c.args[0].name_hint and str(c.ty.dtype) == "int32" for c in calls) == 2, \
+        [c.args[0].name_hint for c in calls]  # the packed / depthwise int8 kernels
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qmax = quantized.scheme.weight_qmax
+    (wa_q, sa), (wb_q, sb) = (_conv_weights(inits[w], qmax) for w in ("wa", "wb"))
+    vm = relax.VirtualMachine(tvm.compile(legalized, get_target("host").target), tvm.cpu())
+    x = rng.normal(0.5, 1.0, (1, 8, 12, 12)).astype(np.float32)
+    h = dynamic_conv(x, wa_q, sa, inits["ba"], dtype, pad=1, groups=groups, clamp=(0.0, np.inf))
+    want = dynamic_conv(h, wb_q, sb, inits["bb"], dtype, pad=0)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
+
+
+def _conv_weights(w, qmax):
+    """Symmetric int8 per output channel of an OIHW weight."""
+    scale = np.maximum(np.abs(w).max(axis=(1, 2, 3)) / qmax, 1e-8).astype(np.float32)
+    return np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -qmax, qmax).astype(np.int8), scale
+
+
+def test_modes_and_precisions_are_checked():
     with pytest.raises(TvmqError, match="unknown mode 'fast'; choose one of: static, dynamic"):
         Config(mode="fast")
     with pytest.raises(TvmqError, match="unknown precision 'dyn'"):

@@ -1,6 +1,6 @@
-"""Dynamic quantization of a dense layer (what ONNX Runtime's / PyTorch's ``quantize_dynamic`` do):
-the weight is int8 per channel at compile time (the plan's weight parameters), the input's scale
-and zero point are computed at run time from the tensor itself, per tensor:
+"""Dynamic quantization of a layer (what ONNX Runtime's / PyTorch's ``quantize_dynamic`` do): the
+weight is int8 per channel at compile time (the plan's weight parameters), the input's scale and
+zero point are computed at run time from the tensor itself, per tensor:
 
     lo = min(min(x), 0),  hi = max(max(x), 0)
     uint8: s = max((hi - lo) / 255, 1e-8),  z = round(-lo / s)
@@ -9,7 +9,10 @@ and zero point are computed at run time from the tensor itself, per tensor:
     acc  = matmul(x_q, w_q, out_dtype=int32) - int32(z) * sum_k w_q[k, n]   # the static rule's op
     y    = clamp(float(acc) * (s * s_w[n]) + (b[n] - shift[n]))             # fp32 out
 
-The zero-point term is a run-time scalar times a compile-time column-sum vector, in int32; the
+A conv does the same with ``conv2d`` and ``sum_{i, ky, kx} w_q[o]`` per output channel, on an
+input zero-padded in fp32 before it is quantized (0.0 quantizes to ``z`` exactly, so the border
+reads real zeros and the integer conv pads nothing).
+The zero-point term is a run-time scalar times a compile-time per-channel sum, in int32; the
 ``1e-8`` floor (``TINY_SCALE``, as the static parameters) keeps an all-zero input finite (x_q = z = 0).
 The result is fp32: the next op takes it as any fp32 value (quantizing it if it is int8).
 """
@@ -27,25 +30,28 @@ SPAN = {"uint8": 255.0, "int8": 127.0}  # the quantizer's steps over [lo, hi] (u
 
 def realize_dynamic(ctx, layer, entry) -> bool:
     """Emit ``layer`` (planned ``entry``, precision "dynamic") as above; its output is fp32."""
-    dtype = ctx.plan.scheme.activation_dtype
+    dtype, form = ctx.plan.scheme.activation_dtype, layer.form
     builder, name = ctx.builder, layer.out.name
-    scale, zero_point = _runtime_qparams(builder, ctx.to_fp(layer.data), dtype, name)
+    x = form.padded_input(builder, layer, ctx.to_fp(layer.data))
+    scale, zero_point = _runtime_qparams(builder, x, dtype, name)
     qmin, qmax = DTYPE_RANGE[dtype]
-    steps = relax.op.round(relax.op.divide(ctx.to_fp(layer.data), scale))
+    steps = relax.op.round(relax.op.divide(x, scale))
     if zero_point is not None:
         steps = relax.op.add(steps, zero_point)
     x_q = builder.emit(relax.op.astype(clamp(steps, qmin, qmax), dtype), f"{name}_in_q")
     w_q = quantize(layer.weight, entry.weight)
-    acc = layer.form.integer_op(builder, layer, x_q, 0, w_q)
+    acc = form.integer_op(builder, layer, x_q, 0, w_q, padded=True)
     if zero_point is not None:
-        column_sums = w_q.sum(axis=0, dtype=np.int32)  # sum_k w_q[k, n]; dense weights are (K, N)
-        offset = relax.op.multiply(relax.op.astype(zero_point, "int32"), const(column_sums))
+        reduce = tuple(i for i in range(w_q.ndim) if i != layer.channel_axis)
+        sums = form.output_shape(w_q.sum(axis=reduce, dtype=np.int32), layer)  # sum_k w_q per output channel
+        offset = relax.op.multiply(relax.op.astype(zero_point, "int32"), const(sums))
         acc = builder.emit(relax.op.subtract(acc, offset), f"{name}_acc")
-    w_scale = np.broadcast_to(entry.weight.scale, (w_q.shape[1],)).astype(np.float32)
+    channels = w_q.shape[layer.channel_axis]
+    w_scale = form.output_shape(np.broadcast_to(entry.weight.scale, (channels,)).astype(np.float32), layer)
     y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.multiply(scale, const(w_scale)))
     bias = layer.bias_or_zeros() - (entry.bias_shift if entry.bias_shift is not None else 0.0)
     if layer.bias is not None or entry.bias_shift is not None:
-        y = relax.op.add(y, const(np.asarray(bias, np.float32).reshape(-1)))
+        y = relax.op.add(y, const(form.output_shape(np.asarray(bias, np.float32), layer)))
     lo, hi = layer.clamp
     if np.isfinite(lo) or np.isfinite(hi):
         y = clamp(y, max(lo, -3.4e38), min(hi, 3.4e38))

@@ -54,7 +54,10 @@ class Dense(LayerKind):
         """``shift = E[x] @ eps``."""
         return (np.asarray(expected_input, np.float64) @ error.astype(np.float64)).astype(np.float32)
 
-    def integer_op(self, builder, layer, x_q, zero_point, w_q):
+    def padded_input(self, builder, layer, x):
+        return x
+
+    def integer_op(self, builder, layer, x_q, zero_point, w_q, padded: bool = False):
         name = f"{layer.out.name}_int"
         shape = list(layer.chain[0].ty.shape)
         if len(shape) == 2:
