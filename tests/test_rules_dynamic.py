@@ -196,3 +196,28 @@ def test_cli_mode_and_dynamic_layers_become_the_config():
     assert config.mode == "dynamic"
     assert list(config.layers.items()) == [("/enc/*/MatMul", "dynamic"), ("fc1", "fp32")]  # fp32 wins
     assert cli._config(cli._parser().parse_args(["compile", "m.onnx", "--out", "o"])).mode == "static"
+
+
+def _arm_toolchain_missing():
+    from tvmq.targets.qemu import default_sysroot, toolchain_missing
+
+    return toolchain_missing(default_sysroot())
+
+
+@pytest.mark.skipif(_arm_toolchain_missing() is not None, reason="aarch64 toolchain (make arm-env)")
+def test_dynamic_dense_chain_on_aarch64_is_the_symmetric_int8_reference(tmp_path, rng):
+    """The ARM target (int8 activations: ``s = max|x| / 127``, ``z = 0``) under qemu: its packed
+    sdot dense kernels compute exactly the numpy reference."""
+    model = onnx_models.dense_chain()
+    path = onnx_models.save(model, tmp_path / "dense.onnx")
+    calib = rng.standard_normal((16, 20)).astype(np.float32)
+    arm = get_target("arm")
+    quantized = api.quantize(path, calib, Config(target="arm", batch_size=16, mode="dynamic"))
+    assert quantized.scheme.activation_dtype == "int8"
+    vm = virtual_machine(build(arm.legalize(bind_batch(quantized.int8, 1)), arm))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (w1_q, s1), (w2_q, s2) = _weights(inits["w1"].T), _weights(inits["w2"])
+    x = rng.standard_normal((1, 20)).astype(np.float32) * 2
+    h = dynamic_dense(x, w1_q, s1, inits["b1"], "int8", (0.0, 6.0))
+    want = dynamic_dense(h, w2_q, s2, inits["b2"], "int8")
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
