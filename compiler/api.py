@@ -191,7 +191,7 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
-    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode)
+    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode, config.dynamic_granularity)
     aliases = _check_layer_names(sets[0][0], config.layers)
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)

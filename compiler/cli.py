@@ -137,6 +137,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                         help="static: activation ranges from calibration (default); dynamic: every MatMul / Gemm "
                              "with a constant weight quantizes its input at run time from the tensor itself "
                              "(int8 weights; convs stay static)")
+    parser.add_argument("--dynamic-granularity", choices=["tensor", "row"], default="tensor",
+                        help="a dynamic MatMul's input scale: one per tensor (default) or one per row (token)")
     parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
                         help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
                              "--fp32-layers, which wins where both name a layer")
@@ -150,7 +152,7 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db, mode=args.mode,
+                  tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers))
 
 

@@ -31,6 +31,7 @@ class LayerKind:
     name: str = ""
     op: str = ""
     channel_axis: int = 0
+    row_axis: int | None = None  # the input axis a per-row dynamic scale reduces over (None: per tensor only)
 
     def weight(self, call: relax.Call) -> np.ndarray | None:
         """The call's constant weight, if the call is a layer of this kind."""

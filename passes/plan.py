@@ -33,6 +33,7 @@ AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes 
 DYNAMIC = "dynamic"  # int8 weights, the activation's scale / zero point computed at run time (rules.dynamic)
 PRECISIONS = ("int8", DYNAMIC, "fp32")
 MODES = ("static", DYNAMIC)  # Scheme.mode: "dynamic" makes every dense layer dynamic, convs stay static
+GRANULARITIES = ("tensor", "row")  # Scheme.dynamic_granularity
 DYNAMIC_KINDS = ("dense",)  # the kinds mode "dynamic" makes dynamic (any layer may be by override)
 CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"
@@ -50,6 +51,7 @@ class Scheme:
     per_channel: bool = True
     weight_qmax: int = WEIGHT_QMAX
     mode: str = "static"  # "dynamic": dense layers quantize their input at run time (reason "mode dynamic")
+    dynamic_granularity: str = "tensor"  # a dynamic dense layer's input scale: per "tensor" or per "row" (token)
 
 
 @dataclass(frozen=True)

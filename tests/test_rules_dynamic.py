@@ -97,20 +97,24 @@ class Linear3d:
         return y
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "int8"])
-def test_nd_matmul_runs_on_the_packed_int8_dense_kernel_as_the_reference(rng, dtype):
+@pytest.mark.parametrize("dtype, granularity", [("uint8", "tensor"), ("int8", "tensor"), ("uint8", "row"),
+                                                ("int8", "row")])
+def test_nd_matmul_runs_on_the_packed_int8_dense_kernel_as_the_reference(rng, dtype, granularity):
     """``[B, S, K] x [K, N] + b`` dynamic: one packed int8 dense kernel after the target's
-    legalization, and exactly the numpy reference (uint8 with a zero point; int8 symmetric)."""
+    legalization, and exactly the numpy reference (uint8 with a zero point; int8 symmetric;
+    one scale per tensor or per row, i.e. per token)."""
     w, b = rng.normal(0, 0.3, (16, 8)).astype(np.float32), rng.normal(0, 0.1, 8).astype(np.float32)
     bound = relax.transform.BindParams("main", {"w": w, "b": b})(Linear3d)
-    realized = Realize({}, Scheme(dtype, mode="dynamic"))(bound)
+    realized = Realize({}, Scheme(dtype, mode="dynamic", dynamic_granularity=granularity))(bound)
     legalized = LegalizeForX86(16, dtype)(realized)
     calls = [bv.value for bv in dataflow_bindings(legalized["main"]) if op_name(bv.value) == "relax.call_tir"]
     assert sum(x86_int8.PACKED_PREFIX in c.args[0].name_hint for c in calls) == 1
     w_q, s_w = _weights(w)
-    for x in (rng.uniform(-0.5, 2.0, (2, 5, 16)), rng.normal(0, 3, (2, 5, 16)), np.zeros((2, 5, 16))):
+    rows = granularity == "row"
+    spread = rng.normal(0, 3, (2, 5, 16)) * np.exp(rng.normal(0, 1, (2, 5, 1)))  # rows of different ranges
+    for x in (rng.uniform(-0.5, 2.0, (2, 5, 16)), spread, np.zeros((2, 5, 16))):
         x = x.astype(np.float32)
-        want = dynamic_dense(x, w_q, s_w, b, dtype)
+        want = dynamic_dense(x, w_q, s_w, b, dtype, rows=rows)
         vm = relax.VirtualMachine(tvm.compile(legalized, get_target("host").target), tvm.cpu())
         np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
     np.testing.assert_array_equal(want, np.broadcast_to(b, want.shape))  # all-zero input: s floored, y = b
@@ -183,6 +187,8 @@ def _conv_weights(w, qmax):
 def test_modes_and_precisions_are_checked():
     with pytest.raises(TvmqError, match="unknown mode 'fast'; choose one of: static, dynamic"):
         Config(mode="fast")
+    with pytest.raises(TvmqError, match="unknown dynamic granularity 'token'; choose one of: tensor, row"):
+        Config(dynamic_granularity="token")
     with pytest.raises(TvmqError, match="unknown precision 'dyn'"):
         Config(layers={"fc1": "dyn"})
 
@@ -193,7 +199,7 @@ def test_cli_mode_and_dynamic_layers_become_the_config():
     args = cli._parser().parse_args(["compile", "m.onnx", "--out", "o", "--mode", "dynamic",
                                      "--dynamic-layers", "fc1, /enc/*/MatMul", "--fp32-layers", "fc1"])
     config = cli._config(args)
-    assert config.mode == "dynamic"
+    assert config.mode == "dynamic" and config.dynamic_granularity == "tensor"
     assert list(config.layers.items()) == [("/enc/*/MatMul", "dynamic"), ("fc1", "fp32")]  # fp32 wins
     assert cli._config(cli._parser().parse_args(["compile", "m.onnx", "--out", "o"])).mode == "static"
 

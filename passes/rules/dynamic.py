@@ -12,6 +12,9 @@ zero point are computed at run time from the tensor itself, per tensor:
 A conv does the same with ``conv2d`` and ``sum_{i, ky, kx} w_q[o]`` per output channel, on an
 input zero-padded in fp32 before it is quantized (0.0 quantizes to ``z`` exactly, so the border
 reads real zeros and the integer conv pads nothing).
+Per row (``Scheme.dynamic_granularity = "row"``: per token of a transformer's ``[B, S, K]``
+activation) a dense layer takes ``lo`` / ``hi`` over each row's ``K`` values instead, so ``s`` and
+``z`` are ``[..., 1]`` columns and the zero-point term their outer product with the column sums.
 The zero-point term is a run-time scalar times a compile-time per-channel sum, in int32; the
 ``1e-8`` floor (``TINY_SCALE``, as the static parameters) keeps an all-zero input finite (x_q = z = 0).
 The result is fp32: the next op takes it as any fp32 value (quantizing it if it is int8).
@@ -33,7 +36,8 @@ def realize_dynamic(ctx, layer, entry) -> bool:
     dtype, form = ctx.plan.scheme.activation_dtype, layer.form
     builder, name = ctx.builder, layer.out.name
     x = form.padded_input(builder, layer, ctx.to_fp(layer.data))
-    scale, zero_point = _runtime_qparams(builder, x, dtype, name)
+    rows = ctx.plan.scheme.dynamic_granularity == "row" and form.row_axis is not None
+    scale, zero_point = _runtime_qparams(builder, x, dtype, name, form.row_axis if rows else None)
     qmin, qmax = DTYPE_RANGE[dtype]
     steps = relax.op.round(relax.op.divide(x, scale))
     if zero_point is not None:
@@ -63,10 +67,13 @@ def realize_dynamic(ctx, layer, entry) -> bool:
     return True
 
 
-def _runtime_qparams(builder, x, dtype: str, name: str):
-    """``(s, z)`` as fp32 scalars computed from ``x`` (``z`` None for symmetric int8)."""
-    lo = builder.emit(relax.op.minimum(relax.op.min(x), const(np.float32(0.0))), f"{name}_in_lo")
-    hi = builder.emit(relax.op.maximum(relax.op.max(x), const(np.float32(0.0))), f"{name}_in_hi")
+def _runtime_qparams(builder, x, dtype: str, name: str, axis: int | None = None):
+    """``(s, z)`` in fp32 computed from ``x``: scalars, or per row (reduced over ``axis``, kept as
+    size 1); ``z`` None for symmetric int8."""
+    axes = None if axis is None else [axis]
+    lo, hi = relax.op.min(x, axes, keepdims=axis is not None), relax.op.max(x, axes, keepdims=axis is not None)
+    lo = builder.emit(relax.op.minimum(lo, const(np.float32(0.0))), f"{name}_in_lo")
+    hi = builder.emit(relax.op.maximum(hi, const(np.float32(0.0))), f"{name}_in_hi")
     span = relax.op.subtract(hi, lo) if dtype == "uint8" else relax.op.maximum(relax.op.negative(lo), hi)
     scale = relax.op.maximum(relax.op.divide(span, const(np.float32(SPAN[dtype]))), const(np.float32(TINY_SCALE)))
     scale = builder.emit(scale, f"{name}_in_scale")

@@ -26,7 +26,7 @@ realize_rule("relax.matmul")(realize_layer)
 class Dense(LayerKind):
     """``x @ W`` with ``x`` of rank >= 2 and a constant ``(K, N)`` weight."""
 
-    name, op, channel_axis = "dense", "relax.matmul", 1
+    name, op, channel_axis, row_axis = "dense", "relax.matmul", 1, -1
 
     def weight(self, call):
         weight = constant_value(call.args[1])
