@@ -128,6 +128,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
+        **_dynamic_summary(quantized.planned(main.keep_fp32)),
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),
@@ -244,6 +245,12 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _dynamic_summary(plan: QuantPlan) -> dict:
+    """The report's ``dynamic``: how many layers quantize their input at run time, and per what."""
+    count = len(plan.dynamic_layers())
+    return {"dynamic": {"layers": count, "granularity": plan.scheme.dynamic_granularity}} if count else {}
 
 
 def _not_evaluated() -> dict:

@@ -15,7 +15,7 @@ from tvm.script import relax as R
 
 import onnx_models
 from reference import dynamic_conv, dynamic_dense
-from tvmq import api
+from tvmq import api, report
 from tvmq.build import bind_batch, build, virtual_machine
 from tvmq.config import Config
 from tvmq.errors import TvmqError
@@ -131,6 +131,8 @@ def test_mode_dynamic_compiles_a_dense_chain_as_the_reference(tmp_path, rng):
     assert plan == {"fc1": ("dynamic", DYNAMIC_MODE), "fc2": ("dynamic", DYNAMIC_MODE)}
     layers = {row["name"]: row["precision"] for row in compiled.report["layers"]}
     assert layers["fc1"] == layers["fc2"] == "dynamic", layers
+    assert compiled.report["dynamic"] == {"layers": 2, "granularity": "tensor"}
+    assert "2 layers dynamic (input scale per tensor at run time)" in report.to_markdown(compiled.report)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     x = rng.standard_normal((1, 20)).astype(np.float32) * 2
     qmax = compiled.plan["scheme"]["weight_qmax"]
