@@ -142,6 +142,8 @@ def test_mode_dynamic_compiles_a_dense_chain_as_the_reference(tmp_path, rng):
     h = dynamic_dense(x, w1_q, s1, inits["b1"], dtype, (0.0, 6.0))
     want = dynamic_dense(h, w2_q, s2, inits["b2"], dtype)
     np.testing.assert_array_equal(compiled.run({"x": x}), want)
+    with pytest.raises(TvmqError, match="cannot export: layer 'fc1' is dynamic"):
+        compiled.export_qdq(tmp_path / "qdq.onnx")
 
 
 def test_a_layer_override_makes_one_dense_dynamic_and_the_rest_static(tmp_path, rng):
