@@ -97,6 +97,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     """
     config = config or Config(target=target)
     spec = get_target(config.target)
+    _check_tunable(spec, config.trials)
     started = time.perf_counter()
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
@@ -132,7 +133,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),
-        "accuracy": comparison["accuracy"], **main.summary(),
+        "accuracy": comparison["accuracy"], **_analysis_note(spec), **main.summary(),
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
@@ -161,7 +162,7 @@ def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantiz
 
 def _programs(model, config: Config, spec: TargetSpec) -> Programs:
     prepare = functools.partial(prepare_fp32, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    return Programs(model, config, spec, prepare)
+    return Programs(model, config, spec.analysis_spec(), prepare)  # calibration and evaluation run there
 
 
 @dataclass
@@ -245,6 +246,23 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _check_tunable(spec: TargetSpec, trials: int) -> None:
+    """Tuning times candidates on the target's executor: one that cannot run here fails before
+    calibration, not after it."""
+    why = spec.executor.unavailable() if trials > 0 else None
+    if why:
+        raise TvmqError(f"--trials {trials}: tuning times candidates on the {spec.name} device, and {why}: "
+                        f"build with --trials 0")
+
+
+def _analysis_note(spec: TargetSpec) -> dict:
+    """Where accuracy was measured, when not on the deployed target's own code."""
+    analysis = spec.analysis_spec()
+    if analysis is spec:
+        return {}
+    return {"accuracy_measured_on": f"{analysis.description}: the host's integer simulation of the int8 model"}
 
 
 def _dynamic_summary(plan: QuantPlan) -> dict:

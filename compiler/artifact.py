@@ -80,6 +80,7 @@ def manifest(model: str, outputs: list[str], spec, config, scheme, record: dict,
         "outputs": outputs,
         "target": str(spec.target),
         "target_features": list(spec.features),
+        "device": str(spec.executor.device()),  # tvm.device(...) of what runs it: "cpu:0", "cuda:0"
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
                    "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback,
                    "weight_qmax": scheme.weight_qmax},

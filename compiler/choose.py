@@ -49,7 +49,8 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     if untimed is not None:  # an emulator's clock says nothing of the target's speed
         return {name: untimed.why_untimed for name in modules}
     vm_of = vm_of or virtual_machine
-    calls = {name: _caller(vm_of(m.executable), zero_input_args(m.params, inputs)) for name, m in modules.items()}
+    calls = {name: _caller(vm_of(m.executable), zero_input_args(m.params, inputs, executor_of(m.executable).device()))
+             for name, m in modules.items()}
     for call in calls.values():
         call()
     names, times = list(calls), {name: [] for name in calls}

@@ -104,7 +104,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="host",
                         help="target name (default: host, the machine running tvmq, with the best x86 int8 kernel "
                              "its CPU has; x86-vnni, x86-avx512 or x86-avx2 force one; arm (aarch64 + dotprod) or "
-                             "arm-neon cross-compile for ARM: make arm-env)")
+                             "arm-neon cross-compile for ARM: make arm-env; cuda: NVIDIA GPUs on dp4a, the "
+                             "architecture from TVMQ_CUDA_ARCH, else this machine's GPU, else sm_80)")
     parser.add_argument("--calibrator", default="minmax",
                         help="activation range estimator: minmax, kld, percentile, mse, admm, eq or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",

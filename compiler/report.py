@@ -49,7 +49,9 @@ def to_markdown(report: dict) -> str:
              f"{report['activation_dtype']}, weights {_weights(report)} "
              f"{'per channel' if report['per_channel'] else 'per tensor'}; {_dynamic(report)}"
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
-             "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
+             "## Accuracy", "",
+             *([f"Measured on {report['accuracy_measured_on']}.", ""] if report.get("accuracy_measured_on") else []),
+             "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:
         lines.append(f"| top-1 | {acc['fp32_top1']:.2%} | {acc['int8_top1']:.2%} |")
     if acc["num_samples"]:
