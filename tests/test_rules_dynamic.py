@@ -231,3 +231,27 @@ def test_dynamic_dense_chain_on_aarch64_is_the_symmetric_int8_reference(tmp_path
     h = dynamic_dense(x, w1_q, s1, inits["b1"], "int8", (0.0, 6.0))
     want = dynamic_dense(h, w2_q, s2, inits["b2"], "int8")
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_dynamic_matmul_for_cuda_is_a_dp4a_dense_and_the_reference_emulated(rng, granularity):
+    """The CUDA target (int8, symmetric): its legalization puts the dynamic matmul on the dp4a
+    dense kernel (CUDA source built here, no GPU needed); with dp4a emulated the host computes
+    exactly the reference."""
+    import re
+
+    from tvmq.targets import cuda_int8
+    from tvmq.targets.cuda import cuda_source
+    from tvmq.targets.cuda_legalize import LegalizeForCuda
+
+    w, b = rng.normal(0, 0.3, (16, 8)).astype(np.float32), rng.normal(0, 0.1, 8).astype(np.float32)
+    bound = relax.transform.BindParams("main", {"w": w, "b": b})(Linear3d)
+    realized = Realize({}, Scheme("int8", mode="dynamic", dynamic_granularity=granularity))(bound)
+    x = rng.normal(0, 2, (2, 5, 16)).astype(np.float32) * np.exp(rng.normal(0, 1, (2, 5, 1))).astype(np.float32)
+    got = _run(LegalizeForCuda(cuda_int8.EMULATED)(realized), x)
+    w_q, s_w = _weights(w)
+    np.testing.assert_array_equal(got, dynamic_dense(x, w_q, s_w, b, "int8", rows=granularity == "row"))
+    spec = get_target("cuda")
+    source = cuda_source(build(spec.legalize(realized), spec))
+    kernels = re.findall(r"void __launch_bounds__\(\d+\) (\w+)\(", source)
+    assert any(cuda_int8.PREFIX in name and "dense" in name for name in kernels), kernels
