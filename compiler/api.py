@@ -234,6 +234,8 @@ def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) 
 def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     """The plan a QDQ model carries (:func:`tvmq.passes.plan.plan_imported`): no calibration."""
     qdq = program.imported.qdq
+    if config.mode != "static":
+        raise TvmqError(f"--mode {config.mode} is for float models: this is a QDQ model, whose own scales are the plan")
     scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel, spec.weight_qmax)
     aliases = _check_layer_names(program, config.layers)
     variable = {onnx: var for var, onnx in program.imported.onnx_names.items()}

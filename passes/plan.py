@@ -32,8 +32,6 @@ from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
 AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
 DYNAMIC = "dynamic"  # int8 weights, the activation's scale / zero point computed at run time (rules.dynamic)
 PRECISIONS = ("int8", DYNAMIC, "fp32")
-MODES = ("static", DYNAMIC)  # Scheme.mode: "dynamic" makes every dense layer dynamic, convs stay static
-GRANULARITIES = ("tensor", "row")  # Scheme.dynamic_granularity
 DYNAMIC_KINDS = ("dense",)  # the kinds mode "dynamic" makes dynamic (any layer may be by override)
 CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"

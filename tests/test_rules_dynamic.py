@@ -255,3 +255,12 @@ def test_dynamic_matmul_for_cuda_is_a_dp4a_dense_and_the_reference_emulated(rng,
     source = cuda_source(build(spec.legalize(realized), spec))
     kernels = re.findall(r"void __launch_bounds__\(\d+\) (\w+)\(", source)
     assert any(cuda_int8.PREFIX in name and "dense" in name for name in kernels), kernels
+
+
+def test_mode_dynamic_on_a_qdq_model_is_one_error_line(tmp_path, rng):
+    from test_qdq_import import ort_qdq
+
+    path = onnx_models.save(onnx_models.dense_chain(), tmp_path / "dense.onnx")
+    qdq = ort_qdq(path, rng.standard_normal((16, 20)).astype(np.float32), tmp_path)
+    with pytest.raises(TvmqError, match="--mode dynamic is for float models: this is a QDQ model"):
+        api.compile(qdq, None, config=Config(mode="dynamic"))

@@ -15,7 +15,7 @@ reads real zeros and the integer conv pads nothing).
 Per row (``Scheme.dynamic_granularity = "row"``: per token of a transformer's ``[B, S, K]``
 activation) a dense layer takes ``lo`` / ``hi`` over each row's ``K`` values instead, so ``s`` and
 ``z`` are ``[..., 1]`` columns and the zero-point term their outer product with the column sums.
-The zero-point term is a run-time scalar times a compile-time per-channel sum, in int32; the
+The zero-point term is a run-time scalar (column) times a compile-time per-channel sum, in int32; the
 ``1e-8`` floor (``TINY_SCALE``, as the static parameters) keeps an all-zero input finite (x_q = z = 0).
 The result is fp32: the next op takes it as any fp32 value (quantizing it if it is int8).
 """
