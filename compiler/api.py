@@ -129,6 +129,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
+        **_dynamic_summary(quantized.planned(main.keep_fp32)),
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),
@@ -192,7 +193,7 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
-    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
+    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode, config.dynamic_granularity)
     aliases = _check_layer_names(sets[0][0], config.layers)
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
@@ -233,6 +234,8 @@ def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) 
 def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     """The plan a QDQ model carries (:func:`tvmq.passes.plan.plan_imported`): no calibration."""
     qdq = program.imported.qdq
+    if config.mode != "static":
+        raise TvmqError(f"--mode {config.mode} is for float models: this is a QDQ model, whose own scales are the plan")
     scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel, spec.weight_qmax)
     aliases = _check_layer_names(program, config.layers)
     variable = {onnx: var for var, onnx in program.imported.onnx_names.items()}
@@ -262,6 +265,12 @@ def _analysis_note(spec: TargetSpec) -> dict:
     if analysis is spec:
         return {}
     return {"accuracy_measured_on": f"{analysis.description}: the host's integer simulation of the int8 model"}
+
+
+def _dynamic_summary(plan: QuantPlan) -> dict:
+    """The report's ``dynamic``: how many layers quantize their input at run time, and per what."""
+    count = len(plan.dynamic_layers())
+    return {"dynamic": {"layers": count, "granularity": plan.scheme.dynamic_granularity}} if count else {}
 
 
 def _not_evaluated() -> dict:

@@ -134,6 +134,15 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--mode", choices=["static", "dynamic"], default="static",
+                        help="static: activation ranges from calibration (default); dynamic: every MatMul / Gemm "
+                             "with a constant weight quantizes its input at run time from the tensor itself "
+                             "(int8 weights; convs stay static)")
+    parser.add_argument("--dynamic-granularity", choices=["tensor", "row"], default="tensor",
+                        help="a dynamic MatMul's input scale: one per tensor (default) or one per row (token)")
+    parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
+                        help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
+                             "--fp32-layers, which wins where both name a layer")
 
 
 def _config(args):
@@ -144,12 +153,24 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers))
+                  tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
+                  layers=_layers(args.dynamic_layers, args.fp32_layers))
+
+
+def _layers(dynamic: str, fp32: str) -> dict:
+    """``Config.layers`` from ``--dynamic-layers`` then ``--fp32-layers`` (later patterns win: fp32 does)."""
+    kept = _fp32_layers(fp32)
+    return {**{name: p for name, p in _named(dynamic, "dynamic").items() if name not in kept}, **kept}
 
 
 def _fp32_layers(value: str) -> dict:
     """``{name: "fp32"}`` for each comma-separated name or pattern of ``--fp32-layers``."""
-    return {name.strip(): "fp32" for name in value.split(",") if name.strip()}
+    return _named(value, "fp32")
+
+
+def _named(value: str, precision: str) -> dict:
+    """``{name: precision}`` for each comma-separated name or pattern in ``value``."""
+    return {name.strip(): precision for name in value.split(",") if name.strip()}
 
 
 def _input_shapes(values: list[str]) -> dict:

@@ -65,8 +65,8 @@ def integer_layers(func, plan: QuantPlan, record: dict, onnx_names: dict) -> dic
     int32 bias ``bias_i = round((b - shift) / (s_x s_w))`` and output clamp ``clamp_i``."""
     arrays, names = {}, []
     for layer in find_layers(func).values():
-        if layer.out.name not in record["weights"]:
-            continue
+        if layer.out.name not in record["weights"] or record["precision"].get(layer.out.name) != "int8":
+            continue  # fp32, or dynamic (its input's scale is computed at run time)
         x = record["activations"][record["range_of"][layer.data.name]]
         w_q, bias_q, _ = layer_integers(layer, plan.layers[layer.out.name], np.float32(x["scale"][0]))
         index = len(names)
@@ -100,6 +100,10 @@ def export(manifest: dict, plan: dict, arrays: dict, out: str | Path, model: str
     ``onnx.checker`` (full check) before anything is written."""
     if arrays is None or plan is None:
         raise TvmqError("this compiled model carries no plan / qdq weights to export (compile it again)")
+    dynamic = [entry["node"] or entry["tensor"] for entry in plan["layers"] if entry["precision"] == "dynamic"]
+    if dynamic:
+        raise TvmqError(f"cannot export: layer {dynamic[0]!r} is dynamic (its input's scale is computed at run "
+                        f"time, which a QDQ model cannot say); compile with --mode static to export")
     source = _source_model(manifest, model)
     qdq = _Exporter(strip_qdq(_opset(onnx.load(str(source))))[0], manifest["quantization"], plan, arrays).run()
     try:

@@ -47,7 +47,7 @@ def to_markdown(report: dict) -> str:
              f"Target: `{report['target']}`  ",
              f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
              f"{report['activation_dtype']}, weights {_weights(report)} "
-             f"{'per channel' if report['per_channel'] else 'per tensor'}; "
+             f"{'per channel' if report['per_channel'] else 'per tensor'}; {_dynamic(report)}"
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
              "## Accuracy", "",
              *([f"Measured on {report['accuracy_measured_on']}.", ""] if report.get("accuracy_measured_on") else []),
@@ -119,6 +119,13 @@ def _choice(choice: dict | None) -> list[str]:
         return []
     chosen = "the fastest build timed end to end, " if choice["timed"] else ""
     return [f"Artifact: {chosen}**{choice['reason']}**.", ""]
+
+
+def _dynamic(report: dict) -> str:
+    """``9 layers dynamic (input scale per tensor at run time); `` when some are."""
+    dynamic = report.get("dynamic")
+    return f"{dynamic['layers']} layers dynamic (input scale per {dynamic['granularity']} at run time); " \
+        if dynamic else ""
 
 
 def _weights(report: dict) -> str:

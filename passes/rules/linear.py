@@ -8,7 +8,8 @@ with ``w_q`` symmetric int8 on ``[-weight_qmax, weight_qmax]`` (the plan's weigh
 folded in, so the kernel needs no runtime correction) and ``M = s_in s_w / s_out`` in fp32.
 A layer whose result leaves the function, or has no calibrated range (an LSTM gate matmul,
 whose sum with the other gate terms stays fp32), is dequantized from the accumulator instead:
-``y = clamp(float(acc) * s_in s_w)``.
+``y = clamp(float(acc) * s_in s_w)``. A layer planned "dynamic" quantizes its input at run
+time instead (:mod:`tvmq.passes.rules.dynamic`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 from tvm import relax
 
 from ..qparams import QParams, fold_zero_point, quantize, quantize_bias, requantize_multiplier
+from ..plan import DYNAMIC
 from .common import clamp, const
+from .dynamic import realize_dynamic
 
 LATENCY_FALLBACK = "latency fallback"
 
@@ -28,6 +31,8 @@ def realize_layer(ctx, var, value) -> bool:
     if layer is None:
         return False
     entry = ctx.plan.layers.get(layer.out.name)
+    if entry is not None and entry.precision == DYNAMIC:
+        return realize_dynamic(ctx, layer, entry)
     if entry is None or entry.precision != "int8":
         if entry is not None and entry.reason == LATENCY_FALLBACK:
             ctx.record["kept_fp32"].update({v.name: layer.out.name for v in layer.chain})
