@@ -125,6 +125,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                        help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
+    parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
 
 
 def _config(args):
@@ -135,7 +138,8 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers))
+                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers),
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
 
 
 def _fp32_layers(value: str) -> dict:

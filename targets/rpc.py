@@ -34,8 +34,17 @@ def parse_tracker(value: str) -> tuple[str, int]:
     """``"HOST:PORT"`` -> ``(host, port)``."""
     host, _, port = str(value).rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise TvmqError(f"RPC tracker {value!r} is not HOST:PORT (e.g. 127.0.0.1:9190)")
+        raise TvmqError(f"RPC tracker {value!r} is not HOST:PORT (--rpc-tracker, e.g. 127.0.0.1:9190)")
     return host, int(port)
+
+
+def check_tracker_options(tracker: str | None, key: str | None) -> None:
+    """A tracker needs a key and a key a tracker; the tracker is ``HOST:PORT``."""
+    if not tracker:
+        raise TvmqError("an RPC key needs the tracker its devices registered at (--rpc-tracker HOST:PORT)")
+    parse_tracker(tracker)
+    if not key:
+        raise TvmqError("an RPC tracker needs the key its devices registered under (--rpc-key)")
 
 
 def unreachable(tracker: tuple[str, int], seconds: float = 5.0) -> str | None:
@@ -125,7 +134,8 @@ class RpcDevice:
         config = ms.runner.RPCConfig(self.tracker[0], self.tracker[1], self.key, session_priority=1,
                                      session_timeout_sec=CANDIDATE_SECONDS)
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
-        return ms.runner.RPCRunner(config, evaluator, max_workers=len(found))
+        return ms.runner.RPCRunner(config, evaluator, f_create_session=create_session, f_alloc_argument=alloc_from_host,
+                                   max_workers=len(found))
 
     def candidate_compiler(self, exporter):
         return exporter  # a shared library the device loads: the target's compiler (None: the host's)
@@ -147,6 +157,35 @@ class RpcDevice:
 
 
 _exported = itertools.count()
+
+
+def create_session(rpc_config):
+    """MetaSchedule's session for a candidate, once a server is registered under the key: the
+    tracker queues a request for a key without servers for ever (a server that died), and tuning
+    would wait with it; this fails the candidate instead, after :data:`WAIT_SECONDS`."""
+    servers((rpc_config.tracker_host, rpc_config.tracker_port), rpc_config.tracker_key)
+    return rpc_config.connect_server()
+
+
+def alloc_from_host(session, device, args_info, alloc_repeat: int) -> list:
+    """MetaSchedule's argument allocation for a candidate, with the random values drawn here and
+    copied to the device: its default draws them on the device with ``tvm.contrib.random``,
+    which a device with TVM's runtime library alone lacks. Integers uniform over their dtype,
+    floats uniform in [-1, 1)."""
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor) -> None:
+        dtype, shape = np.dtype(str(tensor.dtype)), tuple(tensor.shape)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            tensor.copyfrom(rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True))
+        else:
+            tensor.copyfrom(rng.uniform(-1.0, 1.0, shape).astype(dtype))
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
 
 
 class RemoteVM:
@@ -189,7 +228,6 @@ def _local(value):
 def with_tracker(spec, tracker: str, key: str, wait: float = WAIT_SECONDS):
     """``spec`` measured on the devices registered under ``key`` at ``tracker`` (``HOST:PORT``),
     named ``<target>@<key>`` (so its default tuning database is the key's own)."""
-    if not key:
-        raise TvmqError("an RPC tracker needs the key its devices registered under (--rpc-key)")
+    check_tracker_options(tracker, key)
     executor = RpcDevice(parse_tracker(tracker), key, spec.target.get_target_device_type(), wait)
     return dataclasses.replace(spec, name=f"{spec.name}@{key}", executor=executor)
