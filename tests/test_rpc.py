@@ -72,7 +72,7 @@ def test_tuned_on_the_devices_of_a_key_records_land_and_outputs_are_exact(tmp_pa
     mod, x, _, _ = int8
     spec = with_tracker(get_target(target), farm.tracker, key)
     assert spec.name == f"{get_target(target).name}@{key}" and spec.executor.timed
-    runner = spec.runner()
+    runner = spec.runner()  # one connection per server on the key (TVM's pool keeps its size private)
     assert runner.pool._threadpool._max_workers == len(servers(spec.executor.tracker, key)) == (2 if key == "x86" else 1)
     lifted = spec.legalize(mod) if spec.legalize else mod
     tuned, summary = tune(lifted, spec, TRIALS, tmp_path / "db")
