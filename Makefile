@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tvmq-installed
+# test processes (pytest-xdist): most tests are single-threaded compiles
+JOBS ?= 2
 
 .PHONY: demo test arm-env bench clean
 
@@ -16,7 +18,7 @@ demo: $(STAMP)  ## set up, compile the bundled MNIST CNN for this machine, print
 	$(VENV)/bin/tvmq demo --out demo-out --force --trials $(or $(TRIALS),64)
 
 test: $(STAMP)  ## set up and run the test suite
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(JOBS) tests
 
 arm-env: $(STAMP)  ## install the aarch64 cross compiler, qemu-user and runtime (targets arm, arm-neon); idempotent
 	PYTHON=$(PY) bash scripts/arm_env.sh

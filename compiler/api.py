@@ -15,7 +15,7 @@ import numpy as np
 
 from tvmq.passes.absorb_high_bias import AbsorbHighBias
 from tvmq.passes.analytic_bias_correction import analytic_bias_shifts
-from tvmq.passes.calibrators import make_observer
+from tvmq.passes.calibrators import make_observer, weight_scale_of
 from tvmq.passes.equalize_cross_layer import EqualizeCrossLayer
 from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
@@ -28,7 +28,7 @@ from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 from tvmq.targets.rpc import with_tracker
 
-from . import artifact, assets, latency, layerwise, profile
+from . import artifact, assets, latency, layerwise, profile, qdq_export
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -57,6 +57,7 @@ class CompiledModel:
     baseline: tuple | None = None
     buckets: list = dataclasses.field(default_factory=list)
     plan: dict | None = None  # the quantization plan as deployed (plan.json)
+    qdq_weights: dict | None = None  # each int8 layer's integers as realized (qdq_weights.npz)
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
@@ -74,7 +75,13 @@ class CompiledModel:
 
     def save(self, directory: str | Path, force: bool = False) -> Path:
         """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
-        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan)
+        return artifact.write(Path(directory), self.modules(), self.manifest, self.report, force, plan=self.plan,
+                              qdq_weights=self.qdq_weights)
+
+    def export_qdq(self, path: str | Path, model: str | Path | None = None) -> Path:
+        """Write the plan as a QDQ ONNX model (:mod:`tvmq.qdq_export`); ``model``: the source ONNX
+        model, default the path compiled from (its sha256 must match)."""
+        return qdq_export.export(self.manifest, self.plan, self.qdq_weights, path, model)
 
 
 def compile(model: str | Path, calib=None, target: str = "host", config: Config | None = None,
@@ -91,6 +98,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     """
     config = config or Config(target=target)
     spec = target_of(config)
+    _check_tunable(spec, config.trials)
     started = time.perf_counter()
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
@@ -113,7 +121,10 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     plan = quantized.planned(main.keep_fp32).to_json(imported.onnx_names, imported.nodes)
     measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
-                                 imported.onnx_names) | {"measured_on": measured_on}
+                                 imported.onnx_names) | {"measured_on": measured_on,
+                                                        "source": qdq_export.source_record(model)}
+    integers = qdq_export.integer_layers(main.program.fp32["main"], quantized.planned(main.keep_fp32),
+                                         record, imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "measured_on": measured_on,
@@ -122,10 +133,11 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
+        **_dynamic_summary(quantized.planned(main.keep_fp32)),
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),
-        "accuracy": comparison["accuracy"], **main.summary(),
+        "accuracy": comparison["accuracy"], **_analysis_note(spec), **main.summary(),
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
@@ -139,7 +151,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     return CompiledModel(main.int8_built.executable, main.int8_built.params, {**manifest, "inputs": main.inputs(),
                          "params": list(main.int8_built.params)}, report,
                          baseline=(main.fp32_built.executable, main.fp32_built.params),
-                         buckets=modules if len(modules) > 1 else [], plan=plan)
+                         buckets=modules if len(modules) > 1 else [], plan=plan, qdq_weights=integers)
 
 
 def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantized:
@@ -160,7 +172,7 @@ def target_of(config: Config) -> TargetSpec:
 
 def _programs(model, config: Config, spec: TargetSpec) -> Programs:
     prepare = functools.partial(prepare_fp32, cle=config.cle, absorb_high_bias=config.absorb_high_bias)
-    return Programs(model, config, spec, prepare)
+    return Programs(model, config, spec.analysis_spec(), prepare)  # calibration and evaluation run there
 
 
 @dataclass
@@ -191,7 +203,7 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
-    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax)
+    scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode, config.dynamic_granularity)
     aliases = _check_layer_names(sets[0][0], config.layers)
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
@@ -206,7 +218,7 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical", overrides=config.layers,
-                               aliases=aliases)
+                               aliases=aliases, weight_scales=_calibrated_weight_scales(program, config, scheme))
     notes = _bias_note(refined.bias_shifts)
     if config.bias_correction == "analytic":
         correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
@@ -219,9 +231,21 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     return quantized
 
 
+def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) -> dict:
+    """Layer output -> weight scales, for a calibrator that sets weight ranges too (``admm``)."""
+    weight_scale = weight_scale_of(config.calibrator)
+    if weight_scale is None:
+        return {}
+    layers = find_layers(program.fp32["main"]).values()
+    return {layer.out.name: weight_scale(layer.weight, layer.channel_axis if scheme.per_channel else None,
+                                         scheme.weight_qmax) for layer in layers}
+
+
 def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     """The plan a QDQ model carries (:func:`tvmq.passes.plan.plan_imported`): no calibration."""
     qdq = program.imported.qdq
+    if config.mode != "static":
+        raise TvmqError(f"--mode {config.mode} is for float models: this is a QDQ model, whose own scales are the plan")
     scheme = Scheme(config.activation_dtype(spec.activation_dtype), config.per_channel, spec.weight_qmax)
     aliases = _check_layer_names(program, config.layers)
     variable = {onnx: var for var, onnx in program.imported.onnx_names.items()}
@@ -234,6 +258,29 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     quantized = _Quantized(refined, scheme, {}, 0.0, [], program, plan)
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _check_tunable(spec: TargetSpec, trials: int) -> None:
+    """Tuning times candidates on the target's executor: one that cannot run here fails before
+    calibration, not after it."""
+    why = spec.executor.unavailable() if trials > 0 else None
+    if why:
+        raise TvmqError(f"--trials {trials}: tuning times candidates on the {spec.name} device, and {why}: "
+                        f"build with --trials 0")
+
+
+def _analysis_note(spec: TargetSpec) -> dict:
+    """Where accuracy was measured, when not on the deployed target's own code."""
+    analysis = spec.analysis_spec()
+    if analysis is spec:
+        return {}
+    return {"accuracy_measured_on": f"{analysis.description}: the host's integer simulation of the int8 model"}
+
+
+def _dynamic_summary(plan: QuantPlan) -> dict:
+    """The report's ``dynamic``: how many layers quantize their input at run time, and per what."""
+    count = len(plan.dynamic_layers())
+    return {"dynamic": {"layers": count, "granularity": plan.scheme.dynamic_granularity}} if count else {}
 
 
 def _not_evaluated() -> dict:

@@ -6,6 +6,7 @@ Layout (``runtime`` reads it with TVM's runtime alone)::
     model-1.so  params-1.npz ...  further buckets
     manifest.json                 inputs, outputs, buckets, target, versions, quantization, sha256 of each file
     plan.json                     the quantization plan: per layer precision, reason, parameters (ONNX names)
+    qdq_weights.npz               each int8 layer's int8 weight and int32 bias as realized (tvmq export-qdq)
     report.json  report.md
 """
 
@@ -24,6 +25,7 @@ from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
 FORMAT_VERSION = 1
 PLAN = "plan.json"
+QDQ_WEIGHTS = "qdq_weights.npz"
 
 
 @dataclass
@@ -43,7 +45,7 @@ def file_names(index: int) -> tuple[str, str]:
 
 
 def write(directory: Path, modules: list[Module], manifest: dict, report: dict, force: bool,
-          plan: dict | None = None) -> Path:
+          plan: dict | None = None, qdq_weights: dict | None = None) -> Path:
     """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
     with staged_directory(Path(directory), force=force) as stage:
         files, buckets = {}, []
@@ -57,6 +59,9 @@ def write(directory: Path, modules: list[Module], manifest: dict, report: dict, 
         if plan is not None:
             (stage / PLAN).write_text(json.dumps(plan, indent=2))
             files[PLAN] = sha256(stage / PLAN)
+        if qdq_weights is not None:
+            np.savez(stage / QDQ_WEIGHTS, **qdq_weights)
+            files[QDQ_WEIGHTS] = sha256(stage / QDQ_WEIGHTS)
         whole = {**manifest, "inputs": modules[0].inputs, "params": list(modules[0].params), "buckets": buckets,
                  "files": files}
         (stage / MANIFEST).write_text(json.dumps(whole, indent=2))
@@ -75,6 +80,7 @@ def manifest(model: str, outputs: list[str], spec, config, scheme, record: dict,
         "outputs": outputs,
         "target": str(spec.target),
         "target_features": list(spec.features),
+        "device": str(spec.executor.device()),  # tvm.device(...) of what runs it: "cpu:0", "cuda:0"
         "config": {"calibrator": config.calibrator, "per_channel": config.per_channel, "trials": config.trials,
                    "activation_dtype": scheme.activation_dtype, "latency_fallback": config.latency_fallback,
                    "weight_qmax": scheme.weight_qmax},

@@ -24,7 +24,7 @@ def build(mod, spec: TargetSpec):
 
     start = time.perf_counter()
     with tvm.transform.PassContext(opt_level=3):
-        executable = tvm.compile(mod, target=spec.target)
+        executable = spec.compiler(mod, spec.target) if spec.compiler else tvm.compile(mod, target=spec.target)
     logger.debug("built in %.1f s", time.perf_counter() - start)
     return _built(executable.mod, spec)
 

@@ -50,8 +50,9 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     if untimed is not None:  # an emulator's clock says nothing of the target's speed
         return {name: untimed.why_untimed for name in modules}
     vm_of = vm_of or virtual_machine
-    calls = {name: executor_of(m.executable).timer(vm_of(m.executable), zero_input_args(m.params, inputs), clock)
-             for name, m in modules.items()}
+    executors = {name: executor_of(m.executable) for name, m in modules.items()}
+    calls = {name: executors[name].timer(vm_of(m.executable), zero_input_args(m.params, inputs, executors[name].device()),
+                                         clock) for name, m in modules.items()}
     for call in calls.values():
         call()
     names, times = list(calls), {name: [] for name in calls}

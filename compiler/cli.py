@@ -1,4 +1,4 @@
-"""The ``tvmq`` command line: ``compile``, ``run`` and ``demo``.
+"""The ``tvmq`` command line: ``compile``, ``run``, ``demo`` and ``export-qdq``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
 the traceback instead. Every command runs in a worker process (``isolate``), so a native
@@ -84,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, required=True,
                      help=".npy (a single-output model) or .npz (every output, keyed by output name)")
     run.set_defaults(handler=_run)
-    for sub_parser in (comp, demo, run):
+
+    qdq = sub.add_parser("export-qdq", help="write a compiled artifact's plan as a QDQ ONNX model "
+                                             "(ONNX Runtime runs it; tvmq compile reads it back)")
+    qdq.add_argument("artifact", type=Path)
+    qdq.add_argument("output", type=Path, help="the QDQ model to write (.onnx)")
+    qdq.add_argument("--model", type=Path, help="the source ONNX model (default: the path the artifact "
+                                                "records; its sha256 must match)")
+    qdq.set_defaults(handler=_export_qdq)
+    for sub_parser in (comp, demo, run, qdq):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks and debug logs")
     return parser
@@ -96,7 +104,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="host",
                         help="target name (default: host, the machine running tvmq, with the best x86 int8 kernel "
                              "its CPU has; x86-vnni, x86-avx512 or x86-avx2 force one; arm (aarch64 + dotprod) or "
-                             "arm-neon cross-compile for ARM: make arm-env)")
+                             "arm-neon cross-compile for ARM: make arm-env; cuda: NVIDIA GPUs on dp4a, the "
+                             "architecture from TVMQ_CUDA_ARCH, else this machine's GPU, else sm_80)")
     parser.add_argument("--calibrator", default="minmax",
                         help="activation range estimator: minmax, kld, percentile, mse, admm, eq or auto (default: minmax)")
     parser.add_argument("--granularity", choices=["per-channel", "per-tensor"], default="per-channel",
@@ -128,6 +137,15 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
                         help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
     parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
+    parser.add_argument("--mode", choices=["static", "dynamic"], default="static",
+                        help="static: activation ranges from calibration (default); dynamic: every MatMul / Gemm "
+                             "with a constant weight quantizes its input at run time from the tensor itself "
+                             "(int8 weights; convs stay static)")
+    parser.add_argument("--dynamic-granularity", choices=["tensor", "row"], default="tensor",
+                        help="a dynamic MatMul's input scale: one per tensor (default) or one per row (token)")
+    parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
+                        help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
+                             "--fp32-layers, which wins where both name a layer")
 
 
 def _config(args):
@@ -138,13 +156,25 @@ def _config(args):
                   bias_correction=args.bias_correction,
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
-                  tuning_db=args.tuning_db, layers=_fp32_layers(args.fp32_layers),
+                  tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
+                  layers=_layers(args.dynamic_layers, args.fp32_layers),
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+
+
+def _layers(dynamic: str, fp32: str) -> dict:
+    """``Config.layers`` from ``--dynamic-layers`` then ``--fp32-layers`` (later patterns win: fp32 does)."""
+    kept = _fp32_layers(fp32)
+    return {**{name: p for name, p in _named(dynamic, "dynamic").items() if name not in kept}, **kept}
 
 
 def _fp32_layers(value: str) -> dict:
     """``{name: "fp32"}`` for each comma-separated name or pattern of ``--fp32-layers``."""
-    return {name.strip(): "fp32" for name in value.split(",") if name.strip()}
+    return _named(value, "fp32")
+
+
+def _named(value: str, precision: str) -> dict:
+    """``{name: precision}`` for each comma-separated name or pattern in ``value``."""
+    return {name.strip(): precision for name in value.split(",") if name.strip()}
 
 
 def _input_shapes(values: list[str]) -> dict:
@@ -232,6 +262,14 @@ def _run(args) -> int:
     atomic_write_bytes(args.output, buffer.getvalue())
     shapes = ", ".join(f"{y.dtype} {tuple(y.shape)}" for y in outputs)
     print(f"wrote {args.output} ({shapes})")
+    return 0
+
+
+def _export_qdq(args) -> int:
+    from .qdq_export import export_artifact
+
+    export_artifact(args.artifact, args.output, args.model)
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from .errors import TvmqError
 
 BIAS_CORRECTIONS = ("none", "empirical", "analytic")
-LAYER_PRECISIONS = ("int8", "fp32")
+LAYER_PRECISIONS = ("int8", "dynamic", "fp32")
+MODES = ("static", "dynamic")
+DYNAMIC_GRANULARITIES = ("tensor", "row")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,13 @@ class Config:
     latency_fallback : after tuning, keep fp32 every conv / dense layer whose int8 kernel plus its
         quantize / dequantize edges measured slower than its tuned fp32 kernel, and rebuild the
         int8 module once without them (needs ``trials`` > 0: nothing is measured otherwise).
-    layers : per-layer precision overrides, ``{name or glob pattern: "fp32" | "int8"}``; a name is
+    mode : ``"static"`` (activation ranges from calibration) or ``"dynamic"``: every dense / MatMul
+        layer with a constant weight quantizes its input at run time from the tensor itself
+        (int8 weights; convs stay static), as ONNX Runtime's ``quantize_dynamic``.
+    dynamic_granularity : a dynamic dense layer's input scale and zero point: one per ``"tensor"``
+        (ONNX Runtime's) or one per ``"row"`` (per token of a ``[B, S, K]`` activation); convs: per tensor.
+    layers : per-layer precision overrides, ``{name or glob pattern: "fp32" | "int8" | "dynamic"}``
+        ("dynamic" works on convs too: the input is zero-padded in fp32, then quantized); a name is
         an ONNX node name (``/encoder/layer.0/attention/MatMul``) or the name of one of the layer's
         tensors; later patterns win. The quantization plan records them as "user override".
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
@@ -61,6 +69,8 @@ class Config:
     tuning_db: Path | None = None
     latency_runs: int = 50
     latency_fallback: bool = True
+    mode: str = "static"
+    dynamic_granularity: str = "tensor"
     layers: dict = field(default_factory=dict)
     rpc_tracker: str | None = None
     rpc_key: str | None = None
@@ -79,6 +89,11 @@ class Config:
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise TvmqError(f"unknown bias correction {self.bias_correction!r}; "
                             f"choose one of: {', '.join(BIAS_CORRECTIONS)}")
+        if self.mode not in MODES:
+            raise TvmqError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.dynamic_granularity not in DYNAMIC_GRANULARITIES:
+            raise TvmqError(f"unknown dynamic granularity {self.dynamic_granularity!r}; choose one of: "
+                            f"{', '.join(DYNAMIC_GRANULARITIES)}")
         for pattern, precision in self.layers.items():
             if precision not in LAYER_PRECISIONS:
                 raise TvmqError(f"layer {pattern!r}: unknown precision {precision!r}; choose one of: "

@@ -58,10 +58,12 @@ class Refinement:
 
 def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, vm_factory, batch_size: int,
            search_scales: bool, correct_bias: bool, overrides: dict | None = None,
-           aliases: dict | None = None) -> Refinement:
+           aliases: dict | None = None, weight_scales: dict | None = None) -> Refinement:
     """Search scales (EasyQuant) and / or correct biases, layer by layer (not the layers the
-    user's ``overrides`` keep fp32: they stay fp32 while the others are refined, too)."""
-    result = Refinement(dict(stats), overrides=dict(overrides or {}), aliases=dict(aliases or {}))
+    user's ``overrides`` keep fp32: they stay fp32 while the others are refined, too), from the
+    calibrator's ``weight_scales`` (layer output -> scales; absmax for the layers it leaves out)."""
+    result = Refinement(dict(stats), dict(weight_scales or {}), overrides=dict(overrides or {}),
+                        aliases=dict(aliases or {}))
     if not (search_scales or correct_bias):
         return result
     start = time.perf_counter()

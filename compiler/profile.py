@@ -95,18 +95,21 @@ def total_us(rows: list[dict]) -> float:
 
 def profile(executable, params: dict, inputs, repeat: int = REPEAT) -> list[dict]:
     """:func:`kernel_rows` on zero inputs (``inputs``: see :func:`zero_input_args`) with ``params``."""
-    return kernel_rows(executable, zero_input_args(params, inputs), repeat)
+    executor = executor_of(executable)
+    if not executor.timed:  # before making arguments on a device that may not be here
+        return []
+    return kernel_rows(executable, zero_input_args(params, inputs, executor.device()), repeat)
 
 
-def zero_input_args(params: dict, inputs) -> list:
-    """``main``'s arguments: a zero array per input, then ``params``.
+def zero_input_args(params: dict, inputs, device=None) -> list:
+    """``main``'s arguments: a zero array per input, then ``params``, on ``device`` (None: the CPU).
 
     ``inputs`` is a list of ``(shape, dtype)``, one per model input.
     """
     import tvm
 
-    zeros = [tvm.runtime.tensor(np.zeros(shape, dtype)) for shape, dtype in inputs]
-    return zeros + [tvm.runtime.tensor(v) for v in params.values()]
+    zeros = [tvm.runtime.tensor(np.zeros(shape, dtype), device) for shape, dtype in inputs]
+    return zeros + [tvm.runtime.tensor(v, device) for v in params.values()]
 
 
 def _is_kernel(library, symbol: str) -> bool:

@@ -56,9 +56,11 @@ def to_markdown(report: dict) -> str:
              *_measured_on(report.get("measured_on")),
              f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
              f"{report['activation_dtype']}, weights {_weights(report)} "
-             f"{'per channel' if report['per_channel'] else 'per tensor'}; "
+             f"{'per channel' if report['per_channel'] else 'per tensor'}; {_dynamic(report)}"
              f"evaluated on {acc['num_samples']} samples ({report['eval_data']})", "",
-             "## Accuracy", "", "| metric | fp32 | int8 |", "|---|---|---|"]
+             "## Accuracy", "",
+             *([f"Measured on {report['accuracy_measured_on']}.", ""] if report.get("accuracy_measured_on") else []),
+             "| metric | fp32 | int8 |", "|---|---|---|"]
     if acc["fp32_top1"] is not None:
         lines.append(f"| top-1 | {acc['fp32_top1']:.2%} | {acc['int8_top1']:.2%} |")
     if acc["num_samples"]:
@@ -126,6 +128,13 @@ def _choice(choice: dict | None) -> list[str]:
         return []
     chosen = "the fastest build timed end to end, " if choice["timed"] else ""
     return [f"Artifact: {chosen}**{choice['reason']}**.", ""]
+
+
+def _dynamic(report: dict) -> str:
+    """``9 layers dynamic (input scale per tensor at run time); `` when some are."""
+    dynamic = report.get("dynamic")
+    return f"{dynamic['layers']} layers dynamic (input scale per {dynamic['granularity']} at run time); " \
+        if dynamic else ""
 
 
 def _weights(report: dict) -> str:

@@ -18,7 +18,7 @@ level, and refitting keeps them there), so the iteration starts from many ranges
 row each), the min/max range with each end shrunk by factors in ``STARTS`` (20 starts; 400 when asymmetric, about 2 s a tensor), and keeps the fixed
 point of lowest ``E``. Activations run on their streaming
 histogram (bin centres weighted by counts, O(bins) memory); :func:`admm_weight_scale` runs on
-a weight tensor per output channel.
+a weight tensor per output channel and sets the weight ranges of ``--calibrator admm``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class ADMMObserver:
 
     def __init__(self, dtype: str = "uint8"):
         self.hist, self.dtype = Histogram(), dtype
+
+    @staticmethod
+    def weight_scale(weight: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:
+        return admm_weight_scale(weight, axis, qmax)
 
     def observe(self, values: np.ndarray) -> None:
         self.hist.add(values)

@@ -2,6 +2,8 @@
 
 An observer sees the batches of one tensor (``observe``) and then says which real range
 ``(lo, hi)`` to quantize (``range``). Its state must not grow with the number of batches.
+A calibrator that also sets weight ranges says how in its class's ``weight_scale(weight,
+axis, qmax) -> scales`` (the others leave weights at their absmax scales).
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def make_observer(name: str, dtype: str = "uint8") -> Observer:
     if name not in _CALIBRATORS:
         raise KeyError(f"unknown calibrator {name!r}; choose one of: {', '.join(sorted(_CALIBRATORS))}")
     return _CALIBRATORS[name](dtype)
+
+
+def weight_scale_of(name: str) -> Callable | None:
+    """Calibrator ``name``'s weight range setter, ``(weight, axis, qmax) -> symmetric scales``
+    (None: the absmax scales of :func:`tvmq.passes.qparams.weight_scale`)."""
+    _load_builtin()
+    return getattr(_CALIBRATORS[name], "weight_scale", None)
 
 
 def _load_builtin() -> None:

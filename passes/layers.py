@@ -31,6 +31,7 @@ class LayerKind:
     name: str = ""
     op: str = ""
     channel_axis: int = 0
+    row_axis: int | None = None  # the input axis a per-row dynamic scale reduces over (None: per tensor only)
 
     def weight(self, call: relax.Call) -> np.ndarray | None:
         """The call's constant weight, if the call is a layer of this kind."""
@@ -57,8 +58,14 @@ class LayerKind:
     def expected_shift(self, error: np.ndarray, expected_input: np.ndarray, groups: int = 1) -> np.ndarray:
         raise NotImplementedError
 
-    def integer_op(self, builder: relax.BlockBuilder, layer: Layer, x_q, zero_point: int, w_q: np.ndarray):
-        """Emit the int8 x int8 -> int32 op on ``x_q`` (zero point ``zero_point``) and ``w_q``."""
+    def padded_input(self, builder: relax.BlockBuilder, layer: Layer, x):
+        """fp32 ``x`` with the op's zero padding applied (a dynamic layer pads before quantizing)."""
+        raise NotImplementedError
+
+    def integer_op(self, builder: relax.BlockBuilder, layer: Layer, x_q, zero_point: int, w_q: np.ndarray,
+                   padded: bool = False):
+        """Emit the int8 x int8 -> int32 op on ``x_q`` (zero point ``zero_point``) and ``w_q``;
+        ``padded``: ``x_q`` comes from :meth:`padded_input`, so the op pads nothing itself."""
         raise NotImplementedError
 
 

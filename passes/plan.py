@@ -11,7 +11,10 @@ per calibrated tensor, its activation parameters:
     weight:     s_c = max_k |W[c, k]| / weight_qmax      (absmax, unless a search chose s_c)
 
 Overrides map exact names or glob patterns (of a layer's tensors, their ONNX tensor names or
-its ONNX node's name) to a precision; the latency fallback is an override too.
+its ONNX node's name) to a precision; the latency fallback is an override too. A layer's
+precision is ``int8`` (static: the calibrated input range), ``dynamic`` (int8 weights, the input's
+parameters computed at run time from the tensor itself: :mod:`tvmq.passes.rules.dynamic`) or
+``fp32``; ``Scheme.mode = "dynamic"`` makes every dense layer dynamic by default (convs stay static).
 """
 
 from __future__ import annotations
@@ -27,20 +30,26 @@ from .layers import Layer, find_layers
 from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
 
 AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
-PRECISIONS = ("int8", "fp32")  # "dynamic" (run-time activation ranges) is planned, not yet realized
+DYNAMIC = "dynamic"  # int8 weights, the activation's scale / zero point computed at run time (rules.dynamic)
+PRECISIONS = ("int8", DYNAMIC, "fp32")
+DYNAMIC_KINDS = ("dense",)  # the kinds mode "dynamic" makes dynamic (any layer may be by override)
 CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"
+DYNAMIC_MODE = "mode dynamic"
 LATENCY_FALLBACK = "latency fallback"
 
 
 @dataclass(frozen=True)
 class Scheme:
     """How to quantize: the activation dtype the target's int8 instructions want, weight granularity,
-    and the weight range ``[-weight_qmax, weight_qmax]`` its kernels can take without overflow."""
+    the weight range ``[-weight_qmax, weight_qmax]`` its kernels can take without overflow, and the
+    default precision of dense layers (``mode``: ``"static"`` int8, or ``"dynamic"``)."""
 
     activation_dtype: str = "uint8"
     per_channel: bool = True
     weight_qmax: int = WEIGHT_QMAX
+    mode: str = "static"  # "dynamic": dense layers quantize their input at run time (reason "mode dynamic")
+    dynamic_granularity: str = "tensor"  # a dynamic dense layer's input scale: per "tensor" or per "row" (token)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class QuantPlan:
                   for name, entry in self.layers.items()}
         return dataclasses.replace(self, layers=layers)
 
+    def dynamic_layers(self) -> list[str]:
+        return [name for name, entry in self.layers.items() if entry.precision == DYNAMIC]
+
     def fp32_layers(self) -> list[str]:
         return [name for name, entry in self.layers.items() if entry.precision == "fp32"]
 
@@ -116,7 +128,7 @@ def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | N
     layers = {}
     for layer in find_layers(func).values():
         name = layer.out.name
-        precision, reason = _override(layer, overrides or {}, aliases or {})
+        precision, reason = _override(layer, overrides or {}, aliases or {}, scheme.mode)
         layers[name] = LayerPlan(name, layer.kind, layer.data.name, tuple(v.name for v in layer.chain), precision,
                                  reason, layer_weight_qparams(layer, scheme, weight_scales.get(name)),
                                  bias_shifts.get(name))
@@ -153,10 +165,15 @@ def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None 
                    limit=scheme.weight_qmax)
 
 
-def _override(layer: Layer, overrides: dict, aliases: dict) -> tuple[str, str]:
+def _override(layer: Layer, overrides: dict, aliases: dict, mode: str = "static") -> tuple[str, str]:
+    """The layer's precision and why: the last override matching it, else the scheme's ``mode``."""
     names = layer_names(layer, aliases)
     chosen = [precision for pattern, precision in overrides.items() if _matches(pattern, names)]
-    return (chosen[-1], USER_OVERRIDE) if chosen else ("int8", CALIBRATED)
+    if chosen:
+        return chosen[-1], USER_OVERRIDE
+    if mode == DYNAMIC and layer.kind in DYNAMIC_KINDS:
+        return DYNAMIC, DYNAMIC_MODE
+    return "int8", CALIBRATED
 
 
 def _matches(pattern: str, names: list[str]) -> bool:

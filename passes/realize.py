@@ -141,7 +141,7 @@ class Context:
             return
         rule = rule_for(op_name(value))
         if rule is not None and rule(self, var, value):
-            self.mark(var, "int8")
+            self.record["precision"].setdefault(var.name, "int8")  # a rule may have marked it ("dynamic")
             return
         for chained in self.layers[var].chain if var in self.layers else [var]:
             self._emit_fp32(self.bindings[chained])

@@ -8,11 +8,17 @@ A target says
   TVM's generic rules for the rest (``space``);
 * how to export a library (``exporter``: the ``fcompile`` of ``export_library``, None for the
   host compiler) and how to build tuning candidates (``builder``);
+* how to compile a Relax module (``compiler``: None for ``tvm.compile`` with TVM's default
+  pipeline; CUDA's schedules its kernels for the GPU);
 * how to run and time a module (``executor``, :class:`Executor`): in this process, under
-  emulation, or on a remote device; and whether it can run here at all (``unavailable``).
+  emulation, or on a remote device; and whether it can run here at all (``unavailable``);
+* where calibration and evaluation run (``analysis``: another target's spec, None for the
+  target itself).
 
 Modules built for a target (calibration, evaluation and deployment alike) run on its
-executor, so every number a report gives was measured on the target's own code.
+executor, so every number a report gives was measured on the target's own code; a target
+whose device may be absent (CUDA) names the host as its ``analysis`` target, and its report
+says so.
 """
 
 from __future__ import annotations
@@ -132,11 +138,14 @@ class TargetSpec:
     weight_qmax: int = 127
     executor: Executor = field(default_factory=LocalCpu)
     exporter: Callable | None = None  # export_library's fcompile; None: the host compiler
+    compiler: Callable | None = None  # (IRModule, Target) -> executable; None: tvm.compile's default pipeline
+    analysis: "TargetSpec | None" = None  # the target calibration / evaluation modules run on; None: this one
 
     @property
     def description(self) -> str:
         bits = "" if self.weight_qmax == 127 else f"; {self.weight_bits}-bit weights"
-        return (f"{self.name} ({self.target.attrs.get('mcpu', 'generic')}; "
+        cpu = self.target.attrs.get("mcpu") or self.target.attrs.get("arch") or "generic"
+        return (f"{self.name} ({cpu}; "
                 f"{', '.join(self.features) or 'no int8 dot product'}{bits})")
 
     @property
@@ -145,6 +154,10 @@ class TargetSpec:
         from tvmq.passes.qparams import weight_bits
 
         return weight_bits(self.weight_qmax)
+
+    def analysis_spec(self) -> "TargetSpec":
+        """The target whose modules calibrate and evaluate for this one (itself unless ``analysis``)."""
+        return self.analysis or self
 
     def space(self, task_name: str):
         """The design space of tuning task ``task_name``: the target's own, else :func:`generic_space`."""

@@ -64,10 +64,14 @@ class QemuUser:
         return tvm.cpu()  # the arguments' device on this side; the worker runs on its own CPU
 
     def vm(self, executable) -> "EmulatedVM":
+        """``executable`` loaded in the worker: exported (a cross-compiler link, seconds) and loaded
+        once per executable, however many VMs are asked of it."""
         worker = self._worker()
-        path = worker.scratch / f"module-{next(worker.exported)}.so"
-        executable.export_library(str(path))  # with the target's cross compiler (tvmq.build.build)
-        return EmulatedVM(worker, worker.request({"op": "load", "path": str(path)}))
+        if executable not in worker.loaded:
+            path = worker.scratch / f"module-{next(worker.exported)}.so"
+            executable.export_library(str(path))  # with the target's cross compiler (tvmq.build.build)
+            worker.loaded[executable] = worker.request({"op": "load", "path": str(path)})
+        return EmulatedVM(worker, worker.loaded[executable])
 
     def runner(self):
         raise TvmqError(f"tuning measures candidates on the device, and an emulated {self.mcpu} has no clock "
@@ -99,6 +103,7 @@ class Worker:
 
     def __init__(self, sysroot: Path, mcpu: str):
         self.mcpu, self.exported = mcpu, itertools.count()
+        self.loaded = weakref.WeakKeyDictionary()  # executable -> its VM's index in the worker
         self.scratch = Path(tempfile.mkdtemp(prefix="tvmq-qemu-"))
         env = {**os.environ, "PYTHONPATH": str(sysroot / "site"), "TVM_USE_RUNTIME_LIB": "1",
                "PYTHONDONTWRITEBYTECODE": "1"}

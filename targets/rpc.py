@@ -96,7 +96,11 @@ class RpcDevice:
         return f"{self.tracker[0]}:{self.tracker[1]}"
 
     def device(self):
-        return self.session().device(self.device_type, 0)
+        """Where arguments are made: here (:class:`RemoteVM` copies them to the device, as the qemu
+        executor's worker does), not a device of a session that may close before they are used."""
+        import tvm
+
+        return tvm.cpu()
 
     def vm(self, executable) -> "RemoteVM":
         """``executable`` exported with the target's compiler, uploaded and loaded on the device."""

@@ -76,3 +76,32 @@ def test_admm_takes_a_constant_tensor_and_refuses_no_data():
     observer.observe(np.full(1000, 3.0, np.float32))
     lo, hi = observer.range()
     assert lo <= 0.0 and abs(hi - 3.0) < 0.05
+
+
+def test_the_admm_calibrator_sets_the_plans_weight_ranges_too(tmp_path):
+    """``--calibrator admm`` quantizes each layer's weights with ADMM's scales (the other
+    calibrators keep absmax): the plan's weight scales are ``admm_weight_scale``'s, per channel."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import onnx_models
+    from tvmq import api
+    from tvmq.config import Config
+    from tvmq.passes.graph import find_layers
+
+    path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "m.onnx")
+    calib = RNG.standard_normal((16, 8, 12, 12)).astype(np.float32)
+    plans = {name: api.quantize(path, calib, Config(calibrator=name, batch_size=16)) for name in ("admm", "minmax")}
+    layers = find_layers(plans["admm"].program.fp32["main"])
+    assert layers
+    for layer in layers.values():
+        qmax = plans["admm"].scheme.weight_qmax
+        admm = plans["admm"].plan.layers[layer.out.name].weight
+        np.testing.assert_array_equal(admm.scale, admm_weight_scale(layer.weight, layer.channel_axis, qmax))
+        absmax = plans["minmax"].plan.layers[layer.out.name].weight
+        np.testing.assert_allclose(absmax.scale, weight_scale(layer.weight, layer.channel_axis, qmax))
+        rows = np.moveaxis(layer.weight, layer.channel_axis, 0).reshape(admm.scale.size, -1).astype(np.float64)
+        ones, zeros = np.ones_like(rows), np.zeros(admm.scale.size)
+        errors = [reconstruction_error(rows, ones, qp.scale.astype(np.float64), zeros, -qmax, qmax) for qp in (admm, absmax)]
+        assert np.all(errors[0] <= errors[1]) and np.any(errors[0] < errors[1])

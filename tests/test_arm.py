@@ -63,7 +63,7 @@ MODELS = [(onnx_models.conv_chain(channels=3), (16, 3, 12, 12), 2),  # input cha
           (onnx_models.dense_chain(), (16, 20), 2)]
 
 
-@pytest.mark.parametrize("model,shape,packed", MODELS[1:])  # the conv: every target's template, test_targets
+@pytest.mark.parametrize("model,shape,packed", MODELS[1:])  # the conv: every target's template, test_target_template
 def test_arm_legalization_packs_int8_x_int8_layers_bit_identically(tmp_path, rng, arm, model, shape, packed):
     """On x86, so it runs everywhere: the legalized module computes the same integers."""
     import tvm

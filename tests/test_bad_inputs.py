@@ -363,7 +363,7 @@ def _(tmp, mp):
 
 # ---- command line --------------------------------------------------------------------------
 
-@case("cli: unknown target", r"unknown target 'z80'; choose one of: arm, arm-neon, host")
+@case("cli: unknown target", r"unknown target 'z80'; choose one of: arm, arm-neon, cuda, host")
 def _(tmp, mp):
     return compile_argv(tmp, extra=["--target", "z80"])
 

@@ -21,7 +21,7 @@ CASES = {
     "nan in calib": (None, "nan", [], r"NaN or Inf"),
     "empty calib": (None, "empty", [], r"empty"),
     "pickled calib": (None, "pickle", [], r"pickled objects"),
-    "unknown target": (None, "calib", ["--target", "z80"], r"unknown target 'z80'; choose one of: arm, arm-neon, host"),
+    "unknown target": (None, "calib", ["--target", "z80"], r"unknown target 'z80'; choose one of: arm, arm-neon, cuda, host"),
     "unknown calibrator": (None, "calib", ["--calibrator", "magic"], r"unknown calibrator 'magic'"),
     "negative trials": (None, "calib", ["--trials", "-3"], r"trials must be >= 0"),
     "bad input shape flag": (None, "calib", ["--input-shape", "input:1,x"], r"--input-shape"),

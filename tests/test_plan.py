@@ -93,7 +93,7 @@ def test_quantize_applies_config_layers_and_reports_unknown_names(tmp_path, rng)
 
 
 def test_config_refuses_an_unknown_precision():
-    with pytest.raises(TvmqError, match=r"layer 'conv_a': unknown precision 'int4'; choose one of: int8, fp32"):
+    with pytest.raises(TvmqError, match=r"layer 'conv_a': unknown precision 'int4'; choose one of: int8, dynamic, fp32"):
         tvmq.Config(layers={"conv_a": "int4"})
 
 

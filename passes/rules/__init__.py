@@ -6,7 +6,8 @@ emitted the integer form (``ctx.q[var] = (expr, qparams)``), False to leave the 
 behind dequantize / quantize edges. ``ctx`` is realize's :class:`~tvmq.passes.realize.Context`.
 
 Files: ``conv`` and ``matmul`` (layer kinds and their int8 x int8 -> int32 kernels),
-``linear`` (the shared layer rule: bias, requantize), ``elementwise`` (ReLU, residual add),
+``linear`` (the shared layer rule: bias, requantize), ``dynamic`` (a dense layer whose input is
+quantized at run time), ``elementwise`` (ReLU, residual add),
 ``pool`` (max / average pooling, spatial mean), ``layout`` (reshape, transpose, concat ...).
 """
 

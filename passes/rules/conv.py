@@ -66,9 +66,17 @@ class Conv2D(LayerKind):
         inputs = expected_input.reshape(groups, in_per_group)[group_of]  # (O, I)
         return (per_tap * inputs).sum(axis=1).astype(np.float32)
 
-    def integer_op(self, builder, layer, x_q, zero_point, w_q):
+    def padded_input(self, builder, layer, x):
+        """fp32 ``x`` zero-padded as the conv pads (a dynamic layer's input: 0.0 quantizes to z exactly)."""
+        top, left, bottom, right = [int(p) for p in layer.call.attrs.padding]
+        if not any((top, left, bottom, right)):
+            return x
+        return builder.emit(relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right]), f"{layer.out.name}_in_pad")
+
+    def integer_op(self, builder, layer, x_q, zero_point, w_q, padded: bool = False):
+        """``padded``: ``x_q`` is already padded (``padded_input``): the conv pads nothing."""
         attrs = layer.call.attrs
-        padding = [int(p) for p in attrs.padding]
+        padding = [0, 0, 0, 0] if padded else [int(p) for p in attrs.padding]
         if zero_point != 0 and any(padding):
             top, left, bottom, right = padding
             x_q = builder.emit(relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right],

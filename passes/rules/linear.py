@@ -8,7 +8,8 @@ with ``w_q`` symmetric int8 on ``[-weight_qmax, weight_qmax]`` (the plan's weigh
 folded in, so the kernel needs no runtime correction) and ``M = s_in s_w / s_out`` in fp32.
 A layer whose result leaves the function, or has no calibrated range (an LSTM gate matmul,
 whose sum with the other gate terms stays fp32), is dequantized from the accumulator instead:
-``y = clamp(float(acc) * s_in s_w)``.
+``y = clamp(float(acc) * s_in s_w)``. A layer planned "dynamic" quantizes its input at run
+time instead (:mod:`tvmq.passes.rules.dynamic`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 from tvm import relax
 
 from ..qparams import QParams, fold_zero_point, quantize, quantize_bias, requantize_multiplier
+from ..plan import DYNAMIC
 from .common import clamp, const
+from .dynamic import realize_dynamic
 
 LATENCY_FALLBACK = "latency fallback"
 
@@ -28,6 +31,8 @@ def realize_layer(ctx, var, value) -> bool:
     if layer is None:
         return False
     entry = ctx.plan.layers.get(layer.out.name)
+    if entry is not None and entry.precision == DYNAMIC:
+        return realize_dynamic(ctx, layer, entry)
     if entry is None or entry.precision != "int8":
         if entry is not None and entry.reason == LATENCY_FALLBACK:
             ctx.record["kept_fp32"].update({v.name: layer.out.name for v in layer.chain})
@@ -37,12 +42,8 @@ def realize_layer(ctx, var, value) -> bool:
         return False
     x_q, x_qp = ctx.to_q(layer.data)
     w_qp = entry.weight
-    w_q = quantize(layer.weight, w_qp)
-    channels = layer.weight.shape[layer.channel_axis]
-    w_scale = np.broadcast_to(w_qp.scale, (channels,)).astype(np.float32)
-    bias = layer.bias_or_zeros() - (entry.bias_shift if entry.bias_shift is not None else 0.0)
-    bias_q = fold_zero_point(quantize_bias(bias, x_qp.scale, w_scale), w_q, int(x_qp.zero_point),
-                             layer.channel_axis)
+    w_q, bias_q, w_scale = layer_integers(layer, entry, x_qp.scale)
+    bias_q = fold_zero_point(bias_q, w_q, int(x_qp.zero_point), layer.channel_axis)
     acc = layer.form.integer_op(ctx.builder, layer, x_q, int(x_qp.zero_point), w_q)
     acc = ctx.builder.emit(relax.op.add(acc, const(layer.form.output_shape(bias_q, layer))),
                            f"{layer.out.name}_acc")
@@ -55,6 +56,17 @@ def realize_layer(ctx, var, value) -> bool:
     else:
         ctx.q[layer.out] = (_requantize(ctx, acc, layer, x_qp.scale, w_scale, out_qp), out_qp)
     return True
+
+
+def layer_integers(layer, entry, input_scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(w_q, bias_q, s_w)`` of an int8 layer planned as ``entry`` (a ``LayerPlan``) on an input of
+    scale ``s_in``: ``w_q = quantize(W)``, ``bias_q = round((b - shift) / (s_in s_w))`` in int32 (the
+    input zero point not folded in yet) and the weight scale per output channel."""
+    w_q = quantize(layer.weight, entry.weight)
+    channels = layer.weight.shape[layer.channel_axis]
+    w_scale = np.broadcast_to(entry.weight.scale, (channels,)).astype(np.float32)
+    bias = layer.bias_or_zeros() - (entry.bias_shift if entry.bias_shift is not None else 0.0)
+    return w_q, quantize_bias(bias, input_scale, w_scale), w_scale
 
 
 def _requantize(ctx, acc, layer, x_scale, w_scale: np.ndarray, out_qp: QParams):

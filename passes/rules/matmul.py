@@ -26,7 +26,7 @@ realize_rule("relax.matmul")(realize_layer)
 class Dense(LayerKind):
     """``x @ W`` with ``x`` of rank >= 2 and a constant ``(K, N)`` weight."""
 
-    name, op, channel_axis = "dense", "relax.matmul", 1
+    name, op, channel_axis, row_axis = "dense", "relax.matmul", 1, -1
 
     def weight(self, call):
         weight = constant_value(call.args[1])
@@ -54,7 +54,10 @@ class Dense(LayerKind):
         """``shift = E[x] @ eps``."""
         return (np.asarray(expected_input, np.float64) @ error.astype(np.float64)).astype(np.float32)
 
-    def integer_op(self, builder, layer, x_q, zero_point, w_q):
+    def padded_input(self, builder, layer, x):
+        return x
+
+    def integer_op(self, builder, layer, x_q, zero_point, w_q, padded: bool = False):
         name = f"{layer.out.name}_int"
         shape = list(layer.chain[0].ty.shape)
         if len(shape) == 2:
