@@ -26,9 +26,10 @@ from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibrati
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
+from tvmq.targets.rpc import with_tracker
 
 from . import artifact, assets, latency, layerwise, profile, qdq_export
-from .build import bind_batch, build, virtual_machine
+from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
 from .config import Config
@@ -96,7 +97,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     ``config`` is not given (``config.target`` wins otherwise).
     """
     config = config or Config(target=target)
-    spec = get_target(config.target)
+    spec = target_of(config)
     _check_tunable(spec, config.trials)
     started = time.perf_counter()
     programs = _programs(model, config, spec)
@@ -118,12 +119,15 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     imported = main.program.imported
     record = quantization_record(main.int8)
     plan = quantized.planned(main.keep_fp32).to_json(imported.onnx_names, imported.nodes)
+    measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
-                                 imported.onnx_names) | {"source": qdq_export.source_record(model)}
+                                 imported.onnx_names) | {"measured_on": measured_on,
+                                                        "source": qdq_export.source_record(model)}
     integers = qdq_export.integer_layers(main.program.fp32["main"], quantized.planned(main.keep_fp32),
                                          record, imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
+        "measured_on": measured_on,
         "calibrator": config.calibrator if qdq is None else "imported (QDQ model)", "per_channel": config.per_channel,
         "activation_dtype": quantized.scheme.activation_dtype, "calibration_seconds": quantized.seconds,
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
@@ -154,10 +158,16 @@ def quantize(model: str | Path, calib, config: Config | None = None) -> _Quantiz
     """Calibrate and realize ``model`` without building it for deployment: the first bucket's
     program (``.program``) and its int8 module (``.int8``), for tests and tools."""
     config = config or Config()
-    spec = get_target(config.target)
+    spec = target_of(config)
     programs = _programs(model, config, spec)
     programs.buckets()
     return _quantize(programs.data(calib, "calibration"), config, spec)
+
+
+def target_of(config: Config) -> TargetSpec:
+    """The target ``config`` names, measured on the devices of its RPC tracker when it gives one."""
+    spec = get_target(config.target)
+    return with_tracker(spec, config.rpc_tracker, config.rpc_key) if config.rpc_tracker else spec
 
 
 def _programs(model, config: Config, spec: TargetSpec) -> Programs:
@@ -442,7 +452,11 @@ def _latency_fallback(program: Program, quantized: _Quantized, int8, fp32_built:
 
 
 def _kernel_profile(built: _Built, inputs) -> list[dict]:
-    """Each kernel's µs in ``built``, timed inside the module (:mod:`tvmq.profile`)."""
+    """Each kernel's µs in ``built``, timed inside the module (:mod:`tvmq.profile`); on a device whose
+    VM cannot call an instrument back (RPC), the tuning records', measured there."""
+    executor = executor_of(built.executable)
+    if executor.timed and not executor.instrumented:
+        return list((built.tuning or {}).get("kernels", []))
     return profile.profile(built.executable, built.params, inputs)
 
 

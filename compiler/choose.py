@@ -37,7 +37,8 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     (for a target whose executor cannot time, each module's value is its reason instead).
 
     ``modules``: name -> a build with ``executable`` and ``params``; ``inputs``: ``(shape,
-    dtype)`` per model input (:func:`tvmq.profile.zero_input_args`). One VM per module, one
+    dtype)`` per model input (:func:`tvmq.profile.zero_input_args`). Each run is timed by its
+    executor (``timer``: ``clock`` around the call here, the device's own clock remotely). One VM per module, one
     untimed warm-up run each; then each round runs every module once, starting one module
     further each round, so the machine's load drifts (other processes, frequency) hit all
     alike and none always runs after the same neighbour.
@@ -49,22 +50,16 @@ def time_modules(modules: dict, inputs, runs: int, clock=time.perf_counter, vm_o
     if untimed is not None:  # an emulator's clock says nothing of the target's speed
         return {name: untimed.why_untimed for name in modules}
     vm_of = vm_of or virtual_machine
-    calls = {name: _caller(vm_of(m.executable), zero_input_args(m.params, inputs, executor_of(m.executable).device()))
-             for name, m in modules.items()}
+    executors = {name: executor_of(m.executable) for name, m in modules.items()}
+    calls = {name: executors[name].timer(vm_of(m.executable), zero_input_args(m.params, inputs, executors[name].device()),
+                                         clock) for name, m in modules.items()}
     for call in calls.values():
         call()
     names, times = list(calls), {name: [] for name in calls}
     for round_ in range(max(runs, 1)):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            start = clock()
-            calls[name]()
-            times[name].append(clock() - start)
+            times[name].append(calls[name]())
     return {name: round(statistics.median(t) * 1e3, 4) for name, t in times.items()}
-
-
-def _caller(vm, args: list):
-    main = vm["main"]
-    return lambda: main(*args)
 
 
 def pick_artifact(fp32, int8, rebuild=None, kept_fp32: int = 0, *, inputs, runs: int,

@@ -134,6 +134,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                        help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
+    parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
     parser.add_argument("--mode", choices=["static", "dynamic"], default="static",
                         help="static: activation ranges from calibration (default); dynamic: every MatMul / Gemm "
                              "with a constant weight quantizes its input at run time from the tensor itself "
@@ -154,7 +157,8 @@ def _config(args):
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
-                  layers=_layers(args.dynamic_layers, args.fp32_layers))
+                  layers=_layers(args.dynamic_layers, args.fp32_layers),
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
 
 
 def _layers(dynamic: str, fp32: str) -> dict:

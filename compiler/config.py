@@ -51,6 +51,8 @@ class Config:
         ("dynamic" works on convs too: the input is zero-padded in fp32, then quantized); a name is
         an ONNX node name (``/encoder/layer.0/attention/MatMul``) or the name of one of the layer's
         tensors; later patterns win. The quantization plan records them as "user override".
+    rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
+        under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
     """
 
     target: str = "host"
@@ -70,6 +72,8 @@ class Config:
     mode: str = "static"
     dynamic_granularity: str = "tensor"
     layers: dict = field(default_factory=dict)
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
 
     def activation_dtype(self, target_default: str) -> str:
         return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")
@@ -97,6 +101,10 @@ class Config:
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rpc_tracker or self.rpc_key:
+            from tvmq.targets.rpc import check_tracker_options
+
+            check_tracker_options(self.rpc_tracker, self.rpc_key)
         from .program import shape_buckets
 
         shape_buckets(self.input_shapes)  # one clear error for buckets that do not line up

@@ -33,9 +33,10 @@ def kernel_rows(executable, args: list, repeat: int = REPEAT, cold: bool = False
     (tvm tensors: inputs, then params), µs per call (fastest repeat, median over its calls), most time first:
     the rows of the tuning summary's ``kernels``, measured in the module (``cold``: each
     repeat after flushing the cache of all arguments but the first). Empty for a target whose
-    clock says nothing of its speed (an emulator)."""
+    clock says nothing of its speed (an emulator) or whose VM cannot call an instrument here
+    (a remote device)."""
     executor = executor_of(executable)
-    if not executor.timed:
+    if not (executor.timed and executor.instrumented):
         return []
     device, vm = executor.device(), executor.vm(executable)
     library = _library(executable)
@@ -61,7 +62,7 @@ def in_run_rows(executable, args: list, runs: int = 20) -> list[dict]:
     ``main`` after two warm-ups: the median of each call site, averaged over a kernel's calls.
     The instrument's own return to the VM (about a microsecond) is inside each time."""
     executor = executor_of(executable)
-    if not executor.timed:
+    if not (executor.timed and executor.instrumented):
         return []
     vm = executor.vm(executable)
     library = _library(executable)

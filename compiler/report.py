@@ -41,10 +41,19 @@ def layer_node(nodes: dict, chain: list[str]) -> str:
     return next((node for node, op in named if op in LAYER_OPS), named[0][0] if named else chain[-1])
 
 
+def _measured_on(where: dict | None) -> list[str]:
+    """The report line naming the remote devices that measured (none for this machine's own runs)."""
+    if not where or where.get("executor") != "rpc":
+        return []
+    return [f"Measured on: RPC key `{where['key']}` at tracker {where['tracker']} "
+            f"(servers {', '.join(where['servers'])}; kernels: {where['kernel_times']})  "]
+
+
 def to_markdown(report: dict) -> str:
     acc, lat = report["accuracy"], report["latency_ms"]
     lines = [f"# tvmq report: {report['model']}", "",
              f"Target: `{report['target']}`  ",
+             *_measured_on(report.get("measured_on")),
              f"Calibrator: {report['calibrator']} ({report['calibration_seconds']} s); activations "
              f"{report['activation_dtype']}, weights {_weights(report)} "
              f"{'per channel' if report['per_channel'] else 'per tensor'}; {_dynamic(report)}"

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .base import Executor, LocalCpu, TargetSpec, generic_space  # noqa: F401  (the interface)
 
-_INTERFACE = ("base", "builder", "qemu")  # shared by the families, registering nothing
+_INTERFACE = ("base", "builder", "qemu", "rpc")  # shared by the families, registering nothing
 _TARGETS: dict[str, Callable[[], "TargetSpec"]] = {}
 
 

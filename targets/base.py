@@ -32,6 +32,7 @@ class Executor(Protocol):
 
     timed: bool  # whether its clock says anything about the target's speed
     why_untimed: str  # what a report gives instead of a latency when it is not
+    instrumented: bool  # whether its VMs call an instrument here (tvmq.profile times kernels with it)
 
     def device(self):
         """The ``tvm.runtime.Device`` its modules run on."""
@@ -45,8 +46,14 @@ class Executor(Protocol):
     def candidate_compiler(self, exporter):
         """The ``fcompile`` the tuning builder exports candidates with, for this runner to load."""
 
+    def timer(self, vm, args: list, clock):
+        """A function running ``vm["main"](*args)`` once and returning its seconds by the device's clock."""
+
     def unavailable(self) -> str | None:
         """Why modules cannot run here (None: they can)."""
+
+    def measured_on(self) -> dict:
+        """Where modules run and are measured, for the manifest and report."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class LocalCpu:
 
     timed: bool = True
     why_untimed: str = ""
+    instrumented: bool = True
 
     def device(self):
         import tvm
@@ -87,8 +95,28 @@ class LocalCpu:
 
         return tar
 
+    def timer(self, vm, args: list, clock):
+        return wall_timer(vm, args, clock)
+
     def unavailable(self) -> str | None:
         return None
+
+    def measured_on(self) -> dict:
+        import platform
+
+        return {"executor": "local", "host": platform.node()}
+
+
+def wall_timer(vm, args: list, clock):
+    """A function running ``vm["main"](*args)`` once and returning the seconds ``clock`` saw pass."""
+    main = vm["main"]
+
+    def run() -> float:
+        start = clock()
+        main(*args)
+        return clock() - start
+
+    return run
 
 
 @dataclass(frozen=True)

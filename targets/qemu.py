@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tvmq.errors import TvmqError
 
+from .base import wall_timer
+
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"
 PYTHON = "usr/bin/python3.11"  # the sysroot's aarch64 CPython
@@ -53,6 +55,7 @@ class QemuUser:
     sysroot: Path = field(default_factory=default_sysroot)
     timed: bool = False
     why_untimed: str = "not measured (emulated)"
+    instrumented: bool = False
     _workers: list = field(default_factory=list, compare=False, repr=False)  # the started worker, once
 
     def device(self):
@@ -77,8 +80,14 @@ class QemuUser:
     def candidate_compiler(self, exporter):
         return exporter  # the device loads a shared library of its own architecture
 
+    def timer(self, vm, args: list, clock):
+        return wall_timer(vm, args, clock)  # emulated seconds: never a latency (``timed`` is False)
+
     def unavailable(self) -> str | None:
         return toolchain_missing(self.sysroot)
+
+    def measured_on(self) -> dict:
+        return {"executor": "qemu-user", "cpu": self.mcpu}
 
     def _worker(self) -> "Worker":
         if not self._workers or self._workers[0].process.poll() is not None:
