@@ -50,7 +50,7 @@ def test_manifest_describes_inputs_and_quantization(demo):
     act = manifest["quantization"]["activations"]["input"]
     assert act["dtype"] == "uint8" and 0 <= act["zero_point"][0] <= 255
     assert len(manifest["quantization"]["weights"]["relu1"]["scale"]) == 32  # per output channel
-    assert set(manifest["files"]) == {"model.so", "params.npz", "plan.json"}
+    assert set(manifest["files"]) == {"model.so", "params.npz", "plan.json", "qdq_weights.npz"}
 
 
 def test_artifact_runs_in_a_fresh_process_without_the_compiler(demo, bundled, tmp_path):
