@@ -155,6 +155,7 @@ class CudaGpu:
     arch: str
     timed: bool = True
     why_untimed: str = "not measured (no GPU here)"
+    instrumented: bool = True  # its VMs run in this process: tvmq.profile's instrument sees each kernel
 
     def device(self):
         import tvm
@@ -187,6 +188,22 @@ class CudaGpu:
 
     def unavailable(self) -> str | None:
         return None if gpu_present() else "there is no CUDA GPU here"
+
+    def timer(self, vm, args: list, clock):
+        """One run of ``vm["main"](*args)`` by ``clock``, the GPU synchronized after it: a kernel
+        launch returns before the kernel ends."""
+        main, device = vm["main"], self.device()
+
+        def run() -> float:
+            start = clock()
+            main(*args)
+            device.sync()
+            return clock() - start
+
+        return run
+
+    def measured_on(self) -> dict:
+        return {"executor": "cuda", "arch": self.arch, "gpu": gpu_present()}
 
 
 # Float ops IEEE-exact on the GPU (TVM compiles CUDA with --use_fast_math), so that a module's

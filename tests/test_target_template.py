@@ -147,3 +147,13 @@ def test_a_tuned_kernel_equals_the_integer_reference(tmp_path, rng, name):
     info = np.iinfo(spec.activation_dtype)
     xv = rng.integers(info.min, info.max + 1, (4, 38)).astype(spec.activation_dtype)
     np.testing.assert_array_equal(_run(build(tuned, spec), xv), xv.astype(np.int64) @ w.astype(np.int64))
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_executor_implements_the_whole_executor_interface(name):
+    """Each member of :class:`tvmq.targets.Executor` (a Protocol nothing checks at run time)."""
+    from tvmq.targets import Executor
+
+    members = set(Executor.__annotations__) | {m for m in vars(Executor) if not m.startswith("_")}
+    executor = get_target(name).executor
+    assert not [m for m in sorted(members) if not hasattr(executor, m)], type(executor).__name__
