@@ -58,6 +58,7 @@ class CompiledModel:
     buckets: list = dataclasses.field(default_factory=list)
     plan: dict | None = None  # the quantization plan as deployed (plan.json)
     qdq_weights: dict | None = None  # each int8 layer's integers as realized (qdq_weights.npz)
+    _vms: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # executable -> its VM
 
     def run(self, *inputs):
         """Run on a feed dict keyed by input name, or on the input arrays in the model's order;
@@ -68,7 +69,9 @@ class CompiledModel:
         module = _bucket_for(self.modules(), inputs)
         arrays = input_arrays(inputs, module.inputs)
         args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(v) for v in module.params.values()]
-        return outputs(virtual_machine(module.executable)["main"](*args))
+        if module.executable not in self._vms:  # an emulated or remote VM exports and uploads its module
+            self._vms[module.executable] = virtual_machine(module.executable)
+        return outputs(self._vms[module.executable]["main"](*args))
 
     def modules(self) -> list[artifact.Module]:
         return self.buckets or [artifact.Module(self.executable, self.params, self.manifest["inputs"])]
@@ -118,13 +121,13 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     main = deployments[0]
     imported = main.program.imported
     record = quantization_record(main.int8)
-    plan = quantized.planned(main.keep_fp32).to_json(imported.onnx_names, imported.nodes)
+    planned = quantized.planned(main.keep_fp32)
+    plan = planned.to_json(imported.onnx_names, imported.nodes)
     measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
                                  imported.onnx_names) | {"measured_on": measured_on,
                                                         "source": qdq_export.source_record(model)}
-    integers = qdq_export.integer_layers(main.program.fp32["main"], quantized.planned(main.keep_fp32),
-                                         record, imported.onnx_names)
+    integers = qdq_export.integer_layers(main.program.fp32["main"], planned, record, imported.onnx_names)
     report = {
         "model": imported.name, "target": str(spec.target), "target_description": spec.description,
         "measured_on": measured_on,
@@ -133,7 +136,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "weight_bits": weight_bits(quantized.scheme.weight_qmax),
         "weight_range": [-quantized.scheme.weight_qmax, quantized.scheme.weight_qmax],
         **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
-        **_dynamic_summary(quantized.planned(main.keep_fp32)),
+        **_dynamic_summary(planned),
         "eval_data": "evaluation split" if eval_data is not None else
         "calibration data (no --eval given)" if calib_sets else "none given: not evaluated",
         **({"qdq_import": qdq.summary()} if qdq is not None else {}),

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from tvmq.errors import TvmqError
 
 from . import TargetSpec, register_target
+from .base import wall_timer
 
 logger = logging.getLogger(__name__)
 
@@ -190,17 +191,8 @@ class CudaGpu:
         return None if gpu_present() else "there is no CUDA GPU here"
 
     def timer(self, vm, args: list, clock):
-        """One run of ``vm["main"](*args)`` by ``clock``, the GPU synchronized after it: a kernel
-        launch returns before the kernel ends."""
-        main, device = vm["main"], self.device()
-
-        def run() -> float:
-            start = clock()
-            main(*args)
-            device.sync()
-            return clock() - start
-
-        return run
+        """One run by ``clock``, the GPU synchronized after it: a kernel launch returns before the kernel ends."""
+        return wall_timer(vm, args, clock, self.device().sync)
 
     def measured_on(self) -> dict:
         return {"executor": "cuda", "arch": self.arch, "gpu": gpu_present()}
