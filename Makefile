@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## set up, compile the bundled MNIST CNN for this machine, print the report
-	$(VENV)/bin/tvmq demo --out demo-out --force --trials $(or $(TRIALS),64)
+	$(VENV)/bin/tvmq demo --out demo-out --force --trials $(or $(TRIALS),64) --onnxruntime
 
 test: $(STAMP)  ## set up and run the test suite
 	$(PY) -m pytest -q -n $(JOBS) tests

@@ -26,9 +26,10 @@ from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibrati
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
+from tvmq.targets.base import LocalCpu
 from tvmq.targets.rpc import with_tracker
 
-from . import artifact, assets, latency, layerwise, profile, qdq_export
+from . import artifact, assets, latency, layerwise, onnxruntime_baseline, profile, qdq_export
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -144,6 +145,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
+        **_onnxruntime(config, spec, model, qdq, calib_sets, main),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(main.program.fp32) + quantized.notes,
         "plan": plan,
@@ -383,6 +385,18 @@ def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_f
         comparison.add(program.vm(ExposeTensors(probes)(program.fp32)), program.vm(int8_exposed), probes, data,
                        program.batch, program.size)
     return comparison.result()
+
+
+def _onnxruntime(config: Config, spec: TargetSpec, model, qdq, calib_sets: list, main: _Deployment) -> dict:
+    """The report's ``onnxruntime`` when ``config.onnxruntime_baseline`` (:mod:`tvmq.onnxruntime_baseline`):
+    ONNX Runtime fp32 / int8 and the deployed module, each timed in processes of their own."""
+    if not config.onnxruntime_baseline:
+        return {}
+    built = (main.int8_built.executable, main.int8_built.params) if isinstance(spec.executor, LocalCpu) else None
+    timing = onnxruntime_baseline.Timing(runs=max(config.latency_runs, 1))
+    logger.info("timing ONNX Runtime fp32 / int8 beside the artifact (%s)", timing.describe())
+    return {"onnxruntime": onnxruntime_baseline.for_compile(Path(model), calib_sets, main.inputs(), main.bucket.batch,
+                                                            built, timing, qdq=qdq is not None)}
 
 
 def _bucket_for(modules: list[artifact.Module], inputs: tuple) -> artifact.Module:
