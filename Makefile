@@ -6,7 +6,7 @@ STAMP := $(VENV)/.tvmq-installed
 # test processes (pytest-xdist): most tests are single-threaded compiles
 JOBS ?= 2
 
-.PHONY: demo test arm-env bench clean
+.PHONY: demo test arm-env browser-env bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)  ## set up and run the test suite
 
 arm-env: $(STAMP)  ## install the aarch64 cross compiler, qemu-user and runtime (targets arm, arm-neon); idempotent
 	PYTHON=$(PY) bash scripts/arm_env.sh
+
+browser-env:  ## install Debian's chromium for the headless-browser test of report.html; idempotent
+	bash scripts/browser_env.sh
 
 clean:
 	rm -rf demo-out .pytest_cache

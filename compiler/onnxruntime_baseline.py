@@ -129,9 +129,9 @@ def quantize(model: Path, calib_feeds, work: Path) -> dict:
             self.count += feed is not None
             return feed
 
-    source, notes = prepared(model, work)
-    reader, out = Feeds(), work / "ort_int8.onnx"
+    reader, out, notes = Feeds(), work / "ort_int8.onnx", []
     try:
+        source, notes = prepared(model, work)
         quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     except Exception as err:  # noqa: BLE001  (ORT's quantizer raises anything; the compile goes on)
