@@ -241,7 +241,7 @@ def draw_sensitivity(report: dict, Figure):
     rows = report["sensitivity"][:MOST_BARS]
     fig = _new(Figure, len(rows))
     ax = fig.subplots()
-    ax.barh(range(len(rows)), [r["metric_drop"] for r in rows], color=INT8)
+    ax.barh(range(len(rows)), [r.get("metric_drop") or 0.0 for r in rows], color=INT8)
     ax.set_yticks(range(len(rows)), [_short(r["name"]) for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("metric drop")
