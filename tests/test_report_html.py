@@ -7,7 +7,6 @@ The browser check: a copy of the page gets a script that, once the page has load
 ``--dump-dom`` returns the DOM after that, and ``--screenshot`` takes a picture of the page.
 """
 
-import json
 import re
 import shutil
 import subprocess
