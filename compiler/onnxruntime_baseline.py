@@ -4,8 +4,7 @@ ONNX Runtime's int8 model is its own recipe on tvmq's calibration feeds: the ops
 when lower (a per-channel ``DequantizeLinear`` needs its ``axis``), ``quant_pre_process`` (ONNX shape
 inference and graph optimization, the step ORT's documentation puts first; its symbolic shape
 inference, which needs sympy, skipped; the step skipped with a note when it fails), then
-``quantize_static`` (QDQ, per channel, uint8 activations, int8
-weights).
+``quantize_static`` (QDQ, per channel, uint8 activations, int8 weights).
 
 ONNX Runtime fp32, ONNX Runtime int8 and the tvmq artifact are each timed in a fresh process of
 their own, 2 threads each (after a run TVM's and ONNX Runtime's thread pools keep spinning, so
