@@ -17,11 +17,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import re
 from typing import Callable
 
 from .report import to_markdown
 
+logger = logging.getLogger(__name__)
 FIGURES: dict[str, tuple[str, Callable]] = {}  # key -> (caption, draw(report, Figure class) -> Figure | None)
 MOST_BARS = 40
 INT8, FP32, EDGE, OTHER = "#1f77b4", "#ff7f0e", "#9467bd", "#7f7f7f"
@@ -42,12 +44,22 @@ def to_html(report: dict) -> str:
     except ImportError:
         figures = "<p class=note>Figures need matplotlib (<code>pip install matplotlib</code>); the tables follow.</p>"
     else:
-        figures = "\n".join(_figure_html(key, caption, draw(report, Figure))
+        figures = "\n".join(_drawn(key, caption, draw, report, Figure)
                             for key, (caption, draw) in FIGURES.items() if _has_data(draw, report))
     title = html.escape(f"tvmq report: {report.get('model', '')}")
     text = to_markdown(report)
     text = text.split("\n", 1)[1] if text.startswith("# ") else text  # its title is the page's
     return PAGE.format(title=title, figures=figures, tables=markdown_html(text))
+
+
+def _drawn(key: str, caption: str, draw, report: dict, Figure) -> str:
+    """One figure's HTML; a figure that cannot be drawn from a report section of an unexpected shape
+    becomes a line saying so (logged), never a failed artifact."""
+    try:
+        return _figure_html(key, caption, draw(report, Figure))
+    except Exception as err:  # noqa: BLE001
+        logger.warning("report.html: figure %r not drawn: %s", key, err)
+        return f'<p class=note id="{key}">Figure {html.escape(key)} not drawn: {html.escape(str(err)[:200])}</p>'
 
 
 def _has_data(draw, report: dict) -> bool:

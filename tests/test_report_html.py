@@ -97,6 +97,14 @@ def test_figures_are_drawn_only_for_keys_present():
     assert ids == ["sqnr", "kernels"]
 
 
+def test_a_section_of_an_unexpected_shape_costs_its_figure_not_the_page():
+    report = _hand_made()
+    report["sensitivity"] = [{"layer": "conv2", "metric_drop": 0.01}]  # no "name"
+    page = to_html(report)
+    assert '<p class=note id="sensitivity">Figure sensitivity not drawn' in page
+    assert '<figure id="sqnr">' in page and "<td>conv1</td>" in page
+
+
 def test_without_matplotlib_the_page_keeps_the_tables(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
     page = to_html(_hand_made())
