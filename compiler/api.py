@@ -26,7 +26,6 @@ from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibrati
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
-from tvmq.targets.base import LocalCpu
 from tvmq.targets.rpc import with_tracker
 
 from . import artifact, assets, histograms, latency, layerwise, onnxruntime_baseline, profile, qdq_export
@@ -397,7 +396,8 @@ def _onnxruntime(config: Config, spec: TargetSpec, model, qdq, calib_sets: list,
     ONNX Runtime fp32 / int8 and the deployed module, each timed in processes of their own."""
     if not config.onnxruntime_baseline:
         return {}
-    built = (main.int8_built.executable, main.int8_built.params) if isinstance(spec.executor, LocalCpu) else None
+    here = onnxruntime_baseline.runs_on_this_cpu(spec.executor)
+    built = (main.int8_built.executable, main.int8_built.params) if here else None
     timing = onnxruntime_baseline.Timing(runs=max(config.latency_runs, 1))
     logger.info("timing ONNX Runtime fp32 / int8 beside the artifact (%s)", timing.describe())
     return {"onnxruntime": onnxruntime_baseline.for_compile(Path(model), calib_sets, main.inputs(), main.bucket.batch,

@@ -105,6 +105,13 @@ def for_compile(model: Path, calib_sets: list, inputs: list[dict], batch: int, b
     return measure(model, feeds, timing_feed(calib_sets, inputs, batch), built, timing)
 
 
+def runs_on_this_cpu(executor) -> bool:
+    """Whether a target's executor runs and times its modules on this machine's CPU (not under
+    emulation, on a GPU or on remote devices), where ONNX Runtime is timed."""
+    return executor.timed and executor.measured_on().get("executor") == "local" and \
+        str(executor.device()).startswith("cpu")
+
+
 def timing_feed(calib_sets: list, inputs: list[dict], batch: int) -> dict:
     """The feed every engine is timed on: the first ``batch`` calibration samples when a set has the
     deployed shapes (token ids stay valid ids), else zeros of those shapes; in the model's input order."""

@@ -177,6 +177,13 @@ def test_onnxruntime_missing_or_a_qdq_model_is_one_line(monkeypatch):
     assert qdq["status"].startswith("not run: the model is already quantized (QDQ)")
 
 
+def test_onnxruntime_is_timed_only_beside_targets_that_run_on_this_cpu():
+    from tvmq.targets import get_target
+
+    assert [onnxruntime_baseline.runs_on_this_cpu(get_target(t).executor) for t in ("host", "arm", "cuda")] == \
+        [True, False, False]
+
+
 def test_the_cli_turns_the_baseline_on():
     from tvmq.cli import _config, _parser
 
