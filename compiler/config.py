@@ -54,7 +54,7 @@ class Config:
     onnxruntime_baseline : also time ONNX Runtime fp32 and int8 (its ``quantize_static`` on the same
         calibration data) beside the artifact, each in processes of their own (report's
         ``onnxruntime``; :mod:`tvmq.onnxruntime_baseline`). Off by default: it adds seconds (fresh
-        processes); the CLI turns it on.
+        processes): `--onnxruntime` on the CLI, `make demo` turn it on.
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
         under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
     """
