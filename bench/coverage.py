@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tvmq.onnxruntime_baseline import at_least_opset_13  # shared with the report's ONNX Runtime baseline
+from tvmq.onnxruntime_baseline import session as ort_session
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "coverage"
 RESULTS = HERE / "results" / "coverage.json"
@@ -133,15 +136,6 @@ def _all_nodes(graph):
                 yield from _all_nodes(sub)
 
 
-def ort_session(path: Path):
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def ort_outputs(path: Path, feeds: list[dict]) -> list[list[np.ndarray]]:
     session = ort_session(path)
     return [session.run(None, feed) for feed in feeds]
@@ -166,19 +160,6 @@ def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refer
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     outputs = ort_outputs(out, evaluation)
     return {f"metric_{key}": model.metric(reference, outputs, "eval"), f"{key}_layers": qdq_layer_share(out)}
-
-
-def at_least_opset_13(path: Path, converted: Path) -> Path:
-    """``path``, or its opset-13 conversion: per-channel DequantizeLinear (an axis) needs opset 13, and
-    ``quantize_static`` writes an invalid graph from an older one (the MTCNN nets are opset 12)."""
-    import onnx
-    from onnx import version_converter
-
-    model = onnx.load(str(path))
-    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13:
-        return path
-    onnx.save(version_converter.convert_version(model, 13), str(converted))
-    return converted
 
 
 def qdq_layer_share(path: Path) -> float | None:

@@ -28,7 +28,7 @@ from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 from tvmq.targets.rpc import with_tracker
 
-from . import artifact, assets, latency, layerwise, profile, qdq_export
+from . import artifact, assets, histograms, latency, layerwise, onnxruntime_baseline, profile, qdq_export
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -116,7 +116,9 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         quantized = _quantize(calib_sets, config, spec)
     deployments = [_deploy(bucket, quantized, config, spec) for bucket in buckets]
     eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
-    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32) if eval_sets else _not_evaluated()
+    activations = histograms.ActivationHistograms(quantized.plan.ranges)
+    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32, activations.add) if eval_sets \
+        else _not_evaluated()
 
     main = deployments[0]
     imported = main.program.imported
@@ -144,7 +146,10 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
+        **_onnxruntime(config, spec, model, qdq, calib_sets, main),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
+        "histograms": histograms.worst_layers(planned, comparison["sqnr_db"], activations, main.program.fp32["main"],
+                                              imported.nodes, imported.onnx_names),
         "passes": pass_notes(main.program.fp32) + quantized.notes,
         "plan": plan,
         "compile_seconds": round(time.perf_counter() - started, 1),
@@ -373,9 +378,10 @@ def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built,
     return realized, keep, fp32_built if same_program(realized, program.fp32) else rebuild(realized)
 
 
-def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple) -> dict:
-    """fp32 against int8 (with the first bucket's fp32 layers) over every evaluation set."""
-    comparison = Comparison()
+def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple, observe=None) -> dict:
+    """fp32 against int8 (with the first bucket's fp32 layers) over every evaluation set; ``observe``
+    sees every exposed tensor's fp32 values (:class:`tvmq.evaluate.Comparison`)."""
+    comparison = Comparison(observe)
     logger.info("evaluating fp32 vs int8 on %d samples", sum(len(data) for _, data in sets))
     for program, data in sets:
         int8_exposed = quantized.realize(program, keep_fp32, expose=True)
@@ -383,6 +389,19 @@ def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_f
         comparison.add(program.vm(ExposeTensors(probes)(program.fp32)), program.vm(int8_exposed), probes, data,
                        program.batch, program.size)
     return comparison.result()
+
+
+def _onnxruntime(config: Config, spec: TargetSpec, model, qdq, calib_sets: list, main: _Deployment) -> dict:
+    """The report's ``onnxruntime`` when ``config.onnxruntime_baseline`` (:mod:`tvmq.onnxruntime_baseline`):
+    ONNX Runtime fp32 / int8 and the deployed module, each timed in processes of their own."""
+    if not config.onnxruntime_baseline:
+        return {}
+    here = onnxruntime_baseline.runs_on_this_cpu(spec.executor)
+    built = (main.int8_built.executable, main.int8_built.params) if here else None
+    timing = onnxruntime_baseline.Timing(runs=max(config.latency_runs, 1))
+    logger.info("timing ONNX Runtime fp32 / int8 beside the artifact (%s)", timing.describe())
+    return {"onnxruntime": onnxruntime_baseline.for_compile(Path(model), calib_sets, main.inputs(), main.bucket.batch,
+                                                            built, timing, qdq=qdq is not None)}
 
 
 def _bucket_for(modules: list[artifact.Module], inputs: tuple) -> artifact.Module:

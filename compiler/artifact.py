@@ -7,7 +7,7 @@ Layout (``runtime`` reads it with TVM's runtime alone)::
     manifest.json                 inputs, outputs, buckets, target, versions, quantization, sha256 of each file
     plan.json                     the quantization plan: per layer precision, reason, parameters (ONNX names)
     qdq_weights.npz               each int8 layer's int8 weight and int32 bias as realized (tvmq export-qdq)
-    report.json  report.md
+    report.json  report.md  report.html (the report as one self-contained page)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from .fileio import staged_directory
 from .report import to_markdown
+from .report_html import to_html
 from .runtime import LIBRARY, MANIFEST, PARAMS, sha256
 
 FORMAT_VERSION = 1
@@ -67,6 +68,7 @@ def write(directory: Path, modules: list[Module], manifest: dict, report: dict, 
         (stage / MANIFEST).write_text(json.dumps(whole, indent=2))
         (stage / "report.json").write_text(json.dumps(report, indent=2))
         (stage / "report.md").write_text(to_markdown(report))
+        (stage / "report.html").write_text(to_html(report))
     return Path(directory)
 
 

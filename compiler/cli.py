@@ -143,6 +143,9 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "(int8 weights; convs stay static)")
     parser.add_argument("--dynamic-granularity", choices=["tensor", "row"], default="tensor",
                         help="a dynamic MatMul's input scale: one per tensor (default) or one per row (token)")
+    parser.add_argument("--onnxruntime", dest="onnxruntime_baseline", action="store_true",
+                        help="also time ONNX Runtime fp32 and int8 (quantize_static on the same calibration data) "
+                             "beside the artifact, each in its own process, for the report (adds seconds)")
     parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
                         help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
                              "--fp32-layers, which wins where both name a layer")
@@ -158,7 +161,8 @@ def _config(args):
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers),
-                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                  onnxruntime_baseline=args.onnxruntime_baseline)
 
 
 def _layers(dynamic: str, fp32: str) -> dict:

@@ -51,6 +51,10 @@ class Config:
         ("dynamic" works on convs too: the input is zero-padded in fp32, then quantized); a name is
         an ONNX node name (``/encoder/layer.0/attention/MatMul``) or the name of one of the layer's
         tensors; later patterns win. The quantization plan records them as "user override".
+    onnxruntime_baseline : also time ONNX Runtime fp32 and int8 (its ``quantize_static`` on the same
+        calibration data) beside the artifact, each in processes of their own (report's
+        ``onnxruntime``; :mod:`tvmq.onnxruntime_baseline`). Off by default: it adds seconds (fresh
+        processes): `--onnxruntime` on the CLI, `make demo` turn it on.
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
         under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
     """
@@ -72,6 +76,7 @@ class Config:
     mode: str = "static"
     dynamic_granularity: str = "tensor"
     layers: dict = field(default_factory=dict)
+    onnxruntime_baseline: bool = False
     rpc_tracker: str | None = None
     rpc_key: str | None = None
 

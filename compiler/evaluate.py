@@ -22,7 +22,8 @@ class Comparison:
     is its sign and always 1; the cosine is then taken over the vector of all samples' values.
     """
 
-    def __init__(self):
+    def __init__(self, observe=None):
+        self.observe = observe  # called with (tensor name, fp32 values) of every batch, when given
         self.signal, self.noise = defaultdict(float), defaultdict(float)
         self.counts = {"n": 0, "agree": 0, "fp32_hit": 0, "int8_hit": 0, "cosine": 0.0, "dot": 0.0,
                        "ref_sq": 0.0, "int8_sq": 0.0, "values": 0}
@@ -38,6 +39,8 @@ class Comparison:
             for name, r, q in zip(names, ref[1:], quant[1:]):
                 self.signal[name] += float(np.square(r, dtype=np.float64).sum())
                 self.noise[name] += float(np.square(r.astype(np.float64) - q).sum())
+                if self.observe is not None:
+                    self.observe(name, r)
 
     def result(self) -> dict:
         n = self.counts["n"]

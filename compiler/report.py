@@ -70,6 +70,7 @@ def to_markdown(report: dict) -> str:
               "## Latency (batch {}, median of {} runs)".format(report["batch"], report["latency_runs"]), "",
               "| module | ms |", "|---|---|", *_latency_rows(lat),
               f"| speed-up of the artifact | {_speedup(lat)} |", "",
+              *_onnxruntime(report.get("onnxruntime")),
               *_choice(report.get("artifact_choice")),
               *_buckets(report.get("buckets")),
               f"Tuning: {_tuning(report['tuning'])}", "", *_kernels(report),
@@ -120,6 +121,32 @@ def _speedup(lat: dict) -> str:
     fp32, artifact = lat["fp32"], _artifact_ms(lat)
     numbers = all(isinstance(v, (int, float)) for v in (fp32, artifact))
     return f"{fp32 / artifact:.2f}x" if numbers else "not measured"
+
+
+def _onnxruntime(section: dict | None) -> list[str]:
+    """ONNX Runtime's fp32 / int8 times and the artifact's speed-up over each (their ms over its ms,
+    from the same rounds), or the one line saying why they were not measured."""
+    if not section:
+        return []
+    if section["status"].startswith("not run"):
+        return [f"ONNX Runtime: {section['status']}.", ""]
+    ours = section.get("tvmq_ms")
+    times = [f"{label} {_ms_or(section[key], section.get(why))}" for label, key, why in
+             (("fp32", "fp32_ms", None), ("int8", "int8_ms", "int8_status"))]
+    line = f"ONNX Runtime on this machine: {', '.join(times)}"
+    if ours is not None:
+        ratios = [f"{label} {_ratio(section[key], ours)}" for label, key in (("fp32", "fp32_ms"), ("int8", "int8_ms"))]
+        line += f"; the artifact {ours:.3f} ms in the same rounds, speed-up over ONNX Runtime {', '.join(ratios)}"
+    return [line + ".  ", f"({section['measured']}; int8: {section['int8_recipe']}.)", ""]
+
+
+def _ms_or(value, why: str | None) -> str:
+    return f"{value:.3f} ms" if value is not None else f"not measured ({why or 'its process failed'})"
+
+
+def _ratio(theirs, ours) -> str:
+    """Their time over ours: above 1 the artifact is faster."""
+    return f"{theirs / ours:.2f}x" if theirs is not None and ours else "n/a"
 
 
 def _choice(choice: dict | None) -> list[str]:
