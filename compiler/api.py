@@ -21,8 +21,9 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
-                              plan_imported, unmatched)
+from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, bits_qmax, calibration_names, layer_labels,
+                              onnx_aliases, plan_imported, unmatched)
+from tvmq.passes.adaround import AdaRoundOptions
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -206,8 +207,9 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
     weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
+    weight_qmax = min(weight_qmax, bits_qmax(config.weight_bits))  # the narrower of target and --weight-bits
     scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode, config.dynamic_granularity)
-    aliases = _check_layer_names(sets[0][0], config.layers)
+    aliases = _check_layer_names(sets[0][0], {**config.layers, **config.layer_weight_bits})
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
     start = time.perf_counter()
@@ -221,7 +223,9 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical", overrides=config.layers,
-                               aliases=aliases, weight_scales=_calibrated_weight_scales(program, config, scheme))
+                               aliases=aliases, weight_scales=_calibrated_weight_scales(program, config, scheme),
+                               adaround=_adaround_options(config), adaround_samples=config.adaround_samples,
+                               weight_bits=config.layer_weight_bits)
     notes = _bias_note(refined.bias_shifts)
     if config.bias_correction == "analytic":
         correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
@@ -232,6 +236,13 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     quantized = _Quantized(refined, scheme, chosen, seconds, notes, program, refined.plan(program.fp32["main"], scheme))
     quantized.int8 = quantized.realize(program)
     return quantized
+
+
+def _adaround_options(config: Config) -> AdaRoundOptions | None:
+    """AdaRound's options from ``config`` (None: nearest rounding)."""
+    if config.rounding != "adaround":
+        return None
+    return AdaRoundOptions(iterations=config.adaround_iterations, reg_weight=config.adaround_reg_weight)
 
 
 def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) -> dict:

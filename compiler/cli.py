@@ -134,6 +134,13 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--weight-bits", type=int, default=8, metavar="{8,7,6,5,4}",
+                        help="weight bits: integers in [-(2^(b-1)-1), 2^(b-1)-1] on the int8 kernels (default: 8)")
+    parser.add_argument("--rounding", default="nearest",
+                        help="weight rounding: nearest (default) or adaround (learned per layer, Nagel et al. 2020)")
+    parser.add_argument("--adaround-iterations", type=int, default=10000, help="AdaRound's steps per layer")
+    parser.add_argument("--adaround-samples", type=int, default=64, help="calibration samples AdaRound learns from")
+    parser.add_argument("--adaround-reg-weight", type=float, default=0.01, help="AdaRound's regulariser weight")
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
                         help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
     parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
@@ -157,7 +164,9 @@ def _config(args):
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
-                  layers=_layers(args.dynamic_layers, args.fp32_layers),
+                  layers=_layers(args.dynamic_layers, args.fp32_layers), weight_bits=args.weight_bits,
+                  rounding=args.rounding, adaround_iterations=args.adaround_iterations,
+                  adaround_samples=args.adaround_samples, adaround_reg_weight=args.adaround_reg_weight,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
 
 
