@@ -136,6 +136,8 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
     parser.add_argument("--weight-bits", type=int, default=8, metavar="{8,7,6,5,4}",
                         help="weight bits: integers in [-(2^(b-1)-1), 2^(b-1)-1] on the int8 kernels (default: 8)")
+    parser.add_argument("--layer-weight-bits", default="", metavar="NAME=BITS,...",
+                        help="per-layer weight bits (names as --fp32-layers; e.g. \"conv1=8,*fc*=8\")")
     parser.add_argument("--rounding", default="nearest",
                         help="weight rounding: nearest (default) or adaround (learned per layer, Nagel et al. 2020)")
     parser.add_argument("--adaround-iterations", type=int, default=10000, help="AdaRound's steps per layer")
@@ -165,6 +167,7 @@ def _config(args):
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers), weight_bits=args.weight_bits,
+                  layer_weight_bits=_layer_weight_bits(args.layer_weight_bits),
                   rounding=args.rounding, adaround_iterations=args.adaround_iterations,
                   adaround_samples=args.adaround_samples, adaround_reg_weight=args.adaround_reg_weight,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
@@ -174,6 +177,17 @@ def _layers(dynamic: str, fp32: str) -> dict:
     """``Config.layers`` from ``--dynamic-layers`` then ``--fp32-layers`` (later patterns win: fp32 does)."""
     kept = _fp32_layers(fp32)
     return {**{name: p for name, p in _named(dynamic, "dynamic").items() if name not in kept}, **kept}
+
+
+def _layer_weight_bits(value: str) -> dict:
+    """``{name: bits}`` from ``--layer-weight-bits NAME=BITS,...``."""
+    bits = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, number = item.rpartition("=")
+        if not name or not number.strip().isdigit():
+            raise TvmqError(f"--layer-weight-bits: expected NAME=BITS, got {item!r}")
+        bits[name.strip()] = int(number)
+    return bits
 
 
 def _fp32_layers(value: str) -> dict:

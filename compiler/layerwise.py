@@ -52,30 +52,30 @@ class Refinement:
     overrides: dict = field(default_factory=dict)
     aliases: dict = field(default_factory=dict)
     weight_integers: dict = field(default_factory=dict)  # layer output -> AdaRound's int8 weights
-    weight_bits: dict = field(default_factory=dict)  # name or glob -> the layer's weight bits
+    weight_ranges: dict = field(default_factory=dict)  # name or glob -> the layer's weight_qmax
 
     def plan(self, func, scheme: Scheme) -> QuantPlan:
         return plan_quantization(func, self.stats, scheme, self.weight_scales, self.bias_shifts, self.overrides,
-                                 self.aliases, self.weight_integers, self.weight_bits)
+                                 self.aliases, self.weight_integers, self.weight_ranges)
 
     def realize(self, scheme: Scheme, expose: bool = False, keep_fp32=()) -> Realize:
         return Realize(self.stats, scheme, expose=expose, weight_scales=self.weight_scales,
                        bias_shifts=self.bias_shifts, keep_fp32=keep_fp32, overrides=self.overrides,
-                       aliases=self.aliases, weight_integers=self.weight_integers, weight_bits=self.weight_bits)
+                       aliases=self.aliases, weight_integers=self.weight_integers, weight_ranges=self.weight_ranges)
 
 
 def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, vm_factory, batch_size: int,
            search_scales: bool, correct_bias: bool, overrides: dict | None = None,
            aliases: dict | None = None, weight_scales: dict | None = None,
            adaround: AdaRoundOptions | None = None, adaround_samples: int = NUM_SAMPLES,
-           weight_bits: dict | None = None) -> Refinement:
+           weight_ranges: dict | None = None) -> Refinement:
     """Search scales (EasyQuant), learn roundings (AdaRound, when ``adaround`` gives its options; on
     ``max(64, adaround_samples)`` samples) and / or correct biases, layer by layer (not the layers the
     user's ``overrides`` keep fp32: they stay fp32 while the others are refined, too), from the
     calibrator's ``weight_scales`` (layer output -> scales; absmax for the layers it leaves out);
-    ``weight_bits``: per-layer weight bits (name or glob -> bits)."""
+    ``weight_ranges``: per-layer weight ranges (name or glob -> ``weight_qmax``)."""
     result = Refinement(dict(stats), dict(weight_scales or {}), overrides=dict(overrides or {}),
-                        aliases=dict(aliases or {}), weight_bits=dict(weight_bits or {}))
+                        aliases=dict(aliases or {}), weight_ranges=dict(weight_ranges or {}))
     if not (search_scales or correct_bias or adaround):
         return result
     start = time.perf_counter()

@@ -123,15 +123,15 @@ class QuantPlan:
 def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | None = None,
                       bias_shifts: dict | None = None, overrides: dict | None = None,
                       aliases: dict | None = None, weight_integers: dict | None = None,
-                      weight_bits_overrides: dict | None = None) -> QuantPlan:
+                      weight_ranges: dict | None = None) -> QuantPlan:
     """Plan ``func``'s layers and tensors.
 
     ``stats``: tensor -> calibrated ``(lo, hi)``; ``weight_scales`` / ``bias_shifts`` /
     ``weight_integers``: layer output -> searched weight scales / bias shift / learned int8 weights
     (AdaRound, on those scales); ``overrides``: name or glob -> precision, matched against each
     layer's tensors and their ``aliases`` (tensor -> other names: ONNX tensor and node names). A
-    layer matched by several patterns takes the last one's precision. ``weight_bits_overrides``:
-    name or glob -> weight bits (the last match wins), narrowed further by the scheme's ``weight_qmax``.
+    layer matched by several patterns takes the last one's precision. ``weight_ranges``: name or
+    glob -> the layer's ``weight_qmax`` (the last match wins; the scheme's for the others).
     """
     weight_scales, bias_shifts, weight_integers = weight_scales or {}, bias_shifts or {}, weight_integers or {}
     activations = {name: activation_qparams(lo, hi, scheme.activation_dtype) for name, (lo, hi) in stats.items()}
@@ -139,7 +139,7 @@ def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | N
     for layer in find_layers(func).values():
         name = layer.out.name
         precision, reason = _override(layer, overrides or {}, aliases or {}, scheme.mode)
-        qmax = layer_weight_qmax(layer, scheme, weight_bits_overrides or {}, aliases or {})
+        qmax = layer_weight_qmax(layer, scheme, weight_ranges or {}, aliases or {})
         layers[name] = LayerPlan(name, layer.kind, layer.data.name, tuple(v.name for v in layer.chain), precision,
                                  reason, layer_weight_qparams(layer, scheme, weight_scales.get(name), qmax),
                                  bias_shifts.get(name), weight_integers.get(name))
@@ -183,12 +183,11 @@ def bits_qmax(bits: int) -> int:
     return 2 ** (int(bits) - 1) - 1
 
 
-def layer_weight_qmax(layer: Layer, scheme: Scheme, weight_bits_overrides: dict, aliases: dict) -> int:
-    """The layer's weight range: the last matching override's bits, narrowed by the scheme's ``weight_qmax``
-    (the target's kernels: AVX2's 7 bits win over an 8-bit override, 4 bits over AVX2's 7)."""
+def layer_weight_qmax(layer: Layer, scheme: Scheme, weight_ranges: dict, aliases: dict) -> int:
+    """The layer's ``weight_qmax``: the last matching ``weight_ranges`` pattern's, else the scheme's."""
     names = layer_names(layer, aliases)
-    chosen = [bits for pattern, bits in weight_bits_overrides.items() if _matches(pattern, names)]
-    return min(scheme.weight_qmax, bits_qmax(chosen[-1])) if chosen else scheme.weight_qmax
+    chosen = [qmax for pattern, qmax in weight_ranges.items() if _matches(pattern, names)]
+    return int(chosen[-1]) if chosen else scheme.weight_qmax
 
 
 def _override(layer: Layer, overrides: dict, aliases: dict, mode: str = "static") -> tuple[str, str]:
