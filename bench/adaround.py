@@ -9,7 +9,8 @@ evaluation feeds (disjoint from calibration); the metric is the zoo's, on ONNX R
 outputs as the reference (``bench/coverage.py``'s), or top-1 on labels for ``mnist_mobilenet``
 (the repo's ``models/mnist_mobilenet.onnx`` on the bundled MNIST calibration / evaluation split).
 AdaRound's wall time is the difference of the report's ``calibration_seconds`` (calibration plus
-layer-wise refinement) to nearest rounding's. ``OPENBLAS_NUM_THREADS=1`` helps on a loaded machine:
+layer-wise refinement) to nearest rounding's; ``refine_seconds`` splits it into the whole layer-wise
+pass (re-realizing and re-running the int8 network per layer) and AdaRound's learning alone. ``OPENBLAS_NUM_THREADS=1`` helps on a loaded machine:
 OpenBLAS threads spinning on small matmuls made AdaRound ~20x slower on a shared 2-core box.
 
 Writes ``bench/results/adaround.json`` (rows merged by model, bits and rounding) and prints a table.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,9 +82,26 @@ class _Zoo:
         return self.model.metric(reference, outputs, split)
 
 
+class _RefineLog(logging.Handler):
+    """Keeps the layer-wise driver's last "refined N layers in T s (AdaRound's learning L s)" line."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = None
+
+    def emit(self, record):
+        found = re.search(r"refined \d+ layers in ([\d.]+) s \(AdaRound's learning ([\d.]+) s\)", record.getMessage())
+        if found:
+            self.seconds = {"refine": float(found[1]), "learning": float(found[2])}
+
+
 def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation, reference) -> dict:
     import tvmq
     from coverage import _as_list
+
+    log = _RefineLog()
+    logging.getLogger("tvmq.layerwise").addHandler(log)
+    logging.getLogger("tvmq.layerwise").setLevel(logging.INFO)
 
     config = tvmq.Config(weight_bits=bits, rounding=rounding, adaround_iterations=iterations, trials=0,
                          latency_runs=1, latency_fallback=False, input_shapes=model.input_shapes)
@@ -93,7 +113,7 @@ def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation,
             else None, "metric_name": model.metric_name, "metric": model.metric(reference, outputs, "eval"),
             "int8_layers": sum(entry["precision"] == "int8" for entry in layers), "layers": len(layers),
             "weight_bits": sorted({entry["weight_bits"] for entry in layers}),
-            "calibration_seconds": compiled.report["calibration_seconds"],
+            "calibration_seconds": compiled.report["calibration_seconds"], "refine_seconds": log.seconds,
             "seconds": round(time.perf_counter() - started, 1)}
 
 

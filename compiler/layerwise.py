@@ -85,6 +85,7 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
     kept = set(result.plan(fp32["main"], scheme).fp32_layers())
     layers = [layer for layer in find_layers(fp32["main"]).values()
               if layer.out.name in reference and layer.out.name not in kept]
+    learning = 0.0
     for layer in tqdm(layers, desc="refine layers", unit="layer", leave=False):
         int8 = result.realize(scheme, expose=True)(fp32)
         record = quantization_record(int8)
@@ -99,13 +100,16 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
             result.stats[source], result.weight_scales[layer.out.name] = search(
                 problem, result.stats[source], scheme.activation_dtype, scheme.per_channel, qmax)
         if adaround:
+            began = time.perf_counter()
             result.weight_integers[layer.out.name] = _adaround(fp32, result, scheme, layer, x_fp, x_q,
                                                                result.stats[source], adaround)
+            learning += time.perf_counter() - began
         if correct_bias:
             weight_scale = result.weight_scales.get(layer.out.name)
             result.bias_shifts[layer.out.name] = bias_shift(problem, result.stats[source], scheme, weight_scale,
                                                             qmax, _learned_matrix(fp32, result, scheme, layer))
-    logger.info("refined %d layers in %.1f s", len(layers), time.perf_counter() - start)
+    logger.info("refined %d layers in %.1f s (AdaRound's learning %.1f s)", len(layers),
+                time.perf_counter() - start, learning)
     return result
 
 
