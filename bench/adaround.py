@@ -1,6 +1,6 @@
 """Nearest rounding against AdaRound at 8- and 4-bit weights (int8 activations) on real models.
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/adaround.py --model mtcnn_onet --model mnist_mobilenet
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/adaround.py --model mtcnn_onet --bits 4
     .venv/bin/python bench/adaround.py --model ppocr_cls --bits 4 --iterations 2000
 
 Each model is compiled with ``tvmq.compile`` (``--trials 0``, per-channel weights, MinMax, the
@@ -106,15 +106,26 @@ def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation,
     config = tvmq.Config(weight_bits=bits, rounding=rounding, adaround_iterations=iterations, trials=0,
                          latency_runs=1, latency_fallback=False, input_shapes=model.input_shapes)
     started = time.perf_counter()
-    compiled = tvmq.compile(model.fetch(), calib, config=config)
+    try:
+        compiled = tvmq.compile(model.fetch(), calib, config=config)
+    finally:
+        logging.getLogger("tvmq.layerwise").removeHandler(log)
     outputs = [_as_list(compiled.run(feed)) for feed in evaluation]
     layers = compiled.report["plan"]["layers"]
     return {"model": model.name, "bits": bits, "rounding": rounding, "iterations": iterations if rounding != "nearest"
             else None, "metric_name": model.metric_name, "metric": model.metric(reference, outputs, "eval"),
+            "cosine": cosine(reference, outputs),
             "int8_layers": sum(entry["precision"] == "int8" for entry in layers), "layers": len(layers),
             "weight_bits": sorted({entry["weight_bits"] for entry in layers}),
             "calibration_seconds": compiled.report["calibration_seconds"], "refine_seconds": log.seconds,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def cosine(reference, outputs) -> float:
+    """Cosine similarity of all outputs of all evaluation feeds to fp32's, as one vector."""
+    a = np.concatenate([np.ravel(o) for outs in reference for o in outs]).astype(np.float64)
+    b = np.concatenate([np.ravel(o) for outs in outputs for o in outs]).astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
 def main() -> None:
@@ -140,8 +151,8 @@ def main() -> None:
 
 def table(rows: list[dict]) -> str:
     """One line per model and width: fp32, nearest, AdaRound, the share of the gap closed, AdaRound's seconds."""
-    lines = ["| model | metric | W bits | fp32 | nearest | AdaRound | gap closed | AdaRound s (iterations) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | metric | W bits | fp32 | nearest | AdaRound | gap closed | output cosine nearest -> AdaRound "
+             "| AdaRound s (iterations) |", "|---|---|---|---|---|---|---|---|---|"]
     by_key = {(r["model"], r["bits"], r["rounding"]): r for r in rows}
     for (name, bits, rounding), near in sorted(by_key.items()):
         ada = by_key.get((name, bits, "adaround"))
@@ -151,7 +162,8 @@ def table(rows: list[dict]) -> str:
         gap = fp32 - near["metric"]
         closed = f"{(ada['metric'] - near['metric']) / gap:.0%}" if gap > 0 else "no gap"
         lines.append(f"| {name} | {near['metric_name']} | {bits} | {fp32:.4f} | {near['metric']:.4f} | "
-                     f"{ada['metric']:.4f} | {closed} | "
+                     f"{ada['metric']:.4f} | {closed} | {near.get('cosine', float('nan')):.4f} -> "
+                     f"{ada.get('cosine', float('nan')):.4f} | "
                      f"{ada['calibration_seconds'] - near['calibration_seconds']:.0f} ({ada['iterations']}) |")
     return "\n".join(lines)
 
