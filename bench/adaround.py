@@ -1,17 +1,19 @@
 """Nearest rounding against AdaRound at 8- and 4-bit weights (int8 activations) on real models.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/adaround.py --model mtcnn_onet --bits 4
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/adaround.py --model mnist_mobilenet --bits 4 --per-tensor
     .venv/bin/python bench/adaround.py --model ppocr_cls --bits 4 --iterations 2000
 
-Each model is compiled with ``tvmq.compile`` (``--trials 0``, per-channel weights, MinMax, the
+Each model is compiled with ``tvmq.compile`` (``--trials 0``, per-channel weights unless ``--per-tensor``, MinMax, the
 zoo's calibration feeds) once per weight width and rounding, and the deployed module runs the
 evaluation feeds (disjoint from calibration); the metric is the zoo's, on ONNX Runtime fp32's
 outputs as the reference (``bench/coverage.py``'s), or top-1 on labels for ``mnist_mobilenet``
 (the repo's ``models/mnist_mobilenet.onnx`` on the bundled MNIST calibration / evaluation split).
 AdaRound's wall time is the difference of the report's ``calibration_seconds`` (calibration plus
 layer-wise refinement) to nearest rounding's; ``refine_seconds`` splits it into the whole layer-wise
-pass (re-realizing and re-running the int8 network per layer) and AdaRound's learning alone. ``OPENBLAS_NUM_THREADS=1`` helps on a loaded machine:
-OpenBLAS threads spinning on small matmuls made AdaRound ~20x slower on a shared 2-core box.
+pass (re-realizing and re-running the int8 network per layer) and AdaRound's learning alone.
+``OPENBLAS_NUM_THREADS=1`` helps on a loaded machine: OpenBLAS threads spinning on small matmuls
+made AdaRound ~6x slower on a shared 2-core box. ``--per-tensor``: one weight scale per layer.
 
 Writes ``bench/results/adaround.json`` (rows merged by model, bits and rounding) and prints a table.
 """
@@ -95,7 +97,8 @@ class _RefineLog(logging.Handler):
             self.seconds = {"refine": float(found[1]), "learning": float(found[2])}
 
 
-def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation, reference) -> dict:
+def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation, reference,
+            per_channel: bool = True) -> dict:
     import tvmq
     from coverage import _as_list
 
@@ -104,6 +107,7 @@ def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation,
     logging.getLogger("tvmq.layerwise").setLevel(logging.INFO)
 
     config = tvmq.Config(weight_bits=bits, rounding=rounding, adaround_iterations=iterations, trials=0,
+                         per_channel=per_channel,
                          latency_runs=1, latency_fallback=False, input_shapes=model.input_shapes)
     started = time.perf_counter()
     try:
@@ -112,7 +116,8 @@ def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation,
         logging.getLogger("tvmq.layerwise").removeHandler(log)
     outputs = [_as_list(compiled.run(feed)) for feed in evaluation]
     layers = compiled.report["plan"]["layers"]
-    return {"model": model.name, "bits": bits, "rounding": rounding, "iterations": iterations if rounding != "nearest"
+    return {"model": model.name, "bits": bits, "rounding": rounding,
+            "granularity": "per-channel" if per_channel else "per-tensor", "iterations": iterations if rounding != "nearest"
             else None, "metric_name": model.metric_name, "metric": model.metric(reference, outputs, "eval"),
             "cosine": cosine(reference, outputs),
             "int8_layers": sum(entry["precision"] == "int8" for entry in layers), "layers": len(layers),
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="a zoo model or mnist_mobilenet (repeatable)")
     parser.add_argument("--bits", type=int, action="append", help="weight bits (repeatable; default 8 and 4)")
     parser.add_argument("--iterations", type=int, default=2000, help="AdaRound steps per layer (AIMET: 10000)")
+    parser.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default per channel)")
     parser.add_argument("--mobilenet-samples", type=int, nargs=2, default=(256, 1000), metavar=("CALIB", "EVAL"))
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
@@ -142,30 +148,41 @@ def main() -> None:
         fp32 = model.metric(reference, reference, "eval")
         for bits in args.bits or (8, 4):
             for rounding in ("nearest", "adaround"):
-                row = measure(model, bits, rounding, args.iterations, calib, evaluation, reference) | {"fp32": fp32}
+                row = measure(model, bits, rounding, args.iterations, calib, evaluation, reference,
+                              not args.per_tensor) | {"fp32": fp32}
                 print(json.dumps(row), flush=True)
-                rows = [r for r in rows if (r["model"], r["bits"], r["rounding"]) != (name, bits, rounding)] + [row]
+                rows = [r for r in rows if _key(r) != _key(row)] + [row]
                 RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
 
 
+def _key(row: dict) -> tuple:
+    return row["model"], row.get("granularity", "per-channel"), row["bits"], row["rounding"]
+
+
 def table(rows: list[dict]) -> str:
     """One line per model and width: fp32, nearest, AdaRound, the share of the gap closed, AdaRound's seconds."""
-    lines = ["| model | metric | W bits | fp32 | nearest | AdaRound | gap closed | output cosine nearest -> AdaRound "
-             "| AdaRound s (iterations) |", "|---|---|---|---|---|---|---|---|---|"]
-    by_key = {(r["model"], r["bits"], r["rounding"]): r for r in rows}
-    for (name, bits, rounding), near in sorted(by_key.items()):
-        ada = by_key.get((name, bits, "adaround"))
+    lines = ["| model | metric | weights | fp32 | nearest | AdaRound | gap closed | output cosine nearest -> AdaRound "
+             "| AdaRound s: learning / whole refinement (iterations) |", "|---|---|---|---|---|---|---|---|---|"]
+    by_key = {_key(r): r for r in rows}
+    for (name, granularity, bits, rounding), near in sorted(by_key.items()):
+        ada = by_key.get((name, granularity, bits, "adaround"))
         if rounding != "nearest" or ada is None:
             continue
         fp32 = near["fp32"]
         gap = fp32 - near["metric"]
         closed = f"{(ada['metric'] - near['metric']) / gap:.0%}" if gap > 0 else "no gap"
-        lines.append(f"| {name} | {near['metric_name']} | {bits} | {fp32:.4f} | {near['metric']:.4f} | "
+        lines.append(f"| {name} | {near['metric_name']} | W{bits} {granularity} | {fp32:.4f} | "
+                     f"{near['metric']:.4f} | "
                      f"{ada['metric']:.4f} | {closed} | {near.get('cosine', float('nan')):.4f} -> "
                      f"{ada.get('cosine', float('nan')):.4f} | "
-                     f"{ada['calibration_seconds'] - near['calibration_seconds']:.0f} ({ada['iterations']}) |")
+                     f"{_seconds(ada)} ({ada['iterations']}) |")
     return "\n".join(lines)
+
+
+def _seconds(row: dict) -> str:
+    spent = row.get("refine_seconds")
+    return f"{spent['learning']:.0f} / {spent['refine']:.0f}" if spent else f"{row['calibration_seconds']:.0f} (all)"
 
 
 if __name__ == "__main__":
