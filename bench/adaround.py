@@ -92,9 +92,11 @@ class _RefineLog(logging.Handler):
         self.seconds = None
 
     def emit(self, record):
-        found = re.search(r"refined \d+ layers in ([\d.]+) s \(AdaRound's learning ([\d.]+) s\)", record.getMessage())
+        found = re.search(r"refined \d+ layers in ([\d.]+) s \(AdaRound's learning ([\d.]+) s(; (\d+) builds)?",
+                          record.getMessage())
         if found:
-            self.seconds = {"refine": float(found[1]), "learning": float(found[2])}
+            self.seconds = {"refine": float(found[1]), "learning": float(found[2]),
+                            **({"builds": int(found[4])} if found[4] else {})}
 
 
 def measure(model, bits: int, rounding: str, iterations: int, calib, evaluation, reference,

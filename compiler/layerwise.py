@@ -14,7 +14,8 @@ feeds it and the fp32 output it should produce go to
   the layer's int8 output before its clamp (with AdaRound's weights when it ran) is subtracted
   from its bias, which realize then folds into the int32 bias.
 
-Every layer re-realizes and re-runs the int8 network on the subset (``L`` runs for ``L`` layers).
+Every layer re-realizes and re-runs the int8 network on the subset (``L`` runs for ``L`` layers);
+the weights are lifted to parameters, so the network is rebuilt only where its graph changed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import tvm
+import tvm_ffi
 from tqdm import tqdm
 
 from tvmq.passes.adaround import AdaRoundOptions, adaround_layer, rounding_problem, with_weight
@@ -31,8 +34,9 @@ from tvmq.passes.bias_correction import bias_shift
 from tvmq.passes.eq import _fake_act, layer_problem, search
 from tvmq.passes.expose import ExposeTensors, exposed_names
 from tvmq.passes.graph import find_layers
+from tvmq.passes.lift_params import lift_params
 from tvmq.passes.plan import QuantPlan, plan_quantization
-from tvmq.passes.realize import Realize, Scheme, quantization_record
+from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme, quantization_record
 
 from .calibrate import run_batches
 from .data import Dataset
@@ -85,14 +89,14 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
     kept = set(result.plan(fp32["main"], scheme).fp32_layers())
     layers = [layer for layer in find_layers(fp32["main"]).values()
               if layer.out.name in reference and layer.out.name not in kept]
-    learning = 0.0
+    learning, runner = 0.0, _SharedBuild(vm_factory)
     for layer in tqdm(layers, desc="refine layers", unit="layer", leave=False):
         int8 = result.realize(scheme, expose=True)(fp32)
         record = quantization_record(int8)
         source = record["range_of"].get(layer.data.name)
         if source is None or layer.data.name not in reference:
             continue  # the layer stays fp32 or reads an unnamed tensor: nothing to refine
-        quantized = _values(vm_factory(int8), record["exposed"], subset, batch, batch_size)
+        quantized = _values(runner.vm(int8), record["exposed"], subset, batch, batch_size)
         x_fp, x_q = reference[layer.data.name], quantized[layer.data.name]
         problem = layer_problem(layer, x_fp, x_q)
         qmax = result.plan(fp32["main"], scheme).layers[layer.out.name].weight.qmax
@@ -108,8 +112,8 @@ def refine(fp32, stats: dict, scheme: Scheme, data: Dataset, batch: int | None, 
             weight_scale = result.weight_scales.get(layer.out.name)
             result.bias_shifts[layer.out.name] = bias_shift(problem, result.stats[source], scheme, weight_scale,
                                                             qmax, _learned_matrix(fp32, result, scheme, layer))
-    logger.info("refined %d layers in %.1f s (AdaRound's learning %.1f s)", len(layers),
-                time.perf_counter() - start, learning)
+    logger.info("refined %d layers in %.1f s (AdaRound's learning %.1f s; %d builds)", len(layers),
+                time.perf_counter() - start, learning, runner.builds)
     return result
 
 
@@ -133,6 +137,31 @@ def _learned_matrix(fp32, result: Refinement, scheme: Scheme, layer):
         shape[layer.channel_axis] = -1
         scale = scale.reshape(shape)
     return layer.form.matrix(with_weight(layer, entry.weight_q.astype(np.float32) * scale)).astype(np.float32)
+
+
+class _SharedBuild:
+    """VMs for the realized int8 modules, their weights lifted to parameters: consecutive modules
+    that differ only in those constants (AdaRound's integers, bias shifts: the same graph) share one
+    build, so refinement builds once per change of graph (an activation range EQ moved), not per layer."""
+
+    def __init__(self, vm_factory):
+        self.vm_factory, self.module, self.built, self.builds = vm_factory, None, None, 0
+
+    def vm(self, int8):
+        lifted, params = lift_params(tvm.IRModule({"main": int8["main"].without_attr(RECORD_ATTR)}))
+        if self.module is None or not tvm_ffi.structural_equal(lifted, self.module):
+            self.module, self.built, self.builds = lifted, self.vm_factory(lifted), self.builds + 1
+        return _WithParams(self.built, [tvm.runtime.tensor(value) for value in params.values()])
+
+
+class _WithParams:
+    """``vm["main"](*inputs)`` that appends the lifted parameters."""
+
+    def __init__(self, vm, params: list):
+        self._vm, self._params = vm, params
+
+    def __getitem__(self, name):
+        return lambda *inputs: self._vm[name](*inputs, *self._params)
 
 
 def _values(vm, names: list[str], data: Dataset, batch: int | None, batch_size: int) -> dict:
