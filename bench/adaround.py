@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="a zoo model or mnist_mobilenet (repeatable)")
     parser.add_argument("--bits", type=int, action="append", help="weight bits (repeatable; default 8 and 4)")
     parser.add_argument("--iterations", type=int, default=2000, help="AdaRound steps per layer (AIMET: 10000)")
+    parser.add_argument("--rounding", action="append", choices=["nearest", "adaround"], help="default: both")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default per channel)")
     parser.add_argument("--mobilenet-samples", type=int, nargs=2, default=(256, 1000), metavar=("CALIB", "EVAL"))
     args = parser.parse_args()
@@ -149,7 +150,7 @@ def main() -> None:
         calib, evaluation, reference = model.data()
         fp32 = model.metric(reference, reference, "eval")
         for bits in args.bits or (8, 4):
-            for rounding in ("nearest", "adaround"):
+            for rounding in args.rounding or ("nearest", "adaround"):
                 row = measure(model, bits, rounding, args.iterations, calib, evaluation, reference,
                               not args.per_tensor) | {"fp32": fp32}
                 print(json.dumps(row), flush=True)
