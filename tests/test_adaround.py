@@ -137,3 +137,17 @@ def _reference(x, plan, layers, w_a, w_b, weights):
     bias_b = np.round(weights["bb"].astype(np.float64) / (np.float64(s_r) * s_b.astype(np.float64)))
     acc_b = conv2d_int(r_q - z_r, w_b, 0, 1, 0, 1, 1) + bias_b.astype(np.int64).reshape(1, -1, 1, 1)
     return acc_b.astype(np.float32) * (s_r * s_b).astype(np.float32).reshape(1, -1, 1, 1)
+
+
+def test_refinement_builds_the_int8_network_once_when_only_weights_change(tmp_path, rng, caplog):
+    """AdaRound changes constants only: the lifted-weight module is built once for both layers."""
+    import logging
+
+    from tvmq.api import quantize
+
+    model = save(conv_chain(), tmp_path / "chain.onnx")
+    calib = Dataset(rng.normal(size=(16, 8, 12, 12)).astype(np.float32))
+    with caplog.at_level(logging.INFO, logger="tvmq.layerwise"):
+        quantized = quantize(model, calib, tvmq.Config(rounding="adaround", adaround_iterations=20))
+    assert len(quantized.refined.weight_integers) == 2
+    assert any("refined 2 layers" in r.getMessage() and "; 1 builds)" in r.getMessage() for r in caplog.records)
