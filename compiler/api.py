@@ -21,8 +21,9 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
-                              plan_imported, unmatched)
+from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, bits_qmax, calibration_names, layer_labels,
+                              layer_weight_qmax, onnx_aliases, plan_imported, unmatched)
+from tvmq.passes.adaround import AdaRoundOptions
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -210,9 +211,11 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     by layer (EQ, empirical bias correction) on the largest set or correct biases analytically."""
     activation_dtype = config.activation_dtype(spec.activation_dtype)
     # the target's narrower weight range is for its kernels, which take only its activation dtype
-    weight_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
+    kernel_qmax = spec.weight_qmax if activation_dtype == spec.activation_dtype else WEIGHT_QMAX
+    weight_qmax = min(kernel_qmax, bits_qmax(config.weight_bits))  # the narrower of target and --weight-bits
+    weight_ranges = {name: min(kernel_qmax, bits_qmax(bits)) for name, bits in config.layer_weight_bits.items()}
     scheme = Scheme(activation_dtype, config.per_channel, weight_qmax, config.mode, config.dynamic_granularity)
-    aliases = _check_layer_names(sets[0][0], config.layers)
+    aliases = _check_layer_names(sets[0][0], {**config.layers, **config.layer_weight_bits})
     total = sum(len(data) for _, data in sets)
     logger.info("calibrating %d tensors on %d samples (%s)", len(sets[0][0].names), total, config.calibrator)
     start = time.perf_counter()
@@ -226,7 +229,10 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     refined = layerwise.refine(program.fp32, stats, scheme, data, program.batch, program.vm, program.size,
                                search_scales=getattr(make_observer(config.calibrator), "layerwise_search", False),
                                correct_bias=config.bias_correction == "empirical", overrides=config.layers,
-                               aliases=aliases, weight_scales=_calibrated_weight_scales(program, config, scheme))
+                               aliases=aliases,
+                               weight_scales=_calibrated_weight_scales(program, config, scheme, weight_ranges, aliases),
+                               adaround=_adaround_options(config), adaround_samples=config.adaround_samples,
+                               weight_ranges=weight_ranges)
     notes = _bias_note(refined.bias_shifts)
     if config.bias_correction == "analytic":
         correction = analytic_bias_shifts(program.fp32["main"], scheme, refined.weight_scales)
@@ -239,14 +245,23 @@ def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetS
     return quantized
 
 
-def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme) -> dict:
-    """Layer output -> weight scales, for a calibrator that sets weight ranges too (``admm``)."""
+def _adaround_options(config: Config) -> AdaRoundOptions | None:
+    """AdaRound's options from ``config`` (None: nearest rounding)."""
+    if config.rounding != "adaround":
+        return None
+    return AdaRoundOptions(iterations=config.adaround_iterations, reg_weight=config.adaround_reg_weight)
+
+
+def _calibrated_weight_scales(program: Program, config: Config, scheme: Scheme, weight_ranges: dict,
+                              aliases: dict) -> dict:
+    """Layer output -> weight scales, for a calibrator that sets weight ranges too (``admm``), each on
+    its layer's range (``weight_ranges``: name or glob -> ``weight_qmax``)."""
     weight_scale = weight_scale_of(config.calibrator)
     if weight_scale is None:
         return {}
     layers = find_layers(program.fp32["main"]).values()
     return {layer.out.name: weight_scale(layer.weight, layer.channel_axis if scheme.per_channel else None,
-                                         scheme.weight_qmax) for layer in layers}
+                                         layer_weight_qmax(layer, scheme, weight_ranges, aliases)) for layer in layers}
 
 
 def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:

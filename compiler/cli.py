@@ -134,6 +134,15 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp32-layers", default="", metavar="NAME,...",
                         help="keep these layers fp32: ONNX node names or tensor names, exact or glob patterns "
                              "(\"/encoder/*/MatMul\"); recorded in the plan as user overrides")
+    parser.add_argument("--weight-bits", type=int, default=8, metavar="{8,7,6,5,4}",
+                        help="weight bits: integers in [-(2^(b-1)-1), 2^(b-1)-1] on the int8 kernels (default: 8)")
+    parser.add_argument("--layer-weight-bits", default="", metavar="NAME=BITS,...",
+                        help="per-layer weight bits (names as --fp32-layers; e.g. \"conv1=8,*fc*=8\")")
+    parser.add_argument("--rounding", default="nearest",
+                        help="weight rounding: nearest (default) or adaround (learned per layer, Nagel et al. 2020)")
+    parser.add_argument("--adaround-iterations", type=int, default=10000, help="AdaRound's steps per layer")
+    parser.add_argument("--adaround-samples", type=int, default=64, help="calibration samples AdaRound learns from")
+    parser.add_argument("--adaround-reg-weight", type=float, default=0.01, help="AdaRound's regulariser weight")
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
                         help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
     parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
@@ -160,7 +169,10 @@ def _config(args):
                   trials=args.trials, latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
-                  layers=_layers(args.dynamic_layers, args.fp32_layers),
+                  layers=_layers(args.dynamic_layers, args.fp32_layers), weight_bits=args.weight_bits,
+                  layer_weight_bits=_layer_weight_bits(args.layer_weight_bits),
+                  rounding=args.rounding, adaround_iterations=args.adaround_iterations,
+                  adaround_samples=args.adaround_samples, adaround_reg_weight=args.adaround_reg_weight,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                   onnxruntime_baseline=args.onnxruntime_baseline)
 
@@ -169,6 +181,17 @@ def _layers(dynamic: str, fp32: str) -> dict:
     """``Config.layers`` from ``--dynamic-layers`` then ``--fp32-layers`` (later patterns win: fp32 does)."""
     kept = _fp32_layers(fp32)
     return {**{name: p for name, p in _named(dynamic, "dynamic").items() if name not in kept}, **kept}
+
+
+def _layer_weight_bits(value: str) -> dict:
+    """``{name: bits}`` from ``--layer-weight-bits NAME=BITS,...``."""
+    bits = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, number = item.rpartition("=")
+        if not name or not number.strip().isdigit():
+            raise TvmqError(f"--layer-weight-bits: expected NAME=BITS, got {item!r}")
+        bits[name.strip()] = int(number)
+    return bits
 
 
 def _fp32_layers(value: str) -> dict:

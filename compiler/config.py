@@ -11,6 +11,8 @@ BIAS_CORRECTIONS = ("none", "empirical", "analytic")
 LAYER_PRECISIONS = ("int8", "dynamic", "fp32")
 MODES = ("static", "dynamic")
 DYNAMIC_GRANULARITIES = ("tensor", "row")
+ROUNDINGS = ("nearest", "adaround")
+WEIGHT_BITS = (8, 7, 6, 5, 4)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,14 @@ class Config:
         calibration data) beside the artifact, each in processes of their own (report's
         ``onnxruntime``; :mod:`tvmq.onnxruntime_baseline`). Off by default: it adds seconds (fresh
         processes): `--onnxruntime` on the CLI, `make demo` turn it on.
+    weight_bits : weight bits, 8 to 4: integers in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` stored in int8, run
+        by the same int8 kernels (a target's narrower range, AVX2's 7 bits, wins).
+    layer_weight_bits : per-layer weight bits, ``{name or glob pattern: bits}`` (names as ``layers``).
+    rounding : ``"nearest"`` or ``"adaround"``: each weight rounded down or up as learned per layer
+        from the layer's output error (Nagel et al. 2020, :mod:`tvmq.passes.adaround`).
+    adaround_iterations, adaround_samples, adaround_reg_weight : AdaRound's Adam steps per layer
+        (AIMET: 10000), calibration samples it learns from (at least the refinement's 64) and its
+        regulariser's weight (AIMET: 0.01).
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
         under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
     """
@@ -77,6 +87,12 @@ class Config:
     dynamic_granularity: str = "tensor"
     layers: dict = field(default_factory=dict)
     onnxruntime_baseline: bool = False
+    weight_bits: int = 8
+    layer_weight_bits: dict = field(default_factory=dict)
+    rounding: str = "nearest"
+    adaround_iterations: int = 10000
+    adaround_samples: int = 64
+    adaround_reg_weight: float = 0.01
     rpc_tracker: str | None = None
     rpc_key: str | None = None
 
@@ -103,6 +119,7 @@ class Config:
             if precision not in LAYER_PRECISIONS:
                 raise TvmqError(f"layer {pattern!r}: unknown precision {precision!r}; choose one of: "
                                 f"{', '.join(LAYER_PRECISIONS)}")
+        self._check_weights()
         for name in ("trials", "latency_runs"):
             if getattr(self, name) < 0:
                 raise TvmqError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -116,3 +133,17 @@ class Config:
         for name in ("batch_size", "deploy_batch"):
             if getattr(self, name) < 1:
                 raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def _check_weights(self):
+        for where, bits in [("weight_bits", self.weight_bits),
+                            *((f"layer_weight_bits[{p!r}]", b) for p, b in self.layer_weight_bits.items())]:
+            if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+                raise TvmqError(f"{where}: unsupported weight bits {bits!r}; choose one of: "
+                                f"{', '.join(map(str, WEIGHT_BITS))}")
+        if self.rounding not in ROUNDINGS:
+            raise TvmqError(f"unknown rounding {self.rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
+        for name in ("adaround_iterations", "adaround_samples"):
+            if getattr(self, name) < 1:
+                raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.adaround_reg_weight >= 0:
+            raise TvmqError(f"adaround_reg_weight must be >= 0, got {self.adaround_reg_weight}")

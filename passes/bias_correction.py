@@ -19,12 +19,18 @@ from .qparams import weight_scale as absmax_scale
 
 
 def bias_shift(problem: LayerProblem, act_range: tuple[float, float], scheme: Scheme,
-               weight_scale: np.ndarray | None = None) -> np.ndarray:
-    """The per-channel amount to subtract from the layer's bias."""
+               weight_scale: np.ndarray | None = None, qmax: int | None = None,
+               weight_fake: np.ndarray | None = None) -> np.ndarray:
+    """The per-channel amount to subtract from the layer's bias; ``qmax``: the layer's weight range
+    (default the scheme's); ``weight_fake``: its dequantized weight (C, K) when it is not
+    ``round(W / s)`` (AdaRound's)."""
     axis = 0 if scheme.per_channel else None
+    qmax = scheme.weight_qmax if qmax is None else qmax
     if weight_scale is None:
-        weight_scale = absmax_scale(problem.weight, axis, scheme.weight_qmax)
+        weight_scale = absmax_scale(problem.weight, axis, qmax)
     rows = _fake_act(problem.rows_q, act_range, 1.0, scheme.activation_dtype)
-    quantized = rows @ _fake_weight(problem.weight, weight_scale, axis, scheme.weight_qmax).T
+    if weight_fake is None:
+        weight_fake = _fake_weight(problem.weight, weight_scale, axis, qmax)
+    quantized = rows @ weight_fake.T
     exact = problem.rows_fp @ problem.weight.T
     return (quantized - exact).mean(axis=0).astype(np.float32)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import Layer, find_layers
-from .qparams import WEIGHT_QMAX, QParams, activation_qparams, weight_qparams
+from .qparams import WEIGHT_QMAX, QParams, activation_qparams, quantize, weight_bits, weight_qparams
 
 AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
 DYNAMIC = "dynamic"  # int8 weights, the activation's scale / zero point computed at run time (rules.dynamic)
@@ -64,13 +64,20 @@ class LayerPlan:
     reason: str
     weight: QParams
     bias_shift: np.ndarray | None = None
+    weight_q: np.ndarray | None = None  # learned integer weights (AdaRound), in the weight's layout
+
+    def weight_integers(self, weight: np.ndarray) -> np.ndarray:
+        """The int8 weight realize emits: the learned integers, else ``quantize(W)`` (nearest)."""
+        return self.weight_q if self.weight_q is not None else quantize(weight, self.weight)
 
     def to_json(self, activations: dict, rename=str, node: str | None = None) -> dict:
         act = {role: activations[name].to_json() for role, name in (("input", self.input), ("output", self.tensor))
                if name in activations}
         out = {"node": node, "tensor": rename(self.tensor), "kind": self.kind, "precision": self.precision,
                "reason": self.reason, "input_tensor": rename(self.input), "chain": [rename(n) for n in self.chain],
-               **act, "weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)]}
+               **act, "weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)],
+               "weight_bits": weight_bits(self.weight.qmax),
+               "rounding": "nearest" if self.weight_q is None else "adaround"}
         if self.bias_shift is not None:
             out["bias_shift"] = np.asarray(self.bias_shift, np.float64).ravel().tolist()
         return out
@@ -115,23 +122,27 @@ class QuantPlan:
 
 def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | None = None,
                       bias_shifts: dict | None = None, overrides: dict | None = None,
-                      aliases: dict | None = None) -> QuantPlan:
+                      aliases: dict | None = None, weight_integers: dict | None = None,
+                      weight_ranges: dict | None = None) -> QuantPlan:
     """Plan ``func``'s layers and tensors.
 
-    ``stats``: tensor -> calibrated ``(lo, hi)``; ``weight_scales`` / ``bias_shifts``: layer
-    output -> searched weight scales / bias shift; ``overrides``: name or glob -> precision,
-    matched against each layer's tensors and their ``aliases`` (tensor -> other names: ONNX
-    tensor and node names). A layer matched by several patterns takes the last one's precision.
+    ``stats``: tensor -> calibrated ``(lo, hi)``; ``weight_scales`` / ``bias_shifts`` /
+    ``weight_integers``: layer output -> searched weight scales / bias shift / learned int8 weights
+    (AdaRound, on those scales); ``overrides``: name or glob -> precision, matched against each
+    layer's tensors and their ``aliases`` (tensor -> other names: ONNX tensor and node names). A
+    layer matched by several patterns takes the last one's precision. ``weight_ranges``: name or
+    glob -> the layer's ``weight_qmax`` (the last match wins; the scheme's for the others).
     """
-    weight_scales, bias_shifts = weight_scales or {}, bias_shifts or {}
+    weight_scales, bias_shifts, weight_integers = weight_scales or {}, bias_shifts or {}, weight_integers or {}
     activations = {name: activation_qparams(lo, hi, scheme.activation_dtype) for name, (lo, hi) in stats.items()}
     layers = {}
     for layer in find_layers(func).values():
         name = layer.out.name
         precision, reason = _override(layer, overrides or {}, aliases or {}, scheme.mode)
+        qmax = layer_weight_qmax(layer, scheme, weight_ranges or {}, aliases or {})
         layers[name] = LayerPlan(name, layer.kind, layer.data.name, tuple(v.name for v in layer.chain), precision,
-                                 reason, layer_weight_qparams(layer, scheme, weight_scales.get(name)),
-                                 bias_shifts.get(name))
+                                 reason, layer_weight_qparams(layer, scheme, weight_scales.get(name), qmax),
+                                 bias_shifts.get(name), weight_integers.get(name))
     return QuantPlan(scheme, layers, activations, {name: tuple(stats[name]) for name in activations})
 
 
@@ -154,15 +165,29 @@ def unmatched(patterns, func, aliases: dict) -> list[str]:
     return [p for p in patterns if not any(_matches(p, n) for n in names)]
 
 
-def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None) -> QParams:
+def layer_weight_qparams(layer: Layer, scheme: Scheme, scale: np.ndarray | None = None,
+                         qmax: int | None = None) -> QParams:
     """The int8 weight parameters ``layer`` gets: absmax per channel or per tensor (``weight_qparams``),
-    or the given ``scale`` (EasyQuant's search) instead, clipped at ``weight_qmax`` either way."""
-    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None, scheme.weight_qmax)
+    or the given ``scale`` (EasyQuant's search) instead, clipped at ``qmax`` (default the scheme's
+    ``weight_qmax``) either way."""
+    qmax = scheme.weight_qmax if qmax is None else qmax
+    w_qp = weight_qparams(layer.weight, layer.channel_axis if scheme.per_channel else None, qmax)
     if scale is None:
         return w_qp
     scale = np.asarray(scale, np.float32)
-    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None,
-                   limit=scheme.weight_qmax)
+    return QParams(scale, np.zeros(scale.shape, np.int32), "int8", w_qp.axis if scale.ndim else None, limit=qmax)
+
+
+def bits_qmax(bits: int) -> int:
+    """The symmetric range of ``bits``-bit weights: ``qmax = 2^(bits - 1) - 1`` (127 for 8, 7 for 4)."""
+    return 2 ** (int(bits) - 1) - 1
+
+
+def layer_weight_qmax(layer: Layer, scheme: Scheme, weight_ranges: dict, aliases: dict) -> int:
+    """The layer's ``weight_qmax``: the last matching ``weight_ranges`` pattern's, else the scheme's."""
+    names = layer_names(layer, aliases)
+    chosen = [qmax for pattern, qmax in weight_ranges.items() if _matches(pattern, names)]
+    return int(chosen[-1]) if chosen else scheme.weight_qmax
 
 
 def _override(layer: Layer, overrides: dict, aliases: dict, mode: str = "static") -> tuple[str, str]:

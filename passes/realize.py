@@ -67,19 +67,22 @@ class Realize:
     scales of those layers, as EasyQuant's search chooses them; ``bias_shifts`` (layer output
     name -> per-channel values) is subtracted from their biases, as bias correction finds.
     Layers whose output name is in ``keep_fp32`` stay fp32 (the latency fallback's choice);
-    ``overrides`` / ``aliases`` are the user's per-layer precisions and the names they match.
+    ``overrides`` / ``aliases`` are the user's per-layer precisions and the names they match;
+    ``weight_integers`` (layer output -> int8 weights, AdaRound's) replace nearest rounding and
+    ``weight_ranges`` (name or glob -> ``weight_qmax``) sets layers' weight ranges.
     """
 
     def __init__(self, stats: dict, scheme: Scheme, expose: bool = False, weight_scales: dict | None = None,
                  bias_shifts: dict | None = None, keep_fp32=(), overrides: dict | None = None,
-                 aliases: dict | None = None):
+                 aliases: dict | None = None, weight_integers: dict | None = None, weight_ranges: dict | None = None):
         self.stats, self.scheme, self.expose = stats, scheme, expose
         self.weight_scales, self.bias_shifts, self.keep_fp32 = weight_scales, bias_shifts, tuple(keep_fp32)
         self.overrides, self.aliases = overrides, aliases
+        self.weight_integers, self.weight_ranges = weight_integers, weight_ranges
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         plan = plan_quantization(mod["main"], self.stats, self.scheme, self.weight_scales, self.bias_shifts,
-                                 self.overrides, self.aliases)
+                                 self.overrides, self.aliases, self.weight_integers, self.weight_ranges)
         plan = plan.with_precision(self.keep_fp32, "fp32", LATENCY_FALLBACK)
         return RealizePlan(plan, self.expose)(mod)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..qparams import DTYPE_RANGE, TINY_SCALE, quantize
+from ..qparams import DTYPE_RANGE, TINY_SCALE
 from .common import clamp, const
 
 SPAN = {"uint8": 255.0, "int8": 127.0}  # the quantizer's steps over [lo, hi] (uint8) or [0, max|x|] (int8)
@@ -43,7 +43,7 @@ def realize_dynamic(ctx, layer, entry) -> bool:
     if zero_point is not None:
         steps = relax.op.add(steps, zero_point)
     x_q = builder.emit(relax.op.astype(clamp(steps, qmin, qmax), dtype), f"{name}_in_q")
-    w_q = quantize(layer.weight, entry.weight)
+    w_q = entry.weight_integers(layer.weight)
     acc = form.integer_op(builder, layer, x_q, 0, w_q, padded=True)
     if zero_point is not None:
         reduce = tuple(i for i in range(w_q.ndim) if i != layer.channel_axis)

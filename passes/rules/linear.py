@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from ..qparams import QParams, fold_zero_point, quantize, quantize_bias, requantize_multiplier
+from ..qparams import QParams, fold_zero_point, quantize_bias, requantize_multiplier
 from ..plan import DYNAMIC
 from .common import clamp, const
 from .dynamic import realize_dynamic
@@ -60,9 +60,9 @@ def realize_layer(ctx, var, value) -> bool:
 
 def layer_integers(layer, entry, input_scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(w_q, bias_q, s_w)`` of an int8 layer planned as ``entry`` (a ``LayerPlan``) on an input of
-    scale ``s_in``: ``w_q = quantize(W)``, ``bias_q = round((b - shift) / (s_in s_w))`` in int32 (the
+    scale ``s_in``: ``w_q = quantize(W)`` (or the plan's learned integers), ``bias_q = round((b - shift) / (s_in s_w))`` in int32 (the
     input zero point not folded in yet) and the weight scale per output channel."""
-    w_q = quantize(layer.weight, entry.weight)
+    w_q = entry.weight_integers(layer.weight)
     channels = layer.weight.shape[layer.channel_axis]
     w_scale = np.broadcast_to(entry.weight.scale, (channels,)).astype(np.float32)
     bias = layer.bias_or_zeros() - (entry.bias_shift if entry.bias_shift is not None else 0.0)
