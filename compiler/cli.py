@@ -19,6 +19,8 @@ from pathlib import Path
 from . import isolate
 from .errors import TvmqError
 
+DEFAULT_TUNING_TIME = "5m"  # tvmq compile's tuning when no flag says otherwise
+
 
 def main(argv: list[str] | None = None, isolated: bool | None = None) -> int:
     """Run the command line ``argv``; ``isolated`` (default: unless already a worker) runs it in a worker."""
@@ -122,7 +124,16 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-correction", default="none",
                         help="none, empirical (mean int8 error on calibration data folded into the bias) or "
                              "analytic (expected weight error from BatchNorm statistics, data-free)")
-    parser.add_argument("--trials", type=int, default=0, help="MetaSchedule tuning trials; 0 skips tuning")
+    parser.add_argument("--tuning-time", metavar="DURATION",
+                        help=f"tune for at most this long (90s, 10m, 1h or seconds; 0: no tuning), the kernels that "
+                             f"take most time first (default: {DEFAULT_TUNING_TIME} unless --trials is given). Tuning "
+                             f"is what makes the module fast: untuned kernels run as TVM's default schedules, "
+                             f"several times slower; the records are kept (--tuning-db), so a second compile of "
+                             f"the same kernels tunes nothing and takes seconds")
+    parser.add_argument("--trials", type=int,
+                        help="MetaSchedule trials per module, split evenly over its kernels (0: no tuning); alone it "
+                             "replaces the default --tuning-time; with --tuning-time a kernel stops at its share of "
+                             "the trials or the deadline, whichever comes first")
     parser.add_argument("--tuning-db", type=Path, help="tuning-record directory to reuse / share")
     parser.add_argument("--latency-fallback", action=argparse.BooleanOptionalAction, default=True,
                         help="after tuning, keep fp32 the layers whose int8 kernel plus quantize / dequantize "
@@ -154,11 +165,20 @@ def _config(args):
     return Config(target=args.target, calibrator=args.calibrator,
                   per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, absorb_high_bias=args.absorb_high_bias,
                   bias_correction=args.bias_correction,
-                  trials=args.trials, latency_fallback=args.latency_fallback,
+                  **_tuning_budget(args.trials, args.tuning_time), latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers),
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+
+
+def _tuning_budget(trials: int | None, tuning_time: str | None) -> dict:
+    """``Config``'s ``trials`` and ``tuning_time`` from the flags: neither given tunes for
+    :data:`DEFAULT_TUNING_TIME`; ``--trials N`` alone is a trial budget (0: no tuning); with
+    ``--tuning-time`` both bound each task, whichever ends first."""
+    if trials is None and tuning_time is None:
+        tuning_time = DEFAULT_TUNING_TIME
+    return {"trials": trials or 0, "tuning_time": tuning_time or 0}
 
 
 def _layers(dynamic: str, fp32: str) -> dict:

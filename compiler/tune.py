@@ -24,6 +24,7 @@ TASK_TRIALS = 64  # a task's trial cap under a time budget when --trials sets no
 ROUND_TRIALS = 8  # candidates per round under a time budget: the deadline and the stall are checked each round
 FIRST_ROUND_S = 10.0  # a round's cost before one was timed (8 candidates of a conv: ~11 s on 2 shared cores)
 STALL_ROUNDS, STALL_GAIN = 2, 0.02  # stopped improving: its best gained under 2% in its last 2 rounds
+TIME_SPLIT = {"fp32": 0.4, "int8": 0.4, "int8_rebuild": 0.2}  # a compile's tuning time per module, nominally
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
@@ -31,7 +32,8 @@ def parse_duration(value) -> float:
     """Seconds in ``value``: a number of seconds, or ``"90s"``, ``"10m"``, ``"1.5h"``; >= 0."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(value).lower())
     if isinstance(value, bool) or match is None:
-        raise TvmqError(f"tuning time {value!r} is not a duration: give seconds (90), or 90s, 10m, 1h")
+        raise TvmqError(f"tuning time {value!r} (--tuning-time, Config.tuning_time) is not a duration: "
+                        f"give seconds (90) or 90s, 10m, 1h")
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
@@ -40,11 +42,12 @@ class TimeBudget:
     """A wall-clock tuning budget for one module: ``seconds`` nominal (what a rerun compares with:
     a database that gave the module that much tunes nothing more), spent until ``deadline``
     (``time.monotonic()``, which may lie later: time the phases before left over). ``profile``
-    returns the untuned module's kernel rows (:func:`tvmq.profile.profile`): each task's share."""
+    builds the fused, untuned module it is given and returns its kernel rows
+    (:func:`tvmq.profile.profile`): each task's share of the runtime."""
 
     seconds: float
     deadline: float
-    profile: Callable[[], list[dict]] | None = None
+    profile: Callable[[object], list[dict]] | None = None
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -60,7 +63,7 @@ class TuningClock:
     def phase(self, fraction: float, profile: Callable | None = None) -> TimeBudget:
         nominal = fraction * self.seconds
         self.given += nominal
-        reserved = self.seconds - self.given  # the later phases' nominal time
+        reserved = max(0.0, self.seconds - self.given)  # the later phases' nominal time
         return TimeBudget(nominal, max(time.monotonic(), self.end - reserved), profile)
 
 
@@ -102,7 +105,7 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None 
         logger.info("this module was given %.0f s of tuning before: no new trials", ledger.seconds(tasks))
         owed = {}
     if budget is not None and owed:
-        timed = _tune_in_time(tasks, owed, share, spec, work_dir, database, ledger, budget)
+        timed = _tune_in_time(mod, tasks, owed, share, spec, work_dir, database, ledger, budget)
         measured, seconds = timed["measured"], timed["seconds"]
     else:
         measured, seconds = _tune_owed(tasks, owed, share, spec, work_dir, database, ledger) if owed else (0, 0.0)
@@ -142,18 +145,18 @@ def _tune_owed(tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: 
     return measured, seconds
 
 
-def _tune_in_time(tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: Path, database,
+def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: Path, database,
                   ledger: "_Ledger", budget: TimeBudget) -> dict:
     """Tune the tasks in ``owed`` (index -> trials owed) until ``budget.deadline``, the costliest first.
 
-    A task's cost is its µs in the untuned module (``budget.profile``; FLOPs where it has no row)
+    A task's cost is its µs in ``mod`` untuned (``budget.profile``; FLOPs where it has no row)
     times its calls. Each task in turn gets ``left * cost / cost of the tasks not yet tuned`` seconds
     (at least one round), so time a task does not use (it stops improving, its space or its trials
     run out: :func:`_watch`) goes to the rest; tasks left when under a round remains stay untuned.
     One cost model learns from every task. Returns what each task got, the time and what was left.
     """
     start = time.monotonic()
-    costs = _task_costs(tasks, budget.profile() if budget.profile else [])
+    costs = _task_costs(tasks, budget.profile(mod) if budget.profile else [])
     order = sorted(owed, key=lambda i: -costs[i][0])
     total = sum(costs[i][0] for i in order) or 1.0
     cost_model, rows, round_s, untuned = _cost_model(), [], FIRST_ROUND_S, []
@@ -167,13 +170,12 @@ def _tune_in_time(tasks: list, owed: dict, share: int, spec: TargetSpec, work_di
                 break
             until = min(budget.deadline, time.monotonic() + max(round_s, left * costs[i][0] / rest))
             row = _tune_task(tasks[i], owed[i], spec, work_dir, database, cost_model, until, bar)
-            round_s = max(row.pop("round_s") or round_s, 1.0)
+            round_s = max(row["last_round_s"] or round_s, 1.0)
             if row["stopped"] != "time":  # it stopped improving, or its space or trials ran out: done
                 ledger.record(database, [tasks[i]], share)
             rows.append({**row, "calls": int(tasks[i].weight), "share_pct": round(100 * costs[i][0] / total, 1),
                          "untuned_us": costs[i][1]})
-    if not untuned:
-        ledger.record_seconds(tasks, budget.seconds)
+    ledger.record_seconds(tasks, budget.seconds)  # a rerun with no more time tunes nothing
     seconds = time.monotonic() - start
     measured = sum(r["trials"] for r in rows)
     logger.info("tuned %d tasks (%d candidates) in %.1f s; %d left untuned", len(rows), measured, seconds, len(untuned))
@@ -228,7 +230,8 @@ def _tune_task(task, trials: int, spec: TargetSpec, work_dir: Path, database, co
     stopped = watch.why or ("trials" if progress.measured >= trials else "space")
     best = watch.history[-1] if watch.history and watch.history[-1] < float("inf") else None
     return {"kernel": task.task_name, "trials": progress.measured, "tuned_us": round(best * 1e6, 2) if best else None,
-            "seconds": round(time.monotonic() - start, 1), "stopped": stopped, "round_s": watch.round_s}
+            "seconds": round(time.monotonic() - start, 1), "stopped": stopped,
+            "last_round_s": round(watch.round_s, 1) if watch.round_s else None}
 
 
 def _by_owed(owed: dict) -> list[tuple[int, list]]:
