@@ -179,8 +179,8 @@ def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, wo
     seconds = time.monotonic() - start
     measured = sum(r["trials"] for r in rows)
     logger.info("tuned %d tasks (%d candidates) in %.1f s; %d left untuned", len(rows), measured, seconds, len(untuned))
-    return {"budget_s": round(budget.seconds, 1), "seconds": round(seconds, 1), "measured": measured, "tasks": rows,
-            "left_untuned": untuned}
+    return {"budget_s": round(budget.seconds, 1), "seconds": round(seconds, 1), "measured": measured,
+            "untuned_total_us": round(sum(cost for cost, _ in costs), 1), "tasks": rows, "left_untuned": untuned}
 
 
 def _task_costs(tasks: list, rows: list[dict]) -> list[tuple[float, float | None]]:
@@ -201,14 +201,9 @@ def _cost_model():
     """One XGBoost cost model for every task of a budgeted run (MetaSchedule's default, as
     ``tune_tasks`` makes it), so that each task's search starts from what the others taught it."""
     from tvm.s_tir import meta_schedule as ms
-
-    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=_physical_cores(), tree_method="auto")
-
-
-def _physical_cores() -> int:
     from tvm.s_tir.meta_schedule.utils import cpu_count
 
-    return cpu_count(logical=False)
+    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=cpu_count(logical=False), tree_method="auto")
 
 
 def _tune_task(task, trials: int, spec: TargetSpec, work_dir: Path, database, cost_model, until: float,
