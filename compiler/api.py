@@ -343,13 +343,11 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
     inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
     clock = TuningClock(seconds) if seconds else None
     deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
-                                   spec=spec, trials=config.trials, db=db, clock=clock, inputs=inputs)
+                                   spec=spec, trials=config.trials, db=db, clock=clock)
     int8 = quantized.realize(program)
     int8_part = TIME_SPLIT["int8"] + (0.0 if config.latency_fallback else TIME_SPLIT["int8_rebuild"])
     fp32_built, int8_built = deployable(program.fp32, part=TIME_SPLIT["fp32"]), deployable(int8, part=int8_part)
     kernels = {"fp32": _kernel_profile(fp32_built, inputs), "int8": _kernel_profile(int8_built, inputs)}
-    _say_what_tuning_bought(fp32_built.tuning, kernels["fp32"])
-    _say_what_tuning_bought(int8_built.tuning, kernels["int8"])
     tuning = {"trials": config.trials, "tuning_time_s": seconds, "database": str(db), "fp32": fp32_built.tuning,
               "int8": int8_built.tuning,
               **({"time_split": {"fp32": TIME_SPLIT["fp32"], "int8": int8_part, "int8_rebuild": 1 - TIME_SPLIT["fp32"]
@@ -365,7 +363,6 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
                                                               kernels, rebuild)
     if fallback.rebuilt:
         kernels[REBUILD] = _kernel_profile(rebuilt, inputs)
-        _say_what_tuning_bought(rebuilt.tuning, kernels[REBUILD])
         tuning[REBUILD] = rebuilt.tuning  # the fallback's new edges and fp32 layers
     choice = pick_artifact(fp32_built, int8_built, rebuilt if fallback.rebuilt else None, len(keep), inputs=inputs,
                            runs=config.latency_runs, timer=time_modules)
@@ -375,15 +372,6 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
         _all_fp32(program, quantized, int8, fp32_built, rebuild)
     return _Deployment(bucket, deployed, keep, fp32_built, built, kernels, tuning, fallback,
                        {**choice.latency_ms, "artifact": choice.latency_ms[choice.name]}, choice.to_json())
-
-
-def _say_what_tuning_bought(summary: dict | None, kernels: list[dict]) -> None:
-    """Add the tuned module's kernel sum beside the untuned one in a time-budgeted tuning summary."""
-    timed = (summary or {}).get("time_budget")
-    if timed and kernels:
-        timed["tuned_total_us"] = profile.total_us(kernels)
-        logger.info("tuning took the kernels from %.0f to %.0f µs a run", timed["untuned_total_us"],
-                    timed["tuned_total_us"])
 
 
 def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built, rebuild) -> tuple:
@@ -516,17 +504,16 @@ def _bias_note(shifts: dict) -> list[dict]:
 
 
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
-                      db: Path, share: int | None = None, clock: TuningClock | None = None, part: float = 0.0,
-                      inputs=()) -> _Built:
+                      db: Path, share: int | None = None, clock: TuningClock | None = None,
+                      part: float = 0.0) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
     tune (``share`` trials per task when given, ``part`` of ``clock``'s time: see
-    :func:`tvmq.tune.tune`; the untuned module's kernels timed on zero ``inputs`` rank the tasks) and build."""
+    :func:`tvmq.tune.tune`) and build."""
     mod = mod if model_batch else bind_batch(mod, deploy_batch)
     lifted, params = lift_params(spec.legalize(mod) if spec.legalize else mod)
     tuned, summary = lifted, None
-    if clock is not None:
-        budget = clock.phase(part, lambda fused: profile.profile(build(fused, spec), params, inputs))
-        tuned, summary = tune(lifted, spec, trials, db, share=share, budget=budget)
+    if clock is not None:  # tasks ranked by FLOPs: an untuned build to profile took minutes (docs/tuning.md)
+        tuned, summary = tune(lifted, spec, trials, db, share=share, budget=clock.phase(part))
     elif trials > 0:
         tuned, summary = tune(lifted, spec, trials, db, share=share)
     return _Built(build(tuned, spec), params, summary, lifted)

@@ -149,8 +149,9 @@ def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, wo
                   ledger: "_Ledger", budget: TimeBudget) -> dict:
     """Tune the tasks in ``owed`` (index -> trials owed) until ``budget.deadline``, the costliest first.
 
-    A task's cost is its µs in ``mod`` untuned (``budget.profile``; FLOPs where it has no row)
-    times its calls. Each task in turn gets ``left * cost / cost of the tasks not yet tuned`` seconds
+    A task's cost is its µs in ``mod`` untuned (``budget.profile``; FLOPs where it has no row, or
+    without a profile: an untuned MobileNetV2 took minutes to build on the shared machine, more
+    than an 8-minute budget's int8 phase) times its calls. Each task in turn gets ``left * cost / cost of the tasks not yet tuned`` seconds
     (at least one round), so time a task does not use (it stops improving, its space or its trials
     run out: :func:`_watch`) goes to the rest; tasks left when under a round remains stay untuned.
     One cost model learns from every task. Returns what each task got, the time and what was left.
@@ -174,13 +175,16 @@ def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, wo
             if row["stopped"] != "time":  # it stopped improving, or its space or trials ran out: done
                 ledger.record(database, [tasks[i]], share)
             rows.append({**row, "calls": int(tasks[i].weight), "share_pct": round(100 * costs[i][0] / total, 1),
-                         "untuned_us": costs[i][1]})
+                         **({"untuned_us": costs[i][1]} if costs[i][1] is not None else {})})
     ledger.record_seconds(tasks, budget.seconds)  # a rerun with no more time tunes nothing
     seconds = time.monotonic() - start
     measured = sum(r["trials"] for r in rows)
     logger.info("tuned %d tasks (%d candidates) in %.1f s; %d left untuned", len(rows), measured, seconds, len(untuned))
+    profiled = any(us is not None for _, us in costs)
     return {"budget_s": round(budget.seconds, 1), "seconds": round(seconds, 1), "measured": measured,
-            "untuned_total_us": round(sum(cost for cost, _ in costs), 1), "tasks": rows, "left_untuned": untuned}
+            "ranked_by": "untuned profile" if profiled else "FLOPs",
+            **({"untuned_total_us": round(sum(cost for cost, _ in costs), 1)} if profiled else {}),
+            "tasks": rows, "left_untuned": untuned}
 
 
 def _task_costs(tasks: list, rows: list[dict]) -> list[tuple[float, float | None]]:
