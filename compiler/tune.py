@@ -4,7 +4,6 @@ runner and the design spaces (:mod:`tvmq.targets.base`)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import statistics
@@ -40,7 +39,7 @@ def parse_duration(value) -> float:
 @dataclass(frozen=True)
 class TimeBudget:
     """A wall-clock tuning budget for one module: ``seconds`` nominal (what a rerun compares with:
-    a database that gave the module that much tunes nothing more), spent until ``deadline``
+    a task that a finished run with that much time included is not tuned again), spent until ``deadline``
     (``time.monotonic()``, which may lie later: time the phases before left over). ``profile``
     builds the fused, untuned module it is given and returns its kernel rows
     (:func:`tvmq.profile.profile`): each task's share of the runtime."""
@@ -84,7 +83,7 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None 
     zero new trials, a larger budget tunes on from the best records, and a killed run resumes; a
     rebuild passes the first build's ``share`` so that its new kernels get as many trials as the
     first build's did. Under a time ``budget`` the tasks still owed are tuned by
-    :func:`_tune_in_time`, unless the database gave this module that much time before.
+    :func:`_tune_in_time`, but not those that a finished run with as much time included.
     Returns ``(module, summary)``: the share, the tasks tuned now, taken from the database and
     without any record before, and under a budget what each task got (``time_budget``).
     """
@@ -101,9 +100,8 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None 
     done = [_trials_done(database, ledger, task, share) for task in tasks]
     owed = {i: share - n for i, n in enumerate(done) if n < share}
     timed = None
-    if budget is not None and owed and ledger.seconds(tasks) >= budget.seconds:
-        logger.info("this module was given %.0f s of tuning before: no new trials", ledger.seconds(tasks))
-        owed = {}
+    if budget is not None:  # a task that runs before gave this much time (or more) is not tuned again
+        owed = {i: n for i, n in owed.items() if ledger.seconds(tasks[i]) < budget.seconds}
     if budget is not None and owed:
         timed = _tune_in_time(mod, tasks, owed, share, spec, work_dir, database, ledger, budget)
         measured, seconds = timed["measured"], timed["seconds"]
@@ -176,7 +174,7 @@ def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, wo
                 ledger.record(database, [tasks[i]], share)
             rows.append({**row, "calls": int(tasks[i].weight), "share_pct": round(100 * costs[i][0] / total, 1),
                          **({"untuned_us": costs[i][1]} if costs[i][1] is not None else {})})
-    ledger.record_seconds(tasks, budget.seconds)  # a rerun with no more time tunes nothing
+    ledger.record_seconds(tasks, budget.seconds)  # a rerun with no more time tunes none of them
     seconds = time.monotonic() - start
     measured = sum(r["trials"] for r in rows)
     logger.info("tuned %d tasks (%d candidates) in %.1f s; %d left untuned", len(rows), measured, seconds, len(untuned))
@@ -287,17 +285,17 @@ class _Ledger:
         self.given = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.given_seconds = json.loads(self.seconds_path.read_text()) if self.seconds_path.is_file() else {}
 
-    def seconds(self, tasks: list) -> float:
-        """The tuning time runs that finished gave the module of ``tasks`` (``seconds.json``)."""
-        return float(self.given_seconds.get(_module_key(tasks), 0.0))
+    def seconds(self, task) -> float:
+        """The largest tuning time of the runs that finished with ``task`` in them (``seconds.json``)."""
+        return float(self.given_seconds.get(_task_key(task), 0.0))
 
     def record_seconds(self, tasks: list, seconds: float) -> None:
         import json
 
         from tvmq.fileio import atomic_write_bytes
 
-        key = _module_key(tasks)
-        self.given_seconds[key] = max(self.given_seconds.get(key, 0.0), seconds)
+        for key in map(_task_key, tasks):
+            self.given_seconds[key] = max(self.given_seconds.get(key, 0.0), seconds)
         atomic_write_bytes(self.seconds_path, json.dumps(self.given_seconds, indent=0, sort_keys=True).encode())
 
     def trials(self, workload) -> int:
@@ -314,12 +312,11 @@ class _Ledger:
         atomic_write_bytes(self.path, json.dumps(self.given, indent=0, sort_keys=True).encode())
 
 
-def _module_key(tasks: list) -> str:
-    """A module's key in the ledger's ``seconds``: its tasks' workloads, by structural hash."""
+def _task_key(task) -> str:
+    """A task's key in the ledger's ``seconds``: its workload's structural hash."""
     import tvm_ffi
 
-    hashes = sorted(str(tvm_ffi.structural_hash(task.dispatched[0])) for task in tasks)
-    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
+    return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
 def _workload_key(workload) -> str:
