@@ -40,7 +40,7 @@ from .evaluate import Comparison
 from .program import Bucket, Program, Programs
 from .report import LAYER_OPS, layer_node, layer_rows
 from .runtime import input_arrays, outputs, pick_bucket
-from .tune import tune
+from .tune import TIME_SPLIT, TuningClock, tune
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     """
     config = config or Config(target=target)
     spec = target_of(config)
-    _check_tunable(spec, config.trials)
+    _check_tunable(spec, config)
     started = time.perf_counter()
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
@@ -115,7 +115,8 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
             raise TvmqError("calibration data is needed (--calib): the model is float, not a QDQ model")
         calib_sets = programs.data(calib, "calibration")
         quantized = _quantize(calib_sets, config, spec)
-    deployments = [_deploy(bucket, quantized, config, spec) for bucket in buckets]
+    seconds = config.tuning_time / len(buckets)  # the tuning time, split evenly over the buckets
+    deployments = [_deploy(bucket, quantized, config, spec, seconds) for bucket in buckets]
     eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
     activations = histograms.ActivationHistograms(quantized.plan.ranges)
     comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32, activations.add) if eval_sets \
@@ -283,12 +284,13 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
     return quantized
 
 
-def _check_tunable(spec: TargetSpec, trials: int) -> None:
+def _check_tunable(spec: TargetSpec, config: Config) -> None:
     """Tuning times candidates on the target's executor: one that cannot run here fails before
     calibration, not after it."""
-    why = spec.executor.unavailable() if trials > 0 else None
+    why = spec.executor.unavailable() if config.tunes else None
     if why:
-        raise TvmqError(f"--trials {trials}: tuning times candidates on the {spec.name} device, and {why}: "
+        flag = f"--trials {config.trials}" if config.trials else f"--tuning-time {config.tuning_time:g}s"
+        raise TvmqError(f"{flag}: tuning times candidates on the {spec.name} device, and {why}: "
                         f"build with --trials 0")
 
 
@@ -350,26 +352,33 @@ class _Deployment:
                 "tuning": self.tuning, "artifact_choice": self.choice}
 
 
-def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec) -> _Deployment:
+def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec,
+            seconds: float = 0.0) -> _Deployment:
     """Build the bucket's fp32 and int8 modules (tuned alike), rebuild int8 with the layers slower
     in int8 kept fp32 (each new kernel tuned with the first build's per-task share), time every
-    build whole and deploy the fastest (:mod:`tvmq.choose`)."""
+    build whole and deploy the fastest (:mod:`tvmq.choose`). ``seconds`` of tuning time are split
+    over the modules by :data:`tvmq.tune.TIME_SPLIT` (int8 takes the rebuild's part without a fallback)."""
     program = bucket.program
-    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{_target_key(spec)}")
-    deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
-                                   spec=spec, trials=config.trials, db=db)
+    db = Path(config.tuning_db or _default_tuning_db(spec))
     inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
+    clock = TuningClock(seconds) if seconds else None
+    deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
+                                   spec=spec, trials=config.trials, db=db, clock=clock)
     int8 = quantized.realize(program)
-    fp32_built, int8_built = deployable(program.fp32), deployable(int8)
+    int8_part = TIME_SPLIT["int8"] + (0.0 if config.latency_fallback else TIME_SPLIT["int8_rebuild"])
+    fp32_built, int8_built = deployable(program.fp32, part=TIME_SPLIT["fp32"]), deployable(int8, part=int8_part)
     kernels = {"fp32": _kernel_profile(fp32_built, inputs), "int8": _kernel_profile(int8_built, inputs)}
-    tuning = {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning, "int8": int8_built.tuning}
-    if not (config.latency_fallback and config.trials > 0):
+    tuning = {"trials": config.trials, "tuning_time_s": seconds, "database": str(db), "fp32": fp32_built.tuning,
+              "int8": int8_built.tuning,
+              **({"time_split": {"fp32": TIME_SPLIT["fp32"], "int8": int8_part, "int8_rebuild": 1 - TIME_SPLIT["fp32"]
+                                 - int8_part}} if clock else {})}
+    if not (config.latency_fallback and config.tunes):
         why = "--no-latency-fallback" if not config.latency_fallback else "no tuning, --trials 0"
         measured = time_modules({INT8: int8_built, FP32: fp32_built}, inputs, config.latency_runs)
         choice = Choice(INT8, f"int8 (not chosen by time: {why})", measured, timed=False)
         return _Deployment(bucket, int8, (), fp32_built, int8_built, kernels, tuning, None,
                            {**measured, "artifact": measured[INT8]}, choice.to_json())
-    rebuild = functools.partial(deployable, share=int8_built.tuning["share"])
+    rebuild = functools.partial(deployable, share=int8_built.tuning["share"], part=TIME_SPLIT["int8_rebuild"])
     rebuilt_int8, keep, rebuilt, fallback = _latency_fallback(program, quantized, int8, fp32_built, int8_built, spec,
                                                               kernels, rebuild)
     if fallback.rebuilt:
@@ -529,21 +538,31 @@ def _bias_note(shifts: dict) -> list[dict]:
 
 
 def _build_deployable(mod, model_batch: int | None, deploy_batch: int, spec: TargetSpec, trials: int,
-                      db: Path, share: int | None = None) -> _Built:
+                      db: Path, share: int | None = None, clock: TuningClock | None = None,
+                      part: float = 0.0) -> _Built:
     """Bind a free batch dimension, put it in the target's kernels, lift the weights into params,
-    tune (``share`` trials per task when given: see :func:`tvmq.tune.tune`) and build."""
+    tune (``share`` trials per task when given, ``part`` of ``clock``'s time: see
+    :func:`tvmq.tune.tune`) and build."""
     mod = mod if model_batch else bind_batch(mod, deploy_batch)
     lifted, params = lift_params(spec.legalize(mod) if spec.legalize else mod)
     tuned, summary = lifted, None
-    if trials > 0:
+    if clock is not None:  # tasks ranked by FLOPs: an untuned build to profile took minutes (docs/tuning.md)
+        tuned, summary = tune(lifted, spec, trials, db, share=share, budget=clock.phase(part))
+    elif trials > 0:
         tuned, summary = tune(lifted, spec, trials, db, share=share)
     return _Built(build(tuned, spec), params, summary, lifted)
+
+
+def _default_tuning_db(spec: TargetSpec) -> Path:
+    """``<cache>/tuning/<target key>``: one database per target for every model and batch size."""
+    return assets.cache_dir() / "tuning" / _target_key(spec)
 
 
 def _target_key(spec: TargetSpec) -> str:
     """The default tuning database's name for ``spec``: per target and tvmq version, since a
     record replays only on the kernels it was tuned for (a block renamed between versions made
-    a shared database unreadable)."""
+    a shared database unreadable). Not per model: MetaSchedule keys records by the kernel's
+    structure, so every model and batch size with an identical kernel reuses its records."""
     from importlib.metadata import version
 
     return f"{spec.name}-" + hashlib.sha256(f"{spec.target} tvmq {version('tvmq')}".encode()).hexdigest()[:10]

@@ -32,14 +32,19 @@ class Config:
     bias_correction : ``"none"``, ``"empirical"`` (subtract each layer's mean int8 output error
         on calibration data from its bias) or ``"analytic"`` (subtract the expected weight
         quantization error from folded BatchNorm statistics, DFQ sec. 4.2; data-free).
-    trials : MetaSchedule trials across all tasks; 0 skips tuning.
+    trials : MetaSchedule trials across all tasks (split evenly: each task's share); 0: no trial budget.
+    tuning_time : wall-clock tuning budget in seconds (or ``"90s"``, ``"10m"``, ``"1h"``) for the
+        whole compile, split over its modules and their tasks by measured cost
+        (:mod:`tvmq.tune`); 0: none. With ``trials`` too, a task stops at its share or the
+        deadline, whichever comes first. Nothing is tuned when both are 0 (the default).
     batch_size : samples per run of the calibration / evaluation module when the model's
         batch dimension is free.
     deploy_batch : batch size baked into the deployable module when it is free.
     input_shapes : ``{input name: shape}`` fixing free dimensions (named, unknown or ``-1``); a
         list of shapes for an input builds one module per shape (shape buckets, zipped by
         position across inputs).
-    tuning_db : tuning-record directory; default ``<cache>/tuning/<model>-<target>``.
+    tuning_db : tuning-record directory; default ``<cache>/tuning/<target>``, shared by every model
+        and batch size (records are keyed by the kernel's structure, so identical kernels reuse them).
     latency_runs : timed runs per module for the latency report (median reported).
     latency_fallback : after tuning, keep fp32 every conv / dense layer whose int8 kernel plus its
         quantize / dequantize edges measured slower than its tuned fp32 kernel, and rebuild the
@@ -77,6 +82,7 @@ class Config:
     absorb_high_bias: bool = False
     bias_correction: str = "none"
     trials: int = 0
+    tuning_time: float = 0.0
     batch_size: int = 64
     deploy_batch: int = 1
     input_shapes: dict = field(default_factory=dict)
@@ -99,9 +105,17 @@ class Config:
     def activation_dtype(self, target_default: str) -> str:
         return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")
 
+    @property
+    def tunes(self) -> bool:
+        """Whether the compile tunes: a trial or a time budget is given."""
+        return self.trials > 0 or self.tuning_time > 0
+
     def __post_init__(self):
         from tvmq.passes.calibrators import calibrator_names
         from tvmq.targets import target_names
+        from tvmq.tune import parse_duration
+
+        object.__setattr__(self, "tuning_time", parse_duration(self.tuning_time))
 
         if self.target not in target_names():
             raise TvmqError(f"unknown target {self.target!r}; choose one of: {', '.join(target_names())}")

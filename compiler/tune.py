@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,22 +19,73 @@ from tvmq.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
 
+TASK_TRIALS = 64  # a task's trial cap under a time budget when --trials sets none
+ROUND_TRIALS = 8  # candidates per round under a time budget: the deadline and the stall are checked each round
+FIRST_ROUND_S = 10.0  # a round's cost before one was timed (8 candidates of a conv: ~11 s on 2 shared cores)
+STALL_ROUNDS, STALL_GAIN = 2, 0.02  # stopped improving: its best gained under 2% in its last 2 rounds
+TIME_SPLIT = {"fp32": 0.4, "int8": 0.4, "int8_rebuild": 0.2}  # a compile's tuning time per module, nominally
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
-def tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None):
+
+def parse_duration(value) -> float:
+    """Seconds in ``value``: a number of seconds, or ``"90s"``, ``"10m"``, ``"1.5h"``; >= 0."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(value).lower())
+    if isinstance(value, bool) or match is None:
+        raise TvmqError(f"tuning time {value!r} (--tuning-time, Config.tuning_time) is not a duration: "
+                        f"give seconds (90) or 90s, 10m, 1h")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """A wall-clock tuning budget for one module: ``seconds`` nominal (what a rerun compares with:
+    a task that a finished run with that much time included is not tuned again), spent until ``deadline``
+    (``time.monotonic()``, which may lie later: time the phases before left over). ``profile``
+    builds the fused, untuned module it is given and returns its kernel rows
+    (:func:`tvmq.profile.profile`): each task's share of the runtime."""
+
+    seconds: float
+    deadline: float
+    profile: Callable[[object], list[dict]] | None = None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class TuningClock:
+    """One compile's tuning time, split into phases (fp32, int8, the fallback's rebuild): a phase
+    gets ``fraction`` of the whole nominally, and may spend what the phases before it left."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.end, self.given = seconds, time.monotonic() + seconds, 0.0
+
+    def phase(self, fraction: float, profile: Callable | None = None) -> TimeBudget:
+        nominal = fraction * self.seconds
+        self.given += nominal
+        reserved = max(0.0, self.seconds - self.given)  # the later phases' nominal time
+        return TimeBudget(nominal, max(time.monotonic(), self.end - reserved), profile)
+
+
+def tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None,
+         budget: TimeBudget | None = None):
     """``_tune`` holding the database's lock: one tvmq process tunes into ``work_dir`` at a time."""
     with _locked(work_dir):
-        return _tune(mod, spec, trials, work_dir, share)
+        return _tune(mod, spec, trials, work_dir, share, budget)
 
 
-def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None):
+def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None = None,
+          budget: TimeBudget | None = None):
     """Lower ``mod`` to fused TIR, tune what the budget still asks of ``work_dir``, apply the records.
 
-    Each task is owed ``share`` trials: given, or ``trials`` split evenly over the tasks. A task
-    tuned before to at least its share (:func:`_trials_done`) is not tuned again, so a second
-    build of the same model and target runs zero new trials, a larger budget tunes on from the
-    best records, and a killed run resumes; a rebuild passes the first build's ``share`` so that
-    its new kernels get as many trials as the first build's did. Returns ``(module, summary)``:
-    the share, the tasks tuned now, taken from the database and without any record before.
+    Each task is owed ``share`` trials: given, or ``trials`` split evenly over the tasks (under a
+    time ``budget`` without trials: :data:`TASK_TRIALS`). A task tuned before to at least its share
+    (:func:`_trials_done`) is not tuned again, so a second build of the same model and target runs
+    zero new trials, a larger budget tunes on from the best records, and a killed run resumes; a
+    rebuild passes the first build's ``share`` so that its new kernels get as many trials as the
+    first build's did. Under a time ``budget`` the tasks still owed are tuned by
+    :func:`_tune_in_time`, but not those that a finished run with as much time included.
+    Returns ``(module, summary)``: the share, the tasks tuned now, taken from the database and
+    without any record before, and under a budget what each task got (``time_budget``).
     """
     import tvm
     from tvm import relax
@@ -40,16 +95,23 @@ def _tune(mod, spec: TargetSpec, trials: int, work_dir: Path, share: int | None 
     spec.prepare()  # first: reading records that use the target's tensor intrinsics needs them registered
     database = _open_database(work_dir)
     tasks = ms.relax_integration.extract_tasks(mod, spec.target)
-    share = share or max(1, -(-trials // len(tasks)))
+    share = share or (max(1, -(-trials // len(tasks))) if trials or budget is None else TASK_TRIALS)
     ledger = _Ledger(work_dir)
     done = [_trials_done(database, ledger, task, share) for task in tasks]
     owed = {i: share - n for i, n in enumerate(done) if n < share}
-    measured, seconds = _tune_owed(tasks, owed, share, spec, work_dir, database, ledger) if owed else (0, 0.0)
+    timed = None
+    if budget is not None:  # a task that runs before gave this much time (or more) is not tuned again
+        owed = {i: n for i, n in owed.items() if ledger.seconds(tasks[i]) < budget.seconds}
+    if budget is not None and owed:
+        timed = _tune_in_time(mod, tasks, owed, share, spec, work_dir, database, ledger, budget)
+        measured, seconds = timed["measured"], timed["seconds"]
+    else:
+        measured, seconds = _tune_owed(tasks, owed, share, spec, work_dir, database, ledger) if owed else (0, 0.0)
     if not owed:
         logger.info("all %d tasks have tuning records in %s: no new trials", len(tasks), work_dir)
     summary = {"tasks": len(tasks), "share": share, "tuned_now": len(owed), "from_database": len(tasks) - len(owed),
                "no_record": done.count(0), "measured": measured, "seconds": round(seconds, 1),
-               "kernels": _kernel_latencies(database, tasks)}
+               "kernels": _kernel_latencies(database, tasks), **({"time_budget": timed} if timed else {})}
     with spec.target, database, tvm.transform.PassContext(opt_level=3):
         try:
             return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod), summary
@@ -79,6 +141,94 @@ def _tune_owed(tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: 
     logger.info("tuned %d candidates in %.1f s (%.0f a minute; per-task logs in %s)", measured, seconds,
                 60 * measured / max(seconds, 1e-9), work_dir / "logs")
     return measured, seconds
+
+
+def _tune_in_time(mod, tasks: list, owed: dict, share: int, spec: TargetSpec, work_dir: Path, database,
+                  ledger: "_Ledger", budget: TimeBudget) -> dict:
+    """Tune the tasks in ``owed`` (index -> trials owed) until ``budget.deadline``, the costliest first.
+
+    A task's cost is its µs in ``mod`` untuned (``budget.profile``; FLOPs where it has no row, or
+    without a profile: an untuned MobileNetV2 took minutes to build on the shared machine, more
+    than an 8-minute budget's int8 phase) times its calls. Each task in turn gets ``left * cost / cost of the tasks not yet tuned`` seconds
+    (at least one round), so time a task does not use (it stops improving, its space or its trials
+    run out: :func:`_watch`) goes to the rest; tasks left when under a round remains stay untuned.
+    One cost model learns from every task. Returns what each task got, the time and what was left.
+    """
+    start = time.monotonic()
+    costs = _task_costs(tasks, budget.profile(mod) if budget.profile else [])
+    order = sorted(owed, key=lambda i: -costs[i][0])
+    total = sum(costs[i][0] for i in order) or 1.0
+    cost_model, rows, round_s, untuned = _cost_model(), [], FIRST_ROUND_S, []
+    logger.info("tuning %d of %d tasks for up to %.0f s, the costliest first (records in %s)", len(order), len(tasks),
+                budget.left(), work_dir)
+    with tqdm(total=sum(owed.values()), desc="tune", unit="trial", leave=False, disable=None) as bar:
+        for position, i in enumerate(order):
+            left, rest = budget.left(), sum(costs[j][0] for j in order[position:]) or 1.0
+            if left < round_s:
+                untuned = [tasks[j].task_name for j in order[position:]]
+                break
+            until = min(budget.deadline, time.monotonic() + max(round_s, left * costs[i][0] / rest))
+            row = _tune_task(tasks[i], owed[i], spec, work_dir, database, cost_model, until, bar)
+            round_s = max(row["last_round_s"] or round_s, 1.0)
+            if row["stopped"] != "time":  # it stopped improving, or its space or trials ran out: done
+                ledger.record(database, [tasks[i]], share)
+            rows.append({**row, "calls": int(tasks[i].weight), "share_pct": round(100 * costs[i][0] / total, 1),
+                         **({"untuned_us": costs[i][1]} if costs[i][1] is not None else {})})
+    ledger.record_seconds(tasks, budget.seconds)  # a rerun with no more time tunes none of them
+    seconds = time.monotonic() - start
+    measured = sum(r["trials"] for r in rows)
+    logger.info("tuned %d tasks (%d candidates) in %.1f s; %d left untuned", len(rows), measured, seconds, len(untuned))
+    profiled = any(us is not None for _, us in costs)
+    return {"budget_s": round(budget.seconds, 1), "seconds": round(seconds, 1), "measured": measured,
+            "ranked_by": "untuned profile" if profiled else "FLOPs",
+            **({"untuned_total_us": round(sum(cost for cost, _ in costs), 1)} if profiled else {}),
+            "tasks": rows, "left_untuned": untuned}
+
+
+def _task_costs(tasks: list, rows: list[dict]) -> list[tuple[float, float | None]]:
+    """Each task's ``(µs per run, µs per call or None)`` in the untuned module: its kernel row's
+    µs times its calls; a task without a row is costed by its FLOPs at the median µs per FLOP of
+    those with one (1 µs per MFLOP when none has)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    per_call = {row["kernel"]: float(row["us"]) for row in rows}
+    flops = [max(1.0, float(estimate_tir_flops(task.dispatched[0]))) for task in tasks]
+    rates = [per_call[t.task_name] / f for t, f in zip(tasks, flops) if t.task_name in per_call]
+    rate = statistics.median(rates) if rates else 1e-6
+    return [(per_call.get(t.task_name, f * rate) * float(t.weight), per_call.get(t.task_name))
+            for t, f in zip(tasks, flops)]
+
+
+def _cost_model():
+    """One XGBoost cost model for every task of a budgeted run (MetaSchedule's default, as
+    ``tune_tasks`` makes it), so that each task's search starts from what the others taught it."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import cpu_count
+
+    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=cpu_count(logical=False), tree_method="auto")
+
+
+def _tune_task(task, trials: int, spec: TargetSpec, work_dir: Path, database, cost_model, until: float,
+               bar) -> dict:
+    """Tune one task in rounds of :data:`ROUND_TRIALS` until ``until``, ``trials``, its design space
+    or its improvement (:func:`_watch`) runs out. Returns its trials, best µs, seconds, why it stopped."""
+    from tvm.s_tir import meta_schedule as ms
+
+    round_size = min(ROUND_TRIALS, trials)
+    start = time.monotonic()
+    contexts, weights = _tune_contexts([task], spec, work_dir, round_size)
+    _quiet_meta_schedule_console()
+    progress, watch = _progress(bar), _watch(until, start)
+    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+                       max_trials_per_task=trials, num_trials_per_iter=round_size, builder=spec.builder(),
+                       runner=spec.runner(), database=database, cost_model=cost_model,
+                       measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress,
+                                          _stop_exhausted(), watch])
+    stopped = watch.why or ("trials" if progress.measured >= trials else "space")
+    best = watch.history[-1] if watch.history and watch.history[-1] < float("inf") else None
+    return {"kernel": task.task_name, "trials": progress.measured, "tuned_us": round(best * 1e6, 2) if best else None,
+            "seconds": round(time.monotonic() - start, 1), "stopped": stopped,
+            "last_round_s": round(watch.round_s, 1) if watch.round_s else None}
 
 
 def _by_owed(owed: dict) -> list[tuple[int, list]]:
@@ -131,8 +281,22 @@ class _Ledger:
     def __init__(self, work_dir: Path):
         import json
 
-        self.path = work_dir / "trials.json"
+        self.path, self.seconds_path = work_dir / "trials.json", work_dir / "seconds.json"
         self.given = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.given_seconds = json.loads(self.seconds_path.read_text()) if self.seconds_path.is_file() else {}
+
+    def seconds(self, task) -> float:
+        """The largest tuning time of the runs that finished with ``task`` in them (``seconds.json``)."""
+        return float(self.given_seconds.get(_task_key(task), 0.0))
+
+    def record_seconds(self, tasks: list, seconds: float) -> None:
+        import json
+
+        from tvmq.fileio import atomic_write_bytes
+
+        for key in map(_task_key, tasks):
+            self.given_seconds[key] = max(self.given_seconds.get(key, 0.0), seconds)
+        atomic_write_bytes(self.seconds_path, json.dumps(self.given_seconds, indent=0, sort_keys=True).encode())
 
     def trials(self, workload) -> int:
         return int(self.given.get(_workload_key(workload), 0))
@@ -146,6 +310,13 @@ class _Ledger:
             key = _workload_key(database.commit_workload(task.dispatched[0]))
             self.given[key] = max(self.given.get(key, 0), share)
         atomic_write_bytes(self.path, json.dumps(self.given, indent=0, sort_keys=True).encode())
+
+
+def _task_key(task) -> str:
+    """A task's key in the ledger's ``seconds``: its workload's structural hash."""
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
 def _workload_key(workload) -> str:
@@ -184,16 +355,19 @@ def _kernel_latencies(database, tasks: list) -> list[dict]:
 
 
 def _search(round_size: int):
-    """MetaSchedule's evolutionary search with a population of ``16 * round_size`` (at most its
-    default, 512): every round evolves the whole population on the cost model, so a 512 population
-    for a round of 2 candidates is what made a task cost 20-30 s before its first measurement.
-    Measured on the MobileNetV3 block of the tests (20 tasks, 24 trials): 199 s with 512, 88 s
-    with 16, the same latencies within the timing's noise."""
+    """MetaSchedule's evolutionary search with a population of ``max(32, 4 * round_size)``
+    (its default is 512): every round samples and evolves the whole population on the cost
+    model, and that, not measuring, is what a round costs. One round of 8 candidates on a
+    MobileNetV2 int8 1x1 conv (14x14, 2 cores shared, load 5): 2.8 s with 32, 11.5 s with 128,
+    54 s with 512 (16 * 32, the population before); a depthwise conv 3.0 / 10.8 / 36 s. Our
+    design spaces are small (the sketches fix the loop structure; only tiles and unrolls vary),
+    so the cost model ranks a small population as well: the MobileNetV3 block of the tests
+    (20 tasks, 24 trials) reached the same latencies within the timing's noise with 16 as 512."""
     from tvm.s_tir import meta_schedule as ms
 
-    population = min(512, 16 * round_size)
+    population = min(512, max(32, 4 * round_size))
     return ms.search_strategy.EvolutionarySearch(population_size=population,
-                                                 init_min_unmeasured=min(50, population))
+                                                 init_min_unmeasured=min(population // 2, 50))
 
 
 def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path, round_size: int):
@@ -202,12 +376,54 @@ def _tune_contexts(tasks: list, spec: TargetSpec, work_dir: Path, round_size: in
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
+    _import_tensor_intrinsics()
+
     loggers = _task_loggers(work_dir, [t.task_name for t in tasks])
     contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, task_name=task.task_name,
                                space_generator=spec.space(task.task_name), search_strategy=_search(round_size), logger=task_logger,
                                rand_state=seed, num_threads="physical").clone()
                 for task, task_logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)))]
     return contexts, [t.weight for t in tasks]
+
+
+def _import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (every target's tensor intrinsics, which the first
+    ``TuneContext`` imports) with :func:`_frames` standing in for ``inspect.stack``.
+
+    TVMScript's ``prim_func`` calls ``inspect.stack()`` for each of the ~500 intrinsics it parses,
+    and for every frame ``inspect`` looks up a file that does not exist (the import machinery's
+    ``<frozen importlib._bootstrap>``) by scanning all of ``sys.modules`` (1,255 in a compile).
+    That import was the first task's 20-30 s "initialisation": 56 s on 2 shared cores (load 7),
+    6-9 s with the stand-in. The parser reads only each frame's locals and its source line.
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    stack = inspect.stack
+    inspect.stack = _frames
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = stack
+
+
+def _frames(context: int = 1) -> list:
+    """``inspect.stack(context)`` for the caller, each frame's source line read from ``linecache``
+    without searching ``sys.modules`` for its module (at most one line of context)."""
+    import inspect
+    import linecache
+    import sys
+
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno) if context > 0 else ""
+        frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
+                                        [line] if line else None, 0 if line else None))
+        frame = frame.f_back
+    return frames
 
 
 @contextlib.contextmanager
@@ -299,6 +515,37 @@ def _progress(bar):
             bar.update(len(runner_results))
 
     return Progress()
+
+
+def _watch(until: float, start: float):
+    """A measure callback that ends its task (one per run) when another round would end past
+    ``until`` (a round is assumed to take as long as the last one did) or when the task stopped
+    improving: its best latency gained under :data:`STALL_GAIN` over its last :data:`STALL_ROUNDS`
+    rounds. ``history`` holds the best seconds after each round, ``why`` the reason it ended."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class Watch(ms.measure_callback.PyMeasureCallback):
+        history, why, round_s, last = [], None, None, start
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            now = time.monotonic()
+            self.round_s, self.last = now - self.last, now
+            times = [sum(map(float, r.run_secs)) / len(r.run_secs) for r in runner_results
+                     if r.error_msg is None and r.run_secs]
+            self.history = [*self.history, min([*times, *self.history[-1:], float("inf")])]
+            if not measure_candidates:  # _stop_exhausted ends it
+                return
+            if now + self.round_s > until:
+                self.why = "time"
+            elif len(self.history) > STALL_ROUNDS and \
+                    self.history[-1] > (1 - STALL_GAIN) * self.history[-1 - STALL_ROUNDS]:
+                self.why = "stalled"
+            if self.why:
+                task_scheduler.terminate_task(task_id)
+
+    return Watch()
 
 
 def _stop_exhausted():

@@ -54,7 +54,7 @@ def _npy(tmp, array, name="c.npy"):
 def compile_argv(tmp, model=None, calib=None, extra=()):
     model = model if model is not None else _save(tmp, onnx_models.conv_chain())
     calib = calib if calib is not None else _npy(tmp, _samples())
-    return ["compile", model, "--calib", calib, "--out", tmp / "out", *extra]
+    return ["compile", model, "--calib", calib, "--out", tmp / "out", "--trials", "0", *extra]
 
 
 def _mutated(mutate):

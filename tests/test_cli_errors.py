@@ -69,7 +69,7 @@ def test_bad_input_fails_cleanly(case, tmp_path, bundled):
     make_model, calib_kind, extra, message = CASES[case]
     model = make_model(tmp_path, bundled[0]) if make_model else bundled[0]
     out = tmp_path / "out"
-    done = _run_cli(["compile", model, "--calib", _calib(tmp_path, calib_kind, bundled[1]), "--out", out, *extra])
+    done = _run_cli(["compile", model, "--calib", _calib(tmp_path, calib_kind, bundled[1]), "--out", out, "--trials", "0", *extra])
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("tvmq: error:")]
@@ -83,7 +83,7 @@ def test_existing_output_directory_is_refused(tmp_path, bundled):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    done = _run_cli(["compile", bundled[0], "--calib", _calib(tmp_path, "calib", bundled[1]), "--out", out])
+    done = _run_cli(["compile", bundled[0], "--calib", _calib(tmp_path, "calib", bundled[1]), "--out", out, "--trials", "0"])
     assert done.returncode != 0 and "already exists" in done.stderr and "Traceback" not in done.stderr
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -93,6 +93,6 @@ def test_eval_labels_of_the_wrong_length_are_refused(tmp_path, bundled):
     np.savez(tmp_path / "e.npz", x=x, y=np.zeros(7, np.int64))
     out = tmp_path / "out"
     done = _run_cli(["compile", bundled[0], "--calib", _calib(tmp_path, "calib", bundled[1]),
-                     "--eval", tmp_path / "e.npz", "--out", out])
+                     "--eval", tmp_path / "e.npz", "--out", out, "--trials", "0"])
     assert done.returncode != 0 and "labels 'y' must be 10 integers" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()

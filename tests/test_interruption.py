@@ -44,7 +44,7 @@ def _running(tmp, out, *extra):
     """``tvmq compile`` of the tiny model to ``tmp/out`` in a process: ``(process, log)``; killed if left running."""
     log = tmp / f"{out}.log"
     argv = [sys.executable, "-m", "tvmq", "compile", tmp / "m.onnx", "--calib", tmp / "c.npy", "--out", tmp / out,
-            *extra]
+            "--trials", "0", *extra]  # untuned unless extra says otherwise (a later --trials wins)
     with open(log, "w") as handle:
         process = subprocess.Popen(list(map(str, argv)), stdout=subprocess.DEVNULL, stderr=handle)
     try:

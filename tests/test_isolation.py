@@ -25,7 +25,7 @@ def started(tmp_path):
     log = tmp_path / "log"
     with open(log, "w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "tvmq", "compile", model, "--calib", tmp_path / "c.npy",
-                                    "--out", tmp_path / "out"], stdout=subprocess.DEVNULL, stderr=handle)
+                                    "--out", tmp_path / "out", "--trials", "0"], stdout=subprocess.DEVNULL, stderr=handle)
     deadline = time.monotonic() + 300
     while "calibrating" not in log.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()

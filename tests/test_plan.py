@@ -127,7 +127,7 @@ def test_cli_unknown_fp32_layer_is_one_line_listing_valid_names(tmp_path, rng, c
     path = onnx_models.save(onnx_models.conv_chain(), tmp_path / "conv.onnx")
     np.save(tmp_path / "calib.npy", rng.standard_normal((4, 8, 12, 12)).astype(np.float32))
     code = cli.main(["compile", path, "--calib", str(tmp_path / "calib.npy"), "--out", str(tmp_path / "out"),
-                     "--fp32-layers", "conv_a,conv_q*"], isolated=False)
+                     "--fp32-layers", "conv_a,conv_q*", "--trials", "0"], isolated=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1] == ("tvmq: error: no layer is named 'conv_q*' (--fp32-layers / Config.layers); "
                                      "layers: conv_a, conv_b")
