@@ -287,7 +287,9 @@ def _imported(program: Program, config: Config, spec: TargetSpec) -> _Quantized:
 def _check_tunable(spec: TargetSpec, config: Config) -> None:
     """Tuning times candidates on the target's executor: one that cannot run here fails before
     calibration, not after it."""
-    why = spec.executor.unavailable() if config.tunes else None
+    executor = spec.executor
+    why = (executor.unavailable() or (None if executor.timed else f"its modules are {executor.why_untimed}")) \
+        if config.tunes else None
     if why:
         flag = f"--trials {config.trials}" if config.trials else f"--tuning-time {config.tuning_time:g}s"
         raise TvmqError(f"{flag}: tuning times candidates on the {spec.name} device, and {why}: "

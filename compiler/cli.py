@@ -178,7 +178,7 @@ def _config(args):
     return Config(target=args.target, calibrator=args.calibrator,
                   per_channel=args.granularity == "per-channel", symmetric=args.symmetric, cle=args.cle, absorb_high_bias=args.absorb_high_bias,
                   bias_correction=args.bias_correction,
-                  **_tuning_budget(args.trials, args.tuning_time), latency_fallback=args.latency_fallback,
+                  **_tuning_budget(args.trials, args.tuning_time, _tunes_here(args)), latency_fallback=args.latency_fallback,
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers), weight_bits=args.weight_bits,
@@ -189,13 +189,28 @@ def _config(args):
                   onnxruntime_baseline=args.onnxruntime_baseline)
 
 
-def _tuning_budget(trials: int | None, tuning_time: str | None) -> dict:
+def _tuning_budget(trials: int | None, tuning_time: str | None, tunes_here: bool = True) -> dict:
     """``Config``'s ``trials`` and ``tuning_time`` from the flags: neither given tunes for
-    :data:`DEFAULT_TUNING_TIME`; ``--trials N`` alone is a trial budget (0: no tuning); with
-    ``--tuning-time`` both bound each task, whichever ends first."""
-    if trials is None and tuning_time is None:
+    :data:`DEFAULT_TUNING_TIME` where the target's candidates can be timed (``tunes_here``), else not
+    at all; ``--trials N`` alone is a trial budget (0: no tuning); with ``--tuning-time`` both bound
+    each task, whichever ends first."""
+    if trials is None and tuning_time is None and tunes_here:
         tuning_time = DEFAULT_TUNING_TIME
     return {"trials": trials or 0, "tuning_time": tuning_time or 0}
+
+
+def _tunes_here(args) -> bool:
+    """Whether the default tuning applies: the target's devices (or its RPC tracker's) can time
+    candidates; an emulated or absent device builds untuned by default, saying so."""
+    from tvmq.targets import get_target, target_names
+
+    if args.rpc_tracker or args.target not in target_names():
+        return True  # the tracker's devices time candidates; an unknown target fails in Config
+    executor = get_target(args.target).executor
+    why = executor.unavailable() or (None if executor.timed else executor.why_untimed)
+    if why:
+        logging.getLogger(__name__).info("not tuning by default for %s: %s (--trials N asks anyway)", args.target, why)
+    return not why
 
 
 def _layers(dynamic: str, fp32: str) -> dict:

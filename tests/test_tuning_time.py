@@ -132,3 +132,23 @@ def test_the_default_database_is_shared_by_models(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert api._default_tuning_db(get_target("host")) == tmp_path / "tvmq" / "tuning" / api._target_key(
         get_target("host"))
+
+
+def test_cli_default_tunes_only_where_candidates_can_be_timed():
+    """No tuning flag: the host tunes for the default time; an emulated ARM target builds untuned
+    (tuning it would be an error, and a valid command line is never refused)."""
+    from tvmq import cli
+    from tvmq.targets import get_target
+
+    host = cli._config(cli._parser().parse_args(["compile", "m.onnx", "--out", "o"]))
+    assert host.tuning_time > 0 and host.trials == 0
+    arm = cli._config(cli._parser().parse_args(["compile", "m.onnx", "--out", "o", "--target", "arm"]))
+    assert arm.tuning_time == 0 and arm.trials == 0 and not get_target("arm").executor.timed
+
+
+def test_tuning_an_emulated_target_fails_in_one_line_before_calibration():
+    import tvmq
+    from tvmq.errors import TvmqError
+
+    with pytest.raises(TvmqError, match=r"^--trials 4: tuning times candidates on the arm device, .*--trials 0$"):
+        tvmq.compile("no-such-model.onnx", calib=None, config=tvmq.Config(target="arm", trials=4))
