@@ -1,4 +1,4 @@
-"""The ``tvmq`` command line: ``compile``, ``run``, ``demo`` and ``export-qdq``.
+"""The ``tvmq`` command line: ``compile``, ``run``, ``demo``, ``export-qdq`` and ``debug``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
 the traceback instead. Every command runs in a worker process (``isolate``), so a native
@@ -92,7 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     qdq.add_argument("--model", type=Path, help="the source ONNX model (default: the path the artifact "
                                                 "records; its sha256 must match)")
     qdq.set_defaults(handler=_export_qdq)
-    for sub_parser in (comp, demo, run, qdq):
+    dbg = sub.add_parser("debug", help="the PTQ debugging flow: fp32 sanity, weights vs activations, per-layer "
+                                       "SQNR simulated vs deployed, sensitivity (debug.json, debug.md)")
+    dbg.add_argument("model", type=Path, help="the float ONNX model")
+    dbg.add_argument("--calib", type=Path, help="calibration data, as for compile (needed)")
+    dbg.add_argument("--eval", type=Path, help="evaluation data, as --calib (default: the calibration data)")
+    dbg.add_argument("--step", action="append", default=[], metavar="NAME",
+                     help="run only this step (repeatable): sanity, sides, per_layer, sensitivity")
+    dbg.add_argument("--layer-samples", type=int, default=256,
+                     help="samples the per-layer figures are taken over (default 256)")
+    _add_build_options(dbg)
+    dbg.set_defaults(handler=_debug)
+    for sub_parser in (comp, demo, run, qdq, dbg):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks and debug logs")
     return parser
@@ -230,8 +241,19 @@ def _demo(args) -> int:
     return 0
 
 
-def _summarize(out: Path) -> None:
-    print((out / "report.md").read_text())
+def _debug(args) -> int:
+    from .debug import debug
+
+    config = _config(args)
+    _check_output(args.out, args.force)
+    debug(args.model, args.calib, args.eval, config=config, out=args.out, steps=args.step or None, force=args.force,
+          layer_samples=args.layer_samples)
+    _summarize(args.out, "debug.md")
+    return 0
+
+
+def _summarize(out: Path, name: str = "report.md") -> None:
+    print((out / name).read_text())
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
 
 

@@ -1,0 +1,209 @@
+"""SimulateQuantization: fake quantization (quantize-dequantize in fp32) from a plan, for analysis.
+
+AIMET's QuantSim as a Relax pass: the fp32 module with every quantizer of the plan inserted as
+
+    fq(x) = (clip(round(x / s) + z, q_lo, q_hi) - z) * s          # all in fp32
+
+on each weight of a layer planned int8 (folded into the constant at compile time, per channel
+or per tensor as planned, bias shift subtracted from the bias) and on each activation that the
+realized int8 module quantizes (the tensors its record lists under ``activations``). Per side
+switches (``weights`` / ``activations``) and bit widths (``weight_bits`` / ``activation_bits``,
+AIMET's ``default_param_bw`` / ``default_output_bw``) ask which side hurts and whether wider
+quantizers recover the accuracy. At 8 bits the parameters are the plan's own; at ``b`` bits an
+activation's come from its calibrated range onto ``2^b`` levels and a weight's from absmax onto
+``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
+
+Dynamic layers keep fp32 inputs here (their scales are the tensor's own at run time). With both
+sides off the module is the fp32 one, binding for binding. The function attribute
+``tvmq.simulation`` (JSON) lists the fake-quantized tensors: ``expose`` returns, for each name in
+``expose``, its fake-quantized value when it has one, else its fp32 value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .graph import dataflow_bindings, with_main
+from .layers import find_layers
+from .plan import QuantPlan
+from .rules.common import clamp
+from .qparams import TINY_SCALE, QParams, activation_qparams, broadcastable, weight_scale
+
+SIMULATION_ATTR = "tvmq.simulation"
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.SimulateQuantization")
+class SimulateQuantization:
+    """Insert the plan's quantizers into ``main`` as fake quantization (see the module docstring).
+
+    ``tensors``: the activations to fake-quantize; default, those the realized module quantizes
+    (:class:`~tvmq.passes.realize.RealizePlan`'s record). ``expose``: tensor names to return after
+    the result, as ``(result, *tensors)``.
+    """
+
+    def __init__(self, plan: QuantPlan, weights: bool = True, activations: bool = True, weight_bits: int = 8,
+                 activation_bits: int = 8, tensors=None, expose=(), quantized_view=None):
+        for bits in (weight_bits, activation_bits):
+            if not 2 <= int(bits) <= 16:
+                raise ValueError(f"simulated bit widths are 2 to 16, not {bits}")
+        self.plan, self.weights, self.activations = plan, weights, activations
+        self.weight_bits, self.activation_bits = int(weight_bits), int(activation_bits)
+        self.tensors, self.expose, self.quantized_view = tensors, list(expose), quantized_view
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        func = mod["main"]
+        tensors = set(self.tensors if self.tensors is not None else realized_activations(mod, self.plan))
+        acts = {name: self._activation(name) for name in tensors if name in self.plan.activations} \
+            if self.activations else {}
+        weights = self._weight_constants(func) if self.weights else {}
+        view = set(acts if self.quantized_view is None else self.quantized_view)
+        main = _rewrite(func, acts, weights, self.expose, view)
+        record = {"weights": self.weights, "activations": self.activations, "weight_bits": self.weight_bits,
+                  "activation_bits": self.activation_bits, "fake_quantized": sorted(acts),
+                  "layers": sorted(name for _, _, name in weights.values())}
+        return with_main(mod, main.with_attr(SIMULATION_ATTR, json.dumps(record)))
+
+    def _activation(self, name: str) -> Quantizer:
+        if self.activation_bits == 8:
+            return Quantizer.of(self.plan.activations[name])
+        lo, hi = self.plan.ranges[name]
+        return activation_quantizer(lo, hi, self.plan.scheme.activation_dtype, self.activation_bits)
+
+    def _weight_constants(self, func) -> dict:
+        """First var of each int8 / dynamic layer -> (fake-quantized weight, (bias add var, shift) or None,
+        layer name)."""
+        out = {}
+        for first, layer in find_layers(func).items():
+            entry = self.plan.layers.get(layer.out.name)
+            if entry is None or entry.precision == "fp32":
+                continue
+            quantizer = weight_quantizer(layer.weight, entry.weight, self.weight_bits)
+            shifted = None if entry.bias_shift is None or layer.bias is None else \
+                (layer.chain[1], np.asarray(entry.bias_shift, np.float32).reshape(-1))
+            out[first] = (quantizer.apply(layer.weight), shifted, layer.out.name)
+        return out
+
+
+def simulation_record(mod: tvm.IRModule) -> dict:
+    return json.loads(str(mod["main"].attrs[SIMULATION_ATTR]))
+
+
+def realized_activations(mod: tvm.IRModule, plan: QuantPlan) -> list[str]:
+    """The tensors the int8 module realized from ``plan`` quantizes with their own parameters."""
+    from .realize import RealizePlan, quantization_record
+
+    return sorted(quantization_record(RealizePlan(plan)(mod))["activations"])
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """One fake quantizer: ``fq(x) = (clip(round(x / scale) + zero_point, lo, hi) - zero_point) * scale``
+    (``scale`` / ``zero_point`` per channel along ``axis`` for a weight)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    lo: int
+    hi: int
+    axis: int | None = None
+
+    @classmethod
+    def of(cls, qp: QParams) -> Quantizer:
+        return cls(np.asarray(qp.scale, np.float32), np.asarray(qp.zero_point), qp.qmin, qp.qmax, qp.axis)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        scale = broadcastable(self.scale, self.axis, x.ndim)
+        zero = broadcastable(self.zero_point, self.axis, x.ndim).astype(np.float32)
+        return ((np.clip(np.round(x / scale) + zero, self.lo, self.hi) - zero) * scale).astype(np.float32)
+
+
+def activation_quantizer(lo: float, hi: float, dtype: str, bits: int) -> Quantizer:
+    """``activation_qparams`` on ``2^bits`` levels: asymmetric (uint8 schemes) ``s = (hi - lo) / (2^b - 1)``,
+    ``z = round(-lo / s)`` on ``[0, 2^b - 1]``; symmetric (int8) ``s = max|.| / (2^(b-1) - 1)``, ``z = 0``
+    on ``[-2^(b-1), 2^(b-1) - 1]``. At 8 bits exactly the plan's parameters."""
+    if bits == 8:
+        return Quantizer.of(activation_qparams(lo, hi, dtype))
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "uint8":
+        levels = 2 ** bits - 1
+        scale = max((hi - lo) / levels, TINY_SCALE)
+        return Quantizer(np.float32(scale), np.clip(np.round(-lo / scale), 0, levels), 0, levels)
+    scale = max(max(-lo, hi) / (2 ** (bits - 1) - 1), TINY_SCALE)
+    return Quantizer(np.float32(scale), np.float32(0), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def weight_quantizer(weight: np.ndarray, planned: QParams, bits: int) -> Quantizer:
+    """The plan's weight parameters at 8 bits; absmax onto ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` at ``b``."""
+    if bits == 8:
+        return Quantizer.of(planned)
+    qmax = 2 ** (bits - 1) - 1
+    return Quantizer(weight_scale(weight, planned.axis, qmax), np.zeros(1, np.float32), -qmax, qmax, planned.axis)
+
+
+def _rewrite(func: relax.Function, acts: dict, weights: dict, expose: list, view: set) -> relax.Function:
+    """Re-emit ``func``'s bindings with fake-quantized weights and activations."""
+    builder, remap, fq_of = relax.BlockBuilder(), {}, {}
+    shifts = dict(shifted for _, shifted, _ in weights.values() if shifted is not None)
+    attrs = dict(func.attrs) if func.attrs else None
+    named = {p.name: p for p in func.params}
+    with builder.function("main", list(func.params), attrs=attrs):
+        with builder.dataflow():
+            for param in func.params:
+                if param.name in acts:
+                    fq_of[param.name] = remap[param] = _emit_fake_quant(builder, param, acts[param.name])
+            for binding in dataflow_bindings(func):
+                value = _substitute(binding.value, remap)
+                if binding.var in weights:
+                    value = _with_arg(value, 1, relax.const(weights[binding.var][0]))
+                if binding.var in shifts:
+                    value = _shift_bias(value, remap, shifts[binding.var])
+                new = builder.emit(value, binding.var.name) if not isinstance(value, relax.Var) else value
+                remap[binding.var] = new
+                named[binding.var.name] = new
+                if binding.var.name in acts:
+                    fq_of[binding.var.name] = remap[binding.var] = _emit_fake_quant(builder, new,
+                                                                                   acts[binding.var.name])
+            result = _substitute(func.body.body, remap)
+            if expose:
+                probes = [fq_of[n] if n in fq_of and n in view else named.get(n) for n in expose]
+                result = relax.Tuple([result, *[p for p in probes if p is not None]])
+            out = builder.emit_output(result)
+        builder.emit_func_output(out)
+    return builder.get()["main"]
+
+
+def _emit_fake_quant(builder: relax.BlockBuilder, x, quantizer: Quantizer):
+    """``(clip(round(x / s) + z, q_lo, q_hi) - z) * s`` in fp32 (a per-tensor activation quantizer)."""
+    scale, zero = relax.const(np.float32(quantizer.scale)), relax.const(np.float32(quantizer.zero_point))
+    level = relax.op.add(relax.op.round(relax.op.divide(x, scale)), zero)
+    clipped = clamp(level, quantizer.lo, quantizer.hi)
+    return builder.emit(relax.op.multiply(relax.op.subtract(clipped, zero), scale), f"{x.name}_fq")
+
+
+def _substitute(expr, remap: dict):
+    if isinstance(expr, relax.Var):
+        return remap.get(expr, expr)
+    if isinstance(expr, relax.Call):
+        return relax.Call(expr.op, [_substitute(a, remap) for a in expr.args], expr.attrs, expr.ty_args)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([_substitute(f, remap) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(_substitute(expr.tuple_value, remap), expr.index)
+    return expr
+
+
+def _with_arg(call: relax.Call, index: int, arg) -> relax.Call:
+    args = list(call.args)
+    args[index] = arg
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def _shift_bias(call: relax.Call, remap: dict, shift: np.ndarray) -> relax.Call:
+    """The layer's bias add with ``shift`` subtracted from its constant operand."""
+    index = 1 if isinstance(call.args[1], relax.Constant) else 0
+    bias = call.args[index].data.numpy()
+    return _with_arg(call, index, relax.const((bias - shift.reshape(bias.shape)).astype(bias.dtype)))
