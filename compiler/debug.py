@@ -16,7 +16,7 @@ one is one decorated function) and reports its own seconds:
 4. ``sensitivity``: the task metric with one layer quantized at a time; the ranking itself is
    :mod:`tvmq.sensitivity`'s (wired at merge), so the step says it did not run.
 
-Rows are keyed by ONNX node names. The metric of steps 1-3 is :func:`task_metric`.
+Rows are keyed by ONNX node names. The metric of steps 1-2 is :func:`task_metric`.
 """
 
 from __future__ import annotations
@@ -67,12 +67,14 @@ def step(name: str, title: str):
 
 
 def task_metric(accuracy: dict) -> dict:
-    """The figure steps 1-3 rank by (higher is better): int8 top-1 with labels, else top-1 agreement
-    with fp32; the output cosine beside it. One place, for :mod:`tvmq.metric` to replace."""
+    """The figure steps 1-3 rank by (higher is better): int8 top-1 with labels, else the output cosine
+    to fp32 (continuous, and meaningful for encoders, whose argmax agreement is not); top-1 agreement
+    beside it. One place, for :mod:`tvmq.metric` to replace."""
     labelled = accuracy.get("int8_top1") is not None
-    return {"name": "top-1" if labelled else "top-1 agreement",
-            "value": accuracy["int8_top1"] if labelled else accuracy["top1_agreement"],
-            "fp32": accuracy["fp32_top1"] if labelled else 1.0, "output_cosine": accuracy["output_cosine"]}
+    return {"name": "top-1" if labelled else "output cosine",
+            "value": accuracy["int8_top1"] if labelled else accuracy["output_cosine"],
+            "fp32": accuracy["fp32_top1"] if labelled else 1.0, "output_cosine": accuracy["output_cosine"],
+            "top1_agreement": accuracy["top1_agreement"]}
 
 
 @dataclass
@@ -156,7 +158,9 @@ def _identical_outputs(session: Session, make_module) -> dict:
     """Whether ``make_module(program)`` returns fp32's outputs exactly, over every evaluation set."""
     largest, samples = 0.0, 0
     for program, data in session.eval_sets:
-        runs = zip(run_batches(_fp32_vm(session, program), data, program.batch, program.size, None),
+        reference = session.cache.setdefault((id(program), "fp32"), None) or _vm(program, program.fp32)
+        session.cache[(id(program), "fp32")] = reference
+        runs = zip(run_batches(reference, data, program.batch, program.size, None),
                    run_batches(_vm(program, make_module(program)), data, program.batch, program.size, None))
         for ref, got in runs:
             largest = max(largest, float(np.abs(ref[0].astype(np.float64) - got[0]).max(initial=0.0)))
@@ -177,14 +181,14 @@ SIDES = (  # (name, weights on, activations on, weight bits, activation bits)
 
 @step("sides", "weights only vs activations only (simulated), and the simulation against the int8 module")
 def sides(session: Session) -> dict:
-    plan = session.quantized.plan
     variants = []
     for name, weights, activations, w_bits, a_bits in SIDES:
-        simulate = SimulateQuantization(plan, weights, activations, w_bits, a_bits)
-        accuracy = _accuracy(session, lambda p, s=simulate: s(p.fp32))
+        sides = {} if (weights, activations, w_bits, a_bits) == (True, True, 8, 8) else \
+            {"weights": weights, "activations": activations, "weight_bits": w_bits, "activation_bits": a_bits}
+        accuracy = _accuracy(session, lambda p, s=sides: _simulated(session, p, **s))
         variants.append({"name": name, "weights": weights, "activations": activations, "weight_bits": w_bits,
                          "activation_bits": a_bits, "metric": task_metric(accuracy), "accuracy": accuracy})
-    int8 = _accuracy(session, lambda p: session.quantized.realize(p))
+    int8 = _accuracy(session, lambda p: _int8_exposed(session, p)[1])
     drop = {v["name"]: v["metric"]["fp32"] - v["metric"]["value"] for v in variants}
     weights_drop, acts_drop = drop[SIDES[1][0]], drop[SIDES[2][0]]
     return {"variants": variants, "int8_module": {"metric": task_metric(int8), "accuracy": int8},
@@ -192,12 +196,11 @@ def sides(session: Session) -> dict:
             "neither more", "simulation_vs_int8": simulation_vs_int8(session)}
 
 
-def _accuracy(session: Session, make_module) -> dict:
-    """:class:`Comparison` of ``make_module(program)`` against fp32 over every evaluation set."""
+def _accuracy(session: Session, make_vm) -> dict:
+    """:class:`Comparison` of ``make_vm(program)`` against fp32 over every evaluation set (outputs only)."""
     comparison = Comparison()
     for program, data in session.eval_sets:
-        comparison.add(_fp32_vm(session, program), _vm(program, make_module(program)), [], data, program.batch,
-                       program.size)
+        comparison.add(_fp32_vm(session, program), make_vm(program), [], data, program.batch, program.size)
     return comparison.result()["accuracy"]
 
 
@@ -206,11 +209,13 @@ def _vm(program, mod):
     return program.vm(ExposeTensors([])(mod))
 
 
-def _fp32_vm(session: Session, program, names=()):
-    """The fp32 reference on ``program``'s analysis VM, exposing ``names``; built once per session."""
-    key = (id(program), tuple(names))
+def _fp32_vm(session: Session, program):
+    """fp32 on ``program``'s analysis VM, returning ``(result, *tensors the int8 module exposes)``:
+    the one reference of every step, built once per program."""
+    key = (id(program), "fp32 exposed")
     if key not in session.cache:
-        session.cache[key] = program.vm(ExposeTensors(list(names))(program.fp32))
+        names, _ = _int8_exposed(session, program)
+        session.cache[key] = program.vm(ExposeTensors(names)(program.fp32))
     return session.cache[key]
 
 
@@ -223,12 +228,18 @@ def _int8_exposed(session: Session, program) -> tuple[list, object]:
     return session.cache[key]
 
 
-def _simulated(session: Session, program, names: list, **sides):
-    """The simulation exposing ``names`` as the int8 module exposes them: the fake-quantized value of
-    the tensors it computes in int8, the fp32 value of those it computes in fp32 and quantizes after."""
-    int8 = quantization_record(session.quantized.realize(program))["precision"]
-    view = {name for name in names if int8.get(name) == "int8"}
-    return SimulateQuantization(session.quantized.plan, expose=names, quantized_view=view, **sides)(program.fp32)
+def _simulated(session: Session, program, **sides):
+    """The simulation exposing what the int8 module exposes, as it does: the fake-quantized value of
+    the tensors it computes in int8, the fp32 value of those it computes in fp32 and quantizes after.
+    Returns the module on the analysis VM (the 8-bit one on both sides built once)."""
+    key = (id(program), "simulated", tuple(sorted(sides.items())))
+    if key not in session.cache:
+        names, _ = _int8_exposed(session, program)
+        int8 = quantization_record(session.quantized.realize(program))["precision"]
+        view = {name for name in names if int8.get(name) == "int8"}
+        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names,
+                                                             quantized_view=view, **sides)(program.fp32))
+    return session.cache[key]
 
 
 def simulation_vs_int8(session: Session) -> dict:
@@ -236,10 +247,10 @@ def simulation_vs_int8(session: Session) -> dict:
     steps of that tensor: ``|sim - int8| / s``. Agrees when the mean is within one step."""
     program, data = _layer_data(session)
     names, int8 = _int8_exposed(session, program)
-    sim = _simulated(session, program, names)
+    sim = _simulated(session, program)
     scales = {name: float(qp.scale) for name, qp in session.quantized.plan.activations.items()}
     worst, mean = {}, {}
-    for got, ref in zip(run_batches(program.vm(sim), data, program.batch, program.size, None),
+    for got, ref in zip(run_batches(sim, data, program.batch, program.size, None),
                         run_batches(int8, data, program.batch, program.size, None)):
         for name, s, q in zip(names, got[1:], ref[1:]):
             steps = np.abs(s.astype(np.float64) - q) / scales[name]
@@ -266,12 +277,12 @@ def _layer_data(session: Session) -> tuple:
 def per_layer(session: Session) -> dict:
     program, data = _layer_data(session)
     names, int8 = _int8_exposed(session, program)
-    modules = {"simulated": program.vm(_simulated(session, program, names)), "int8": int8,
+    modules = {"simulated": _simulated(session, program), "int8": int8,
                "deployed": deployed_exposed(session, program)}
     batch = session.bucket.batch if program is session.program else program.batch or program.size
     stats = {key: _TensorStats() for key in modules}
     exact = _TensorStats()
-    reference = _fp32_vm(session, program, names)
+    reference = _fp32_vm(session, program)
     runs = [run_batches(reference, data, batch, batch, None)] + \
         [run_batches(vm, data, batch, batch, None) for vm in modules.values()]
     for ref, *got in zip(*runs):

@@ -23,13 +23,12 @@ def _sanity(entry: dict) -> list[str]:
 
 def _sides(entry: dict) -> list[str]:
     metric = entry["variants"][0]["metric"]
-    lines = [f"Metric: {metric['name']} (fp32 {_pct(metric['fp32'])}). Side that hurts more: **{entry['hurts']}**.",
-             "", "| simulation | metric | output cosine |", "|---|---|---|"]
-    for variant in entry["variants"]:
-        lines.append(f"| {variant['name']} | {_pct(variant['metric']['value'])} | "
-                     f"{variant['metric']['output_cosine']:.5f} |")
-    int8 = entry["int8_module"]["metric"]
-    lines.append(f"| the int8 module (integer arithmetic) | {_pct(int8['value'])} | {int8['output_cosine']:.5f} |")
+    lines = [f"Metric: {metric['name']} (fp32 {_value(metric, metric['fp32'])}). Side that hurts more: "
+             f"**{entry['hurts']}**.", "", "| simulation | metric | top-1 agreement | output cosine |", "|---|---|---|---|"]
+    rows = [(v["name"], v["metric"]) for v in entry["variants"]] + \
+        [("the int8 module (integer arithmetic)", entry["int8_module"]["metric"])]
+    for name, m in rows:
+        lines.append(f"| {name} | {_value(m, m['value'])} | {_pct(m['top1_agreement'])} | {m['output_cosine']:.5f} |")
     check = entry["simulation_vs_int8"]
     worst = max(check["tensors"], key=lambda row: row["mean_steps"], default=None)
     lines += ["", f"Simulation (8-bit both sides) vs the int8 module: {'agree' if check['agree'] else 'DISAGREE'} "
@@ -54,6 +53,10 @@ def _per_layer(entry: dict) -> list[str]:
 
 def _generic(entry: dict) -> list[str]:
     return [f"{key}: {value}" for key, value in entry.items() if key not in ("name", "title", "seconds")]
+
+
+def _value(metric: dict, value) -> str:
+    return _pct(value) if metric["name"] == "top-1" else f"{value:.5f}"
 
 
 def _pct(value) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import dataflow_bindings, with_main
+from .graph import constant_value, dataflow_bindings, with_main
 from .layers import find_layers
 from .plan import QuantPlan
 from .rules.common import clamp
@@ -204,6 +204,6 @@ def _with_arg(call: relax.Call, index: int, arg) -> relax.Call:
 
 def _shift_bias(call: relax.Call, remap: dict, shift: np.ndarray) -> relax.Call:
     """The layer's bias add with ``shift`` subtracted from its constant operand."""
-    index = 1 if isinstance(call.args[1], relax.Constant) else 0
-    bias = call.args[index].data.numpy()
+    index = 1 if constant_value(call.args[1]) is not None else 0
+    bias = constant_value(call.args[index])
     return _with_arg(call, index, relax.const((bias - shift.reshape(bias.shape)).astype(bias.dtype)))
