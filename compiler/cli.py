@@ -242,7 +242,7 @@ def _demo(args) -> int:
 
 
 def _debug(args) -> int:
-    from .debug import debug
+    from .debugging import debug
 
     config = _config(args)
     _check_output(args.out, args.force)

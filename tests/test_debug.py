@@ -14,7 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from tvmq import assets, debug as debugging
+import tvmq
+from tvmq import assets, debugging
 from tvmq.cli import main
 from tvmq.passes.graph import constant_value
 from tvmq.passes.qparams import activation_qparams, dequantize, quantize
@@ -155,6 +156,13 @@ def test_bad_input_is_one_line(bundled, tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tvmq: error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_python_entry_is_the_flow(tmp_path):
+    assert tvmq.debug is debugging.debug
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(tvmq.TvmqError, match="already exists"):
+        tvmq.debug("any.onnx", "any.npz", out=tmp_path / "taken")
 
 
 def test_bad_model_path_is_one_line(bundled, tmp_path, capsys):

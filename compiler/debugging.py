@@ -1,4 +1,4 @@
-"""``tvmq.debug``: AIMET's PTQ debugging flow (its guide, section 4.8) as one run, one section per step.
+"""``tvmq.debug(...)`` (this module is ``tvmq.debugging``): AIMET's PTQ debugging flow (its guide, section 4.8) as one run, one section per step.
 
 One calibration serves every step; each step is a function registered with :func:`step` (adding
 one is one decorated function) and reports its own seconds:
@@ -38,6 +38,7 @@ from tvmq.passes.simulate import SimulateQuantization
 from . import api, assets
 from .calibrate import run_batches
 from .config import Config
+from .debugging_markdown import to_markdown
 from .data import Dataset
 from .errors import TvmqError
 from .evaluate import Comparison
@@ -112,6 +113,8 @@ def debug(model: str | Path, calib, eval_data=None, config: Config | None = None
     unknown = [name for name in steps or () if name not in STEPS]
     if unknown:
         raise TvmqError(f"no debugging step {unknown[0]!r}; steps: {', '.join(STEPS)}")
+    if out is not None and Path(out).exists() and not force:
+        raise TvmqError(f"output directory {out} already exists (pass --force to replace it)")
     config = config or Config()
     session = _session(model, calib, eval_data, config, layer_samples)
     report = {"model": session.program.imported.name, "target": str(session.spec.target),
@@ -367,8 +370,6 @@ def sensitivity(session: Session) -> dict:
 
 def write(report: dict, out: Path, force: bool = False) -> Path:
     """``debug.json`` and ``debug.md`` in ``out``, all or nothing."""
-    from .debug_markdown import to_markdown
-
     with staged_directory(out, force) as stage:
         (stage / "debug.json").write_text(json.dumps(report, indent=1) + "\n")
         (stage / "debug.md").write_text(to_markdown(report))

@@ -1,4 +1,4 @@
-"""``debug.md``: the debugging flow's report (:mod:`tvmq.debug`) for people, one section per step."""
+"""``debug.md``: the debugging flow's report (:mod:`tvmq.debugging`) for people, one section per step."""
 
 from __future__ import annotations
 
