@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only this step (repeatable): sanity, sides, per_layer, sensitivity")
     dbg.add_argument("--layer-samples", type=int, default=256,
                      help="samples the per-layer figures are taken over (default 256)")
-    _add_build_options(dbg)
+    _add_build_options(dbg, out_required=False)  # without --out: debug.md printed, nothing written
     dbg.set_defaults(handler=_debug)
     for sub_parser in (comp, demo, run, qdq, dbg):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+def _add_build_options(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
+    parser.add_argument("--out", type=Path, required=out_required, help="output directory (must not exist)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--target", default="host",
                         help="target name (default: host, the machine running tvmq, with the best x86 int8 kernel "
@@ -244,11 +244,17 @@ def _demo(args) -> int:
 def _debug(args) -> int:
     from .debugging import debug
 
+    from .debugging_markdown import to_markdown
+
     config = _config(args)
-    _check_output(args.out, args.force)
-    debug(args.model, args.calib, args.eval, config=config, out=args.out, steps=args.step or None, force=args.force,
-          layer_samples=args.layer_samples)
-    _summarize(args.out, "debug.md")
+    if args.out is not None:
+        _check_output(args.out, args.force)
+    report = debug(args.model, args.calib, args.eval, config=config, out=args.out, steps=args.step or None,
+                   force=args.force, layer_samples=args.layer_samples)
+    if args.out is None:
+        print(to_markdown(report))
+    else:
+        _summarize(args.out, "debug.md")
     return 0
 
 
