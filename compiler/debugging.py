@@ -232,16 +232,13 @@ def _int8_exposed(session: Session, program) -> tuple[list, object]:
 
 
 def _simulated(session: Session, program, **sides):
-    """The simulation exposing what the int8 module exposes, as it does: the fake-quantized value of
-    the tensors it computes in int8, the fp32 value of those it computes in fp32 and quantizes after.
-    Returns the module on the analysis VM (the 8-bit one on both sides built once)."""
+    """The simulation on ``program``'s analysis VM, exposing what the int8 module exposes, each as the
+    int8 module exposes it (fake-quantized where it computes the tensor in int8); built once per variant."""
     key = (id(program), "simulated", tuple(sorted(sides.items())))
     if key not in session.cache:
         names, _ = _int8_exposed(session, program)
-        int8 = quantization_record(session.quantized.realize(program))["precision"]
-        view = {name for name in names if int8.get(name) == "int8"}
-        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names,
-                                                             quantized_view=view, **sides)(program.fp32))
+        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names, **sides)(
+            program.fp32))
     return session.cache[key]
 
 

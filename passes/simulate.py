@@ -15,8 +15,8 @@ activation's come from its calibrated range onto ``2^b`` levels and a weight's f
 
 Dynamic layers keep fp32 inputs here (their scales are the tensor's own at run time). With both
 sides off the module is the fp32 one, binding for binding. The function attribute
-``tvmq.simulation`` (JSON) lists the fake-quantized tensors: ``expose`` returns, for each name in
-``expose``, its fake-quantized value when it has one, else its fp32 value.
+``tvmq.simulation`` (JSON) lists the fake-quantized tensors. Each reader reads a tensor as the
+realized module feeds it (see :class:`SimulateQuantization`).
 """
 
 from __future__ import annotations
@@ -42,27 +42,33 @@ class SimulateQuantization:
     """Insert the plan's quantizers into ``main`` as fake quantization (see the module docstring).
 
     ``tensors``: the activations to fake-quantize; default, those the realized module quantizes
-    (:class:`~tvmq.passes.realize.RealizePlan`'s record). ``expose``: tensor names to return after
-    the result, as ``(result, *tensors)``.
+    (:class:`~tvmq.passes.realize.RealizePlan`'s record), each read as the realized module reads
+    it: a tensor computed in int8 is fake-quantized for every reader, a tensor computed in fp32 and
+    quantized after only for the readers computed in int8 (the others read its fp32 value, as a
+    LayerNorm output feeds both a int8 matmul and an fp32 residual add). With explicit ``tensors``
+    every reader reads the fake-quantized value. ``expose``: tensor names to return after the
+    result, as ``(result, *tensors)``, each as an fp32 reader sees it.
     """
 
     def __init__(self, plan: QuantPlan, weights: bool = True, activations: bool = True, weight_bits: int = 8,
-                 activation_bits: int = 8, tensors=None, expose=(), quantized_view=None):
+                 activation_bits: int = 8, tensors=None, expose=()):
         for bits in (weight_bits, activation_bits):
             if not 2 <= int(bits) <= 16:
                 raise ValueError(f"simulated bit widths are 2 to 16, not {bits}")
         self.plan, self.weights, self.activations = plan, weights, activations
         self.weight_bits, self.activation_bits = int(weight_bits), int(activation_bits)
-        self.tensors, self.expose, self.quantized_view = tensors, list(expose), quantized_view
+        self.tensors, self.expose = tensors, list(expose)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod["main"]
-        tensors = set(self.tensors if self.tensors is not None else realized_activations(mod, self.plan))
+        if self.tensors is None:
+            tensors, int8_ops = realized(mod, self.plan)
+        else:
+            tensors, int8_ops = self.tensors, None
         acts = {name: self._activation(name) for name in tensors if name in self.plan.activations} \
             if self.activations else {}
         weights = self._weight_constants(func) if self.weights else {}
-        view = set(acts if self.quantized_view is None else self.quantized_view)
-        main = _rewrite(func, acts, weights, self.expose, view)
+        main = _rewrite(func, acts, weights, self.expose, int8_ops)
         record = {"weights": self.weights, "activations": self.activations, "weight_bits": self.weight_bits,
                   "activation_bits": self.activation_bits, "fake_quantized": sorted(acts),
                   "layers": sorted(name for _, _, name in weights.values())}
@@ -93,11 +99,13 @@ def simulation_record(mod: tvm.IRModule) -> dict:
     return json.loads(str(mod["main"].attrs[SIMULATION_ATTR]))
 
 
-def realized_activations(mod: tvm.IRModule, plan: QuantPlan) -> list[str]:
-    """The tensors the int8 module realized from ``plan`` quantizes with their own parameters."""
+def realized(mod: tvm.IRModule, plan: QuantPlan) -> tuple[list[str], set]:
+    """What the int8 module realized from ``plan`` does: the tensors it quantizes with their own
+    parameters, and the tensors it computes in int8."""
     from .realize import RealizePlan, quantization_record
 
-    return sorted(quantization_record(RealizePlan(plan)(mod))["activations"])
+    record = quantization_record(RealizePlan(plan)(mod))
+    return sorted(record["activations"]), {name for name, p in record["precision"].items() if p == "int8"}
 
 
 @dataclass(frozen=True)
@@ -144,36 +152,52 @@ def weight_quantizer(weight: np.ndarray, planned: QParams, bits: int) -> Quantiz
     return Quantizer(weight_scale(weight, planned.axis, qmax), np.zeros(1, np.float32), -qmax, qmax, planned.axis)
 
 
-def _rewrite(func: relax.Function, acts: dict, weights: dict, expose: list, view: set) -> relax.Function:
-    """Re-emit ``func``'s bindings with fake-quantized weights and activations."""
-    builder, remap, fq_of = relax.BlockBuilder(), {}, {}
+def _rewrite(func: relax.Function, acts: dict, weights: dict, expose: list, int8_ops: set | None) -> relax.Function:
+    """Re-emit ``func``'s bindings with fake-quantized weights and activations; ``int8_ops``: the
+    tensors computed in int8 (None: every reader reads the fake-quantized values)."""
+    builder, computed, fq = relax.BlockBuilder(), {}, {}
     shifts = dict(shifted for _, shifted, _ in weights.values() if shifted is not None)
+
+    def read_by(reader: str | None):
+        return _Reads(computed, fq, int8_ops is None or reader in int8_ops, int8_ops or set())
+
     attrs = dict(func.attrs) if func.attrs else None
-    named = {p.name: p for p in func.params}
     with builder.function("main", list(func.params), attrs=attrs):
         with builder.dataflow():
             for param in func.params:
+                computed[param] = param
                 if param.name in acts:
-                    fq_of[param.name] = remap[param] = _emit_fake_quant(builder, param, acts[param.name])
+                    fq[param] = _emit_fake_quant(builder, param, acts[param.name])
             for binding in dataflow_bindings(func):
-                value = _substitute(binding.value, remap)
+                value = _substitute(binding.value, read_by(binding.var.name))
                 if binding.var in weights:
                     value = _with_arg(value, 1, relax.const(weights[binding.var][0]))
                 if binding.var in shifts:
-                    value = _shift_bias(value, remap, shifts[binding.var])
-                new = builder.emit(value, binding.var.name) if not isinstance(value, relax.Var) else value
-                remap[binding.var] = new
-                named[binding.var.name] = new
+                    value = _shift_bias(value, shifts[binding.var])
+                computed[binding.var] = value if isinstance(value, relax.Var) else builder.emit(value, binding.var.name)
                 if binding.var.name in acts:
-                    fq_of[binding.var.name] = remap[binding.var] = _emit_fake_quant(builder, new,
-                                                                                   acts[binding.var.name])
-            result = _substitute(func.body.body, remap)
+                    fq[binding.var] = _emit_fake_quant(builder, computed[binding.var], acts[binding.var.name])
+            as_fp32 = read_by(None)
+            result = _substitute(func.body.body, as_fp32)
             if expose:
-                probes = [fq_of[n] if n in fq_of and n in view else named.get(n) for n in expose]
-                result = relax.Tuple([result, *[p for p in probes if p is not None]])
+                named = {var.name: as_fp32.get(var, var) for var in computed}
+                result = relax.Tuple([result, *[named[n] for n in expose if n in named]])
             out = builder.emit_output(result)
         builder.emit_func_output(out)
     return builder.get()["main"]
+
+
+class _Reads:
+    """What one reader sees of each variable: its fake-quantized value when the reader is computed in
+    int8 (``int8_reader``) or the variable is (``int8_ops``), else its value as computed."""
+
+    def __init__(self, computed: dict, fq: dict, int8_reader: bool, int8_ops: set):
+        self.computed, self.fq, self.int8_reader, self.int8_ops = computed, fq, int8_reader, int8_ops
+
+    def get(self, var, default=None):
+        if var in self.fq and (self.int8_reader or var.name in self.int8_ops):
+            return self.fq[var]
+        return self.computed.get(var, default)
 
 
 def _emit_fake_quant(builder: relax.BlockBuilder, x, quantizer: Quantizer):
@@ -202,7 +226,7 @@ def _with_arg(call: relax.Call, index: int, arg) -> relax.Call:
     return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-def _shift_bias(call: relax.Call, remap: dict, shift: np.ndarray) -> relax.Call:
+def _shift_bias(call: relax.Call, shift: np.ndarray) -> relax.Call:
     """The layer's bias add with ``shift`` subtracted from its constant operand."""
     index = 1 if constant_value(call.args[1]) is not None else 0
     bias = constant_value(call.args[index])
