@@ -34,7 +34,8 @@ def _sides(entry: dict) -> list[str]:
     lines += ["", f"Simulation (8-bit both sides) vs the int8 module: {'agree' if check['agree'] else 'DISAGREE'} "
               f"(mean difference per tensor within one quantization step)" +
               (f"; largest mean {worst['mean_steps']:.3f} steps at `{worst['node']}`, largest single element "
-               f"{max(r['max_steps'] for r in check['tensors']):.0f} steps." if worst else ".")]
+               f"{max(r['max_steps'] for r in check['tensors']):.0f} steps; first node more than one step apart: "
+               f"`{check.get('first_beyond_one_step')}`." if worst else ".")]
     return lines
 
 
