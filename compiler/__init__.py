@@ -12,7 +12,7 @@ use_physical_cores()
 from .errors import TvmqError  # noqa: E402  (after the thread count, before anything runs TVM)
 from .runtime import DeployedModel, load  # noqa: E402
 
-__all__ = ["TvmqError", "load", "DeployedModel", "compile", "demo", "Config"]
+__all__ = ["TvmqError", "load", "DeployedModel", "compile", "demo", "debug", "Config"]
 
 
 def __getattr__(name):
@@ -20,6 +20,10 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "debug":  # the PTQ debugging flow; its module is tvmq.debugging
+        from .debugging import debug
+
+        return debug
     if name == "Config":
         from .config import Config
 

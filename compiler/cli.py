@@ -1,4 +1,4 @@
-"""The ``tvmq`` command line: ``compile``, ``run``, ``demo`` and ``export-qdq``.
+"""The ``tvmq`` command line: ``compile``, ``run``, ``demo``, ``export-qdq`` and ``debug``.
 
 Errors caused by input print one line (``tvmq: error: ...``) and exit 1; ``--debug`` shows
 the traceback instead. Every command runs in a worker process (``isolate``), so a native
@@ -94,14 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     qdq.add_argument("--model", type=Path, help="the source ONNX model (default: the path the artifact "
                                                 "records; its sha256 must match)")
     qdq.set_defaults(handler=_export_qdq)
-    for sub_parser in (comp, demo, run, qdq):
+    dbg = sub.add_parser("debug", help="the PTQ debugging flow: fp32 sanity, weights vs activations, per-layer "
+                                       "SQNR simulated vs deployed, sensitivity (debug.json, debug.md)")
+    dbg.add_argument("model", type=Path, help="the float ONNX model")
+    dbg.add_argument("--calib", type=Path, help="calibration data, as for compile (needed)")
+    dbg.add_argument("--eval", type=Path, help="evaluation data, as --calib (default: the calibration data)")
+    dbg.add_argument("--step", action="append", default=[], metavar="NAME",
+                     help="run only this step (repeatable): sanity, sides, per_layer, sensitivity")
+    dbg.add_argument("--layer-samples", type=int, default=256,
+                     help="samples the per-layer figures are taken over (default 256)")
+    _add_build_options(dbg, out_required=False)  # without --out: debug.md printed, nothing written
+    dbg.set_defaults(handler=_debug)
+    for sub_parser in (comp, demo, run, qdq, dbg):
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                 help="show tracebacks and debug logs")
     return parser
 
 
-def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+def _add_build_options(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
+    parser.add_argument("--out", type=Path, required=out_required, help="output directory (must not exist)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--target", default="host",
                         help="target name (default: host, the machine running tvmq, with the best x86 int8 kernel "
@@ -293,8 +304,25 @@ def _demo(args) -> int:
     return 0
 
 
-def _summarize(out: Path) -> None:
-    print((out / "report.md").read_text())
+def _debug(args) -> int:
+    from .debugging import debug
+
+    from .debugging_markdown import to_markdown
+
+    config = _config(args)
+    if args.out is not None:
+        _check_output(args.out, args.force)
+    report = debug(args.model, args.calib, args.eval, config=config, out=args.out, steps=args.step or None,
+                   force=args.force, layer_samples=args.layer_samples)
+    if args.out is None:
+        print(to_markdown(report))
+    else:
+        _summarize(args.out, "debug.md")
+    return 0
+
+
+def _summarize(out: Path, name: str = "report.md") -> None:
+    print((out / name).read_text())
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
 
 
