@@ -13,7 +13,7 @@ Packed convs (int8 dot product or fp32 FMA), a register tile of ``w1 x ob1`` acc
 * ``rc1``: the largest ``rc1 | RC <= 16`` input-channel (groups) per inner reduction step.
 
 Depthwise convs vectorize ``vector`` channels; the tile is ``w1 x c1`` accumulators
-(``w1 | W <= 8``, ``c1 | C / vector <= 4``), each ``vector * 32 / vector_bits`` registers, with
+(``w1 | W <= 8``, ``c1 | C / vector <= 4`` a power of two: one vectorized loop of ``c1 vector``), each ``vector * 32 / vector_bits`` registers, with
 ``c1`` weight vectors and one input live, and ``h1`` as for packed convs.
 """
 
@@ -67,12 +67,24 @@ def packed_conv_tiles(cpu: CpuModel, spare: int = 1):
     return tiles
 
 
+def packed_dense_tiles(cpu: CpuModel, spare: int = 1):
+    """The rule for :func:`tvmq.targets.x86_sketch.schedule_packed_dense`: the packed convs' register
+    tile over rows ``m`` and output blocks ``ob``."""
+
+    def tiles(extents: dict) -> dict:
+        m1, ob1 = register_tile(extents["m"], extents["ob"], 16, 4, cpu.registers, spare, vectors_each=1)
+        return {"m": m1, "ob": ob1}
+
+    return tiles
+
+
 def depthwise_tiles(cpu: CpuModel):
     """The rule for :func:`tvmq.targets.x86_sketch.schedule_depthwise`."""
 
     def tiles(extents: dict) -> dict:
         each = max(1, extents["vector"] * 32 // cpu.vector_bits)
-        w1, c1 = register_tile(extents["w"], extents["c"], 8, 4, cpu.registers, 1, vectors_each=each)
+        w1, c1 = register_tile(extents["w"], extents["c"], 8, 4, cpu.registers, 1, vectors_each=each,
+                               power_of_two_blocks=True)
         return {"w": w1, "c": c1, "h": rows_per_task(extents, extents["c"] // c1, cpu)}
 
     return tiles
@@ -85,11 +97,13 @@ def input_edge_tiles(extents: dict) -> dict:
 
 
 def register_tile(width: int, blocks: int, max_width: int, max_blocks: int, registers: int, spare: int,
-                  vectors_each: int) -> tuple[int, int]:
+                  vectors_each: int, power_of_two_blocks: bool = False) -> tuple[int, int]:
     """``(w1, b1)``: ``w1 | width``, ``b1 | blocks`` maximizing the work per load
-    ``w1 b1 / (w1 + b1)`` (then the tile) with ``(w1 b1 + b1) vectors_each + spare <= registers``."""
+    ``w1 b1 / (w1 + b1)`` (then the tile) with ``(w1 b1 + b1) vectors_each + spare <= registers``;
+    ``power_of_two_blocks`` where the blocks form one vectorized loop (depthwise: LLVM made a
+    48-wide float loop of 56x56x144 run 10 ms against 0.18 ms at 16 wide)."""
     fits = [(w1, b1) for w1 in divisors(width, max_width) for b1 in divisors(blocks, max_blocks)
-            if (w1 * b1 + b1) * vectors_each + spare <= registers]
+            if (w1 * b1 + b1) * vectors_each + spare <= registers and not (power_of_two_blocks and b1 & (b1 - 1))]
     return max(fits or [(1, 1)], key=lambda t: (t[0] * t[1] / (t[0] + t[1]), t[0] * t[1], t[0]))
 
 

@@ -2,8 +2,8 @@
 
 A kernel is scheduled by the first rule that takes it:
 
-1. the target's own sketches (:mod:`tvmq.targets.x86_sketch`: packed int8 / fp32 convs,
-   depthwise convs, the input's quantize + transpose), dispatched by task name as tuning
+1. the target's own sketches (:mod:`tvmq.targets.x86_sketch`: packed int8 / fp32 convs, packed
+   int8 dense layers, depthwise convs, the input's quantize + transpose), dispatched by task name as tuning
    dispatches them (:func:`tvmq.targets.x86.packed_space`), their tile sizes chosen by the rules
    of :mod:`tvmq.targets.x86_blocking`;
 2. TVM's CPU DLight rules: ``GEMV`` (a dense layer at batch 1) and, for kernels of several
@@ -94,6 +94,9 @@ def _sketch_rules(name: str, cpu: CpuModel, intrinsic) -> list[Rule]:
     elif intrinsic is not None and x86_int8.PACKED_PREFIX + "conv2d" in name:
         tiles = x86_blocking.packed_conv_tiles(cpu, spare=1 if intrinsic.instruction == "vpdpbusd" else 3)
         schedule = lambda sch: x86_sketch.schedule_packed_conv(sch, intrinsic.name, intrinsic.lanes, tiles)  # noqa: E731
+    elif intrinsic is not None and x86_int8.PACKED_PREFIX + "dense" in name:
+        tiles = x86_blocking.packed_dense_tiles(cpu, spare=1 if intrinsic.instruction == "vpdpbusd" else 3)
+        schedule = lambda sch: x86_sketch.schedule_packed_dense(sch, intrinsic.name, intrinsic.lanes, tiles)  # noqa: E731
     elif x86_depthwise.PREFIX + "conv2d" in name:
         schedule = lambda sch: x86_sketch.schedule_depthwise(sch, x86_blocking.depthwise_tiles(cpu))  # noqa: E731
     elif name.startswith(INPUT_QUANTIZE) and "transpose" in name:
@@ -139,8 +142,8 @@ def schedule_loops(sch, cpu: CpuModel) -> None:
 def parallel_vectorize(sch, block, cpu: CpuModel) -> None:
     """``S_1 .. S_k, R_1 .. R_m`` (spatial, then reduction loops) ->
     ``parallel(S_1 .. S_k0), R_1 .. R_m, vectorized S_k1``, where ``S_k = S_k0 x S_k1`` and
-    ``S_k1`` is the largest divisor of its extent up to :data:`VECTOR_WIDTHS` registers of the
-    output dtype; a block of fewer than :data:`PARALLEL_MIN_ITERATIONS` iterations stays on one core."""
+    ``S_k1`` is the largest power-of-two divisor of its extent up to :data:`VECTOR_WIDTHS` registers
+    of the output dtype; a block of fewer than :data:`PARALLEL_MIN_ITERATIONS` iterations stays on one core."""
     loops = sch.get_loops(block)
     kinds = loop_kinds(sch, block)
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == "S"]
@@ -151,7 +154,7 @@ def parallel_vectorize(sch, block, cpu: CpuModel) -> None:
     bits = tvm.DataType(str(sch.get(block).writes[0].source.dtype)).bits
     lanes = max(1, VECTOR_WIDTHS * cpu.vector_bits // bits)
     last = int(sch.get(spatial[-1]).extent)
-    vector = max(divisors(last, lanes))
+    vector = max(d for d in divisors(last, lanes) if d & (d - 1) == 0)  # LLVM: 48- or 50-wide ran 50x slower
     outer, inner = sch.split(spatial[-1], [None, vector])
     sch.reorder(*spatial[:-1], outer, *reduction, inner)
     total = 1

@@ -56,6 +56,7 @@ from typing import Callable
 Tiles = Callable[[dict], dict] | None  # loop extents -> inner tile sizes; None: sampled by the search
 
 CONV_BLOCK = "conv2d_packed"
+DENSE_BLOCK = "dense_packed"
 FP32_CONV_BLOCK = "conv2d_packed_fp32"
 DEPTHWISE_BLOCK = "depthwise_nhwc"
 VECTOR_LANES = 16  # int32 lanes of the widest vector (AVX-512)
@@ -129,6 +130,34 @@ def _register_tiled(sch, conv, lanes: int, tiles: Tiles):
     sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane, *dot)
     _around(sch, conv, epilogue, sch.fuse(n, h0, ob0), h1)
     return w1, ob1, rc0, lane
+
+
+def schedule_packed_dense(sch, intrinsic: str, lanes: int, tiles: Tiles = None) -> None:
+    """Schedule the fused PrimFunc of ``sch`` around its ``dense_packed`` block (in place): the
+    packed conv's nest for a matrix product, rows ``m`` and output blocks ``ob``::
+
+        parallel  m0, ob0                        # epilogue and the K padding here
+          rk0                                    # K / 4 dot-product steps
+            m1, ob1 (unrolled)                   # register tile: m1 x ob1 accumulators
+              [lanes x 4] -> one dot-product instruction
+    """
+    dense = sch.get_sblock(DENSE_BLOCK)
+    epilogue = _inline_epilogue(sch, dense)
+    *rows, o, rk = sch.get_loops(dense)
+    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    ob, lane = sch.split(o, [None, lanes])
+    rk0, dot = sch.split(rk, [None, 4])
+    split = _splitter(sch, tiles, dict(m=m, ob=ob))
+    m0, m1 = split("m", 16)
+    ob0, ob1 = split("ob", 4)
+    sch.reorder(m0, ob0, rk0, m1, ob1, lane, dot)
+    outer = sch.fuse(m0, ob0)
+    _around(sch, dense, epilogue, outer, outer)
+    init = sch.decompose_reduction(dense, rk0)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(m1)
+    sch.unroll(ob1)
+    sch.tensorize(lane, intrinsic)
 
 
 def schedule_depthwise(sch, tiles: Tiles = None) -> None:
