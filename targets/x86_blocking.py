@@ -7,6 +7,10 @@ Packed convs (int8 dot product or fp32 FMA), a register tile of ``w1 x ob1`` acc
   ``w1 * ob1`` dot products / FMAs, so the tile maximizes ``w1 ob1 / (w1 + ob1)`` (work per
   load) subject to ``w1 ob1 + ob1 + spare <= registers`` (``spare``: the broadcast input and
   the temporaries of a two-step dot product), ``w1 | W <= 16``, ``ob1 | OB <= 4``;
+* ``ob1 = 1`` where a reduction has fewer than :data:`SHORT_REDUCTION` steps (``KH KW RC``):
+  there the epilogue, vectorized over ``ob1 lanes``, costs more than the loads the tile saves
+  (MobileNetV2's int8 convs, each alone on one thread: 16 -> 96 at 112x112 189 us with
+  ``ob1 = 1``, 324 with 3; from 24 steps on the tile won, 144 -> 1280 at 7x7 86 against 120);
 * ``h1`` output rows per parallel task: the largest ``h1 | H <= 4`` that still leaves
   ``N (H / h1) (OB / ob1) >= 4 cores`` tasks. More rows per task stream each weight block
   from memory fewer times and recompute less of the pad;
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+SHORT_REDUCTION = 16  # dot-product / FMA steps per output below which a conv's register tile is one block wide
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,9 @@ def packed_conv_tiles(cpu: CpuModel, spare: int = 1):
     extents -> inner tile sizes (module docstring)."""
 
     def tiles(extents: dict) -> dict:
-        w1, ob1 = register_tile(extents["w"], extents["ob"], 16, 4, cpu.registers, spare, vectors_each=1)
+        steps = extents["rh"] * extents["rw"] * extents["rc"]
+        blocks = 1 if steps < SHORT_REDUCTION else 4
+        w1, ob1 = register_tile(extents["w"], extents["ob"], 16, blocks, cpu.registers, spare, vectors_each=1)
         return {"w": w1, "ob": ob1, "h": rows_per_task(extents, extents["ob"] // ob1, cpu),
                 "rc": max(divisors(extents["rc"], 16))}
 
