@@ -232,7 +232,10 @@ def quantize_ort(model: Model, out: Path) -> None:
         def get_next(self):
             return next(self.samples, None)
 
-    quantize_static(model.path, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    from coverage import at_least_opset_13  # an opset-12 model (MTCNN) got an invalid QDQ graph
+
+    source = at_least_opset_13(Path(model.path), out.with_name("opset13.onnx"))
+    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 

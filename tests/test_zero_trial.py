@@ -53,11 +53,13 @@ def _close(got, expected):
 # its residual in fp32): inlined into one expression, a multiply and an add may contract into an
 # FMA, one rounding instead of two, so its output may differ by an ulp; every integer kernel is exact
 @pytest.mark.parametrize("case,exact", [("bundled", True), ("mobile_block", True), ("mobilenet_v3_block", False)])
-def test_rule_schedules_compute_what_the_plain_loop_nests_compute(tmp_path, rng, bundled, host, case, exact):
+def test_rule_schedules_compute_what_the_plain_loop_nests_compute(tmp_path, rng, bundled, host, case, exact,
+                                                                 caplog):
     fp32, int8, x = _modules(tmp_path, rng, case, bundled)
     plain = dataclasses.replace(host, schedule=None)
     (np.testing.assert_array_equal if exact else _close)(_run(int8, host, x), _run(int8, plain, x))
     _close(_run(fp32, host, x), _run(fp32, plain, x))
+    assert "rule schedules did not build" not in caplog.text  # build() fell back to the loop nests
     integer_kernels = 0
     for name, scheduled, unscheduled in _kernel_pairs(int8, host):
         args = [_random(rng, [int(d) for d in p.shape], str(p.dtype)) for p in unscheduled.params]
@@ -151,3 +153,18 @@ def test_rows_per_task_leave_enough_parallel_tasks():
     assert x86_blocking.rows_per_task({"n": 1, "h": 7}, 1, cpu) == 1  # 7 rows cannot feed 8 tasks
     assert x86_blocking.rows_per_task({"n": 1, "h": 8}, 1, cpu) == 1
     assert x86_blocking.rows_per_task({"n": 1, "h": 8}, 2, cpu) == 2
+
+
+def test_a_rule_schedule_that_fails_falls_back_to_the_loop_nests(host, caplog):
+    from tvm import relax
+
+    def broken(mod):
+        raise RuntimeError("cannot lower this")
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 4), "float32"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.add(x, relax.const(1.0))))
+    out = _run(bb.get(), dataclasses.replace(host, schedule=broken), np.zeros((4, 4), "float32"))
+    np.testing.assert_array_equal(out, np.ones((4, 4), "float32"))
+    assert "rule schedules did not build (RuntimeError: cannot lower this)" in caplog.text
