@@ -68,12 +68,15 @@ def main() -> None:
     parser.add_argument("--zero-trial", action="store_true",
                         help="also time the modules built without the target's rule schedules")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (at most 32)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="threads of every engine")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the modules a previous run saved under bench/work (no compiling)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/<cpu>.json)")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         engine, directory = args.child
-        print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs)}))
+        print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs, args.threads)}))
         return
     out = args.out or HERE / "results" / f"{cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
@@ -120,20 +123,24 @@ def measure(model: Model, batch: int, args) -> dict:
     np.savez(directory / "feed.npz", **model.feed(batch))
     model = dataclasses.replace(model, calib=model.calib[:args.calib_samples])
     engines = ENGINES + (LOOPS_ENGINES if args.zero_trial else ())
-    tuning = compile_tvmq(model, batch, args.trials, directory)
-    if args.zero_trial:
-        tuning["loops_seconds"] = compile_tvmq(model, batch, 0, directory, target=_loops_target(), suffix="_loops")[
-            "seconds"]
-    quantize_ort(model, directory / "ort_int8.onnx")
+    if args.reuse:
+        tuning = json.loads((directory / "compiled.json").read_text())
+    else:
+        tuning = compile_tvmq(model, batch, args.trials, directory)
+        if args.zero_trial:
+            tuning["loops_seconds"] = compile_tvmq(model, batch, 0, directory, target=_loops_target(),
+                                                   suffix="_loops")["seconds"]
+        (directory / "compiled.json").write_text(json.dumps(tuning, default=str))
+        quantize_ort(model, directory / "ort_int8.onnx")
     (directory / "ort_fp32.onnx").write_bytes(Path(model.path).read_bytes())
     rounds = {engine: [] for engine in engines}
     for r in range(args.rounds):
         for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
             time.sleep(0.5)
-            rounds[engine].append(child_time(engine, directory, args.runs))
+            rounds[engine].append(child_time(engine, directory, args.runs, args.threads))
     row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
-           "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "threads": args.threads, "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
            **({"compile_loops_s": tuning["loops_seconds"]} if args.zero_trial else {}),
            **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
     print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in engines), flush=True)
@@ -239,18 +246,19 @@ def quantize_ort(model: Model, out: Path) -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def child_time(engine: str, directory: Path, runs: int) -> float:
-    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
-    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--child", engine, str(directory)],
+def child_time(engine: str, directory: Path, runs: int, threads: int = THREADS) -> float:
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--threads", str(threads), "--child", engine,
+                          str(directory)],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
-def time_engine(engine: str, directory: Path, runs: int) -> float:
+def time_engine(engine: str, directory: Path, runs: int, threads: int = THREADS) -> float:
     """Median milliseconds of ``runs`` calls after 10 warm-up calls, in this (fresh) process."""
     with np.load(directory / "feed.npz") as archive:
         feed = dict(archive)
-    run = _ort_runner(directory / f"{engine}.onnx", feed) if engine.startswith("ort") \
+    run = _ort_runner(directory / f"{engine}.onnx", feed, threads) if engine.startswith("ort") \
         else _tvm_runner(directory / engine, feed)
     for _ in range(10):
         run()
@@ -262,11 +270,11 @@ def time_engine(engine: str, directory: Path, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _ort_runner(path: Path, feed: dict):
+def _ort_runner(path: Path, feed: dict, threads: int = THREADS):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, feed)
 
