@@ -4,6 +4,12 @@
     .venv/bin/python bench/latency.py --models mobilenet_v2_224 --batches 1 --trials 512
     .venv/bin/python bench/latency.py --models zoo:orientation --trials 600     # a real zoo model
     .venv/bin/python bench/latency.py --models path/to/model.onnx --calib feeds/ --trials 600
+    .venv/bin/python bench/latency.py --trials 0 --zero-trial --batches 1 --out bench/results/zero_trial.json
+
+``--zero-trial`` adds two engines, ``tvmq_fp32_loops`` / ``tvmq_int8_loops``: the same models
+compiled for the host target without its rule schedules (``TargetSpec.schedule`` None, the
+target registered here as ``host-loops``): TVM's unscheduled loop nests, what ``--trials 0``
+built before the rules.
 
 A model is a shape model of ``bench/shapes.py`` (random calibration images), ``zoo:NAME`` (a
 :data:`tvmq.zoo.MODELS` entry with its real calibration feeds; batch 1) or an ONNX path with
@@ -28,6 +34,7 @@ Writes ``bench/results/<cpu model>-<int8 flags>.json``: a list of ``{"model", "b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -43,6 +50,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 ENGINES = ("ort_fp32", "ort_int8", "tvmq_fp32", "tvmq_int8")
+LOOPS_ENGINES = ("tvmq_fp32_loops", "tvmq_int8_loops")
+LOOPS_TARGET = "host-loops"
 THREADS = 2
 
 
@@ -56,13 +65,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=256, help="MetaSchedule trials per module (fp32, int8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--zero-trial", action="store_true",
+                        help="also time the modules built without the target's rule schedules")
+    parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (at most 32)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="threads of every engine")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the modules a previous run saved under bench/work (no compiling)")
+    parser.add_argument("--out", type=Path, help="results file (default bench/results/<cpu>.json)")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         engine, directory = args.child
-        print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs)}))
+        print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs, args.threads)}))
         return
-    out = HERE / "results" / f"{cpu_key()}.json"
+    out = args.out or HERE / "results" / f"{cpu_key()}.json"
     out.parent.mkdir(exist_ok=True)
     rows = []
     for name in args.models:
@@ -71,7 +87,7 @@ def main() -> None:
             rows.append(measure(model, batch, args))
             _write(out, rows)
     print_table(rows)
-    print(f"\nwrote {out.relative_to(HERE.parent)}")
+    print(f"\nwrote {out}")
 
 
 def _write(out: Path, rows: list[dict]) -> None:
@@ -105,19 +121,29 @@ def measure(model: Model, batch: int, args) -> dict:
     directory = WORK / f"{_slug(model.name)}-b{batch}"
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / "feed.npz", **model.feed(batch))
-    tuning = compile_tvmq(model, batch, args.trials, directory)
-    quantize_ort(model, directory / "ort_int8.onnx")
+    model = dataclasses.replace(model, calib=model.calib[:args.calib_samples])
+    engines = ENGINES + (LOOPS_ENGINES if args.zero_trial else ())
+    if args.reuse:
+        tuning = json.loads((directory / "compiled.json").read_text())
+    else:
+        tuning = compile_tvmq(model, batch, args.trials, directory)
+        if args.zero_trial:
+            tuning["loops_seconds"] = compile_tvmq(model, batch, 0, directory, target=_loops_target(),
+                                                   suffix="_loops")["seconds"]
+        (directory / "compiled.json").write_text(json.dumps(tuning, default=str))
+        quantize_ort(model, directory / "ort_int8.onnx")
     (directory / "ort_fp32.onnx").write_bytes(Path(model.path).read_bytes())
-    rounds = {engine: [] for engine in ENGINES}
+    rounds = {engine: [] for engine in engines}
     for r in range(args.rounds):
-        for engine in ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]:
+        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
             time.sleep(0.5)
-            rounds[engine].append(child_time(engine, directory, args.runs))
+            rounds[engine].append(child_time(engine, directory, args.runs, args.threads))
     row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
-           "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "threads": args.threads, "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           **({"compile_loops_s": tuning["loops_seconds"]} if args.zero_trial else {}),
            **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
-    print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in ENGINES), flush=True)
+    print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in engines), flush=True)
     return row
 
 
@@ -172,24 +198,35 @@ def _feeds(path: str, calib: str) -> list[dict]:
     return feeds[:32]
 
 
-def compile_tvmq(model: Model, batch: int, trials: int, directory: Path) -> dict:
-    """Tune and build both modules; save them where the timing processes load them."""
+def compile_tvmq(model: Model, batch: int, trials: int, directory: Path, target: str = "host",
+                 suffix: str = "") -> dict:
+    """Tune and build both modules; save them where the timing processes load them
+    (``tvmq_int8<suffix>``, ``tvmq_fp32<suffix>``)."""
     import tvmq
 
     shapes = {n: list(a.shape) for n, a in model.feed(batch).items()}
-    config = tvmq.Config(trials=trials, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
+    config = tvmq.Config(target=target, trials=trials, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
                          tuning_db=WORK / "tuning" / f"{_slug(model.name)}-b{batch}")
     start = time.perf_counter()
     compiled = tvmq.compile(model.path, model.calib, config=config)
     seconds = round(time.perf_counter() - start, 1)
-    compiled.save(directory / "tvmq_int8", force=True)
+    compiled.save(directory / f"tvmq_int8{suffix}", force=True)
     executable, params = compiled.baseline
-    (directory / "tvmq_fp32").mkdir(parents=True, exist_ok=True)
-    executable.export_library(str(directory / "tvmq_fp32" / "model.so"))
-    np.savez(directory / "tvmq_fp32" / "params.npz", **params)
-    (directory / "tvmq_fp32" / "params.json").write_text(json.dumps(list(params)))
+    fp32 = directory / f"tvmq_fp32{suffix}"
+    fp32.mkdir(parents=True, exist_ok=True)
+    executable.export_library(str(fp32 / "model.so"))
+    np.savez(fp32 / "params.npz", **params)
+    (fp32 / "params.json").write_text(json.dumps(list(params)))
     return {"seconds": seconds, "summary": compiled.report["tuning"],
             "choice": compiled.report.get("artifact_choice")}
+
+
+def _loops_target() -> str:
+    """Register :data:`LOOPS_TARGET`: the host target without its rule schedules."""
+    from tvmq.targets import get_target, register_target
+
+    register_target(LOOPS_TARGET)(lambda: dataclasses.replace(get_target("host"), schedule=None))
+    return LOOPS_TARGET
 
 
 def quantize_ort(model: Model, out: Path) -> None:
@@ -202,22 +239,26 @@ def quantize_ort(model: Model, out: Path) -> None:
         def get_next(self):
             return next(self.samples, None)
 
-    quantize_static(model.path, str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    from coverage import at_least_opset_13  # an opset-12 model (MTCNN) got an invalid QDQ graph
+
+    source = at_least_opset_13(Path(model.path), out.with_name("opset13.onnx"))
+    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
-def child_time(engine: str, directory: Path, runs: int) -> float:
-    env = {**os.environ, "TVM_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
-    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--child", engine, str(directory)],
+def child_time(engine: str, directory: Path, runs: int, threads: int = THREADS) -> float:
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--threads", str(threads), "--child", engine,
+                          str(directory)],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
-def time_engine(engine: str, directory: Path, runs: int) -> float:
+def time_engine(engine: str, directory: Path, runs: int, threads: int = THREADS) -> float:
     """Median milliseconds of ``runs`` calls after 10 warm-up calls, in this (fresh) process."""
     with np.load(directory / "feed.npz") as archive:
         feed = dict(archive)
-    run = _ort_runner(directory / f"{engine}.onnx", feed) if engine.startswith("ort") \
+    run = _ort_runner(directory / f"{engine}.onnx", feed, threads) if engine.startswith("ort") \
         else _tvm_runner(directory / engine, feed)
     for _ in range(10):
         run()
@@ -229,11 +270,11 @@ def time_engine(engine: str, directory: Path, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _ort_runner(path: Path, feed: dict):
+def _ort_runner(path: Path, feed: dict, threads: int = THREADS):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, feed)
 
@@ -257,8 +298,9 @@ def load_saved(directory: Path) -> tuple:
     int8 one's)."""
     import tvm
 
-    manifest = json.loads((directory.parent / "tvmq_int8" / "manifest.json").read_text())
-    names = manifest["params"] if directory.name == "tvmq_int8" \
+    int8 = directory.name.replace("fp32", "int8")
+    manifest = json.loads((directory.parent / int8 / "manifest.json").read_text())
+    names = manifest["params"] if directory.name.startswith("tvmq_int8") \
         else json.loads((directory / "params.json").read_text())
     with np.load(directory / "params.npz") as archive:
         params = {n: archive[n] for n in names}
@@ -278,6 +320,18 @@ def print_table(rows: list[dict]) -> None:
               f"{r['tvmq_fp32_ms']:.3f} | {r['tvmq_int8_ms']:.3f} | {r['ort_fp32_ms'] / r['tvmq_int8_ms']:.2f}x | "
               f"{r['ort_int8_ms'] / r['tvmq_int8_ms']:.2f}x | {r['tvmq_fp32_ms'] / r['ort_fp32_ms']:.2f} | "
               f"{r['trials']} | {r['tuning_s']:.0f} |")
+
+
+    loops = [r for r in rows if "tvmq_int8_loops_ms" in r]
+    if loops:
+        print("\n| model | tvmq fp32 loops ms | tvmq fp32 ms | speed-up | tvmq int8 loops ms | tvmq int8 ms | speed-up "
+              "| int8 vs ORT fp32 | compile s (rules / loops) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    for r in loops:
+        print(f"| {r['model']} | {r['tvmq_fp32_loops_ms']:.3f} | {r['tvmq_fp32_ms']:.3f} | "
+              f"{r['tvmq_fp32_loops_ms'] / r['tvmq_fp32_ms']:.1f}x | {r['tvmq_int8_loops_ms']:.3f} | "
+              f"{r['tvmq_int8_ms']:.3f} | {r['tvmq_int8_loops_ms'] / r['tvmq_int8_ms']:.1f}x | "
+              f"{r['ort_fp32_ms'] / r['tvmq_int8_ms']:.2f}x | {r['tuning_s']:.0f} / {r['compile_loops_s']:.0f} |")
 
 
 def _int8_flags() -> list[str]:

@@ -19,14 +19,41 @@ def bind_batch(mod, batch: int):
 
 
 def build(mod, spec: TargetSpec):
-    """Compile ``mod`` (tuned or not: see ``tvmq.tune``) for ``spec``."""
-    import tvm
-
+    """Compile ``mod`` (tuned or not: see ``tvmq.tune``) for ``spec``; kernels without a tuned
+    schedule get the target's rule schedule (``spec.schedule``) first."""
     start = time.perf_counter()
-    with tvm.transform.PassContext(opt_level=3):
-        executable = spec.compiler(mod, spec.target) if spec.compiler else tvm.compile(mod, target=spec.target)
+    executable = None
+    if spec.schedule is not None:
+        try:
+            executable = _compiled(scheduled_by_rule(mod, spec), spec)
+        except Exception as err:  # a rule's schedule that TVM cannot lower: its loop nests still build
+            logger.warning("the rule schedules did not build (%s: %s); building TVM's unscheduled loops",
+                           type(err).__name__, str(err).strip().splitlines()[-1] if str(err).strip() else "")
+    if executable is None:
+        executable = _compiled(mod, spec)
     logger.debug("built in %.1f s", time.perf_counter() - start)
     return _built(executable.mod, spec)
+
+
+def _compiled(mod, spec: TargetSpec):
+    import tvm
+
+    with tvm.transform.PassContext(opt_level=3):
+        return spec.compiler(mod, spec.target) if spec.compiler else tvm.compile(mod, target=spec.target)
+
+
+def scheduled_by_rule(mod, spec: TargetSpec):
+    """``mod`` fused into kernels as tuning fuses it (:func:`tvmq.tune.fuse`), every kernel without
+    a schedule (no tuning record) scheduled by ``spec.schedule``."""
+    import tvm
+    from tvm import relax
+
+    from .tune import fuse
+
+    spec.prepare()  # the target's tensor intrinsics, which its schedules tensorize onto
+    fused = relax.transform.FuseTIR()(fuse(mod, spec))
+    with spec.target, tvm.transform.PassContext(opt_level=3):
+        return spec.schedule(fused)
 
 
 def virtual_machine(executable):

@@ -9,7 +9,9 @@ A target says
 * how to export a library (``exporter``: the ``fcompile`` of ``export_library``, None for the
   host compiler) and how to build tuning candidates (``builder``);
 * how to compile a Relax module (``compiler``: None for ``tvm.compile`` with TVM's default
-  pipeline; CUDA's schedules its kernels for the GPU);
+  pipeline; CUDA's schedules its kernels for the GPU), and the schedules its kernels get without
+  tuning (``schedule``: a pass over the fused module that schedules every PrimFunc tuning left
+  unscheduled; None: TVM's default loop nests);
 * how to run and time a module (``executor``, :class:`Executor`): in this process, under
   emulation, or on a remote device; and whether it can run here at all (``unavailable``);
 * where calibration and evaluation run (``analysis``: another target's spec, None for the
@@ -142,6 +144,7 @@ class TargetSpec:
     executor: Executor = field(default_factory=LocalCpu)
     exporter: Callable | None = None  # export_library's fcompile; None: the host compiler
     compiler: Callable | None = None  # (IRModule, Target) -> executable; None: tvm.compile's default pipeline
+    schedule: Callable | None = None  # fused IRModule -> IRModule: rule schedules for the unscheduled kernels
     analysis: "TargetSpec | None" = None  # the target calibration / evaluation modules run on; None: this one
 
     @property

@@ -64,7 +64,7 @@ def host() -> TargetSpec:
     features = tuple(f for f in INT8_FEATURES if f in flags)
     kernel = best_kernel(flags)
     if kernel is None:
-        return TargetSpec("x86", target, "uint8", features)
+        return TargetSpec("x86", target, "uint8", features, schedule=_rule_schedules(None))
     return _spec("x86", target, features, kernel.intrinsic)
 
 
@@ -89,7 +89,15 @@ def _spec(name: str, target, features: tuple[str, ...], intrinsic: DotIntrinsic)
 
     return TargetSpec(name, target, "uint8", features, prepare=intrinsic.register,
                       legalize=LegalizeForX86(intrinsic.lanes),
-                      search_space=lambda task: packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax)
+                      search_space=lambda task: packed_space(intrinsic, task), weight_qmax=intrinsic.weight_qmax,
+                      schedule=_rule_schedules(intrinsic))
+
+
+def _rule_schedules(intrinsic):
+    """The kernels' schedules without tuning (:mod:`tvmq.targets.x86_default`)."""
+    from .x86_default import ScheduleByRule
+
+    return ScheduleByRule(intrinsic)
 
 
 INPUT_QUANTIZE = "fused_divide_tir_round_add_minimum_maximum_cast"  # LegalizeForX86's quantize, fused

@@ -42,13 +42,21 @@ space: all inlined, parallel over rows, the 4 (padded) channels and 1-4 pixels u
 
 Loops that a decision makes of extent 1 are kept (``preserve_unit_loops``): the search
 replays traces with other decisions, and a trace must find the same loops each time.
+
+Every schedule function takes ``tiles``: None samples each tile size (a design space for the
+search); a function of the kernel's loop extents returning each inner tile size
+(:mod:`tvmq.targets.x86_blocking`) makes the same nest with sizes chosen by rule, untuned.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
+
+Tiles = Callable[[dict], dict] | None  # loop extents -> inner tile sizes; None: sampled by the search
 
 CONV_BLOCK = "conv2d_packed"
+DENSE_BLOCK = "dense_packed"
 FP32_CONV_BLOCK = "conv2d_packed_fp32"
 DEPTHWISE_BLOCK = "depthwise_nhwc"
 VECTOR_LANES = 16  # int32 lanes of the widest vector (AVX-512)
@@ -83,10 +91,10 @@ def _space(schedule):
         mutator_probs="llvm")
 
 
-def schedule_packed_conv(sch, intrinsic: str, lanes: int) -> None:
+def schedule_packed_conv(sch, intrinsic: str, lanes: int, tiles: Tiles = None) -> None:
     """Schedule the fused PrimFunc of ``sch`` around its ``conv2d_packed`` block (in place)."""
     conv = sch.get_sblock(CONV_BLOCK)
-    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes)
+    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes, tiles)
     init = sch.decompose_reduction(conv, rc0)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(w1)
@@ -94,18 +102,18 @@ def schedule_packed_conv(sch, intrinsic: str, lanes: int) -> None:
     sch.tensorize(lane, intrinsic)
 
 
-def schedule_fp32_conv(sch, lanes: int) -> None:
+def schedule_fp32_conv(sch, lanes: int, tiles: Tiles = None) -> None:
     """Schedule the fused PrimFunc of ``sch`` around its ``conv2d_packed_fp32`` block (in place):
     the packed conv's nest with a vectorized FMA of ``lanes`` output channels innermost."""
     conv = sch.get_sblock(FP32_CONV_BLOCK)
-    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes)
+    w1, ob1, rc0, lane = _register_tiled(sch, conv, lanes, tiles)
     sch.unroll(w1)
     sch.unroll(ob1)
     sch.vectorize(lane)  # before the reduction is split into init and update
     sch.decompose_reduction(conv, rc0)  # the init keeps the vectorized loop
 
 
-def _register_tiled(sch, conv, lanes: int):
+def _register_tiled(sch, conv, lanes: int, tiles: Tiles):
     """The packed convs' common nest (module docstring) around ``conv``, whose loops are
     ``n, h, w, o, rh, rw, rc`` and, for int8, the dot product's ``ri``: tiles sampled,
     reordered, parallelized, the epilogue and pad placed. Returns the loops each kernel
@@ -114,25 +122,55 @@ def _register_tiled(sch, conv, lanes: int):
     epilogue = _inline_epilogue(sch, conv)
     n, h, w, o, rh, rw, rc, *dot = sch.get_loops(conv)
     ob, lane = sch.split(o, [None, lanes])
-    h0, h1 = sch.split(h, sch.sample_perfect_tile(h, n=2, max_innermost_factor=4))
-    w0, w1 = sch.split(w, sch.sample_perfect_tile(w, n=2, max_innermost_factor=16))
-    ob0, ob1 = sch.split(ob, sch.sample_perfect_tile(ob, n=2, max_innermost_factor=4))
-    rc0, rc1 = sch.split(rc, sch.sample_perfect_tile(rc, n=2, max_innermost_factor=16))
+    split = _splitter(sch, tiles, dict(n=n, h=h, w=w, ob=ob, rh=rh, rw=rw, rc=rc))
+    h0, h1 = split("h", 4)
+    w0, w1 = split("w", 16)
+    ob0, ob1 = split("ob", 4)
+    rc0, rc1 = split("rc", 16)
     sch.reorder(n, h0, ob0, w0, h1, rc0, rh, rw, rc1, w1, ob1, lane, *dot)
     _around(sch, conv, epilogue, sch.fuse(n, h0, ob0), h1)
     return w1, ob1, rc0, lane
 
 
-def schedule_depthwise(sch) -> None:
+def schedule_packed_dense(sch, intrinsic: str, lanes: int, tiles: Tiles = None) -> None:
+    """Schedule the fused PrimFunc of ``sch`` around its ``dense_packed`` block (in place): the
+    packed conv's nest for a matrix product, rows ``m`` and output blocks ``ob``::
+
+        parallel  m0, ob0                        # epilogue and the K padding here
+          rk0                                    # K / 4 dot-product steps
+            m1, ob1 (unrolled)                   # register tile: m1 x ob1 accumulators
+              [lanes x 4] -> one dot-product instruction
+    """
+    dense = sch.get_sblock(DENSE_BLOCK)
+    epilogue = _inline_epilogue(sch, dense)
+    *rows, o, rk = sch.get_loops(dense)
+    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    ob, lane = sch.split(o, [None, lanes])
+    rk0, dot = sch.split(rk, [None, 4])
+    split = _splitter(sch, tiles, dict(m=m, ob=ob))
+    m0, m1 = split("m", 16)
+    ob0, ob1 = split("ob", 4)
+    sch.reorder(m0, ob0, rk0, m1, ob1, lane, dot)
+    outer = sch.fuse(m0, ob0)
+    _around(sch, dense, epilogue, outer, outer)
+    init = sch.decompose_reduction(dense, rk0)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(m1)
+    sch.unroll(ob1)
+    sch.tensorize(lane, intrinsic)
+
+
+def schedule_depthwise(sch, tiles: Tiles = None) -> None:
     """Schedule the fused PrimFunc of ``sch`` around its ``depthwise_nhwc`` block (in place)."""
     conv = sch.get_sblock(DEPTHWISE_BLOCK)
     epilogue = _inline_epilogue(sch, conv)
     n, h, w, c, rh, rw = sch.get_loops(conv)
     channels = int(sch.get(c).extent)
     c, vector = sch.split(c, [None, math.gcd(channels, VECTOR_LANES)])
-    h0, h1 = sch.split(h, sch.sample_perfect_tile(h, n=2, max_innermost_factor=4))
-    w0, w1 = sch.split(w, sch.sample_perfect_tile(w, n=2, max_innermost_factor=8))
-    c0, c1 = sch.split(c, sch.sample_perfect_tile(c, n=2, max_innermost_factor=4))
+    split = _splitter(sch, tiles, dict(n=n, h=h, w=w, c=c, vector=vector, rh=rh, rw=rw))
+    h0, h1 = split("h", 4)
+    w0, w1 = split("w", 8)
+    c0, c1 = split("c", 4)
     sch.reorder(n, h0, c0, w0, h1, rh, rw, w1, c1, vector)
     _around(sch, conv, epilogue, sch.fuse(n, h0, c0), h1)
     sch.unroll(w1)
@@ -140,7 +178,7 @@ def schedule_depthwise(sch) -> None:
     sch.decompose_reduction(conv, rh)  # the init keeps the vectorized loop
 
 
-def schedule_input_edge(sch) -> None:
+def schedule_input_edge(sch, tiles: Tiles = None) -> None:
     """An image's quantize, pad and NCHW -> NHWC transpose with its channels padded to 4, as
     one loop nest: every block inlined into the output's, parallel over rows, the channels and
     a searched 1-4 pixels unrolled. TVM's generic rules vectorize the 4 channels instead, each
@@ -152,9 +190,23 @@ def schedule_input_edge(sch) -> None:
         sch.compute_inline(block)
     *rows, pixels, channels = sch.get_loops(output)
     sch.parallel(sch.fuse(*rows))
-    _, unrolled = sch.split(pixels, sch.sample_perfect_tile(pixels, n=2, max_innermost_factor=4))
+    _, unrolled = _splitter(sch, tiles, dict(pixels=pixels))("pixels", 4)
     sch.unroll(unrolled)
     sch.unroll(channels)
+
+
+def _splitter(sch, tiles: Tiles, loops: dict):
+    """``split(name, max_inner)``: loop ``name`` of ``loops`` split in two, the inner size sampled
+    (``tiles`` None) or ``tiles(extents)[name]``, the rule's choice for these extents."""
+    inner = tiles({name: int(sch.get(loop).extent) for name, loop in loops.items()}) if tiles else None
+
+    def split(name: str, max_inner: int):
+        loop = loops[name]
+        if inner is None:
+            return sch.split(loop, sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_inner))
+        return sch.split(loop, [None, inner[name]])
+
+    return split
 
 
 def _around(sch, conv, epilogue, outer, tile) -> None:
