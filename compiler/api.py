@@ -28,7 +28,7 @@ from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 from tvmq.targets.rpc import with_tracker
 
-from . import artifact, assets, latency, layerwise, profile, qdq_export
+from . import artifact, assets, latency, layerwise, mixed_precision, profile, qdq_export
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -88,7 +88,7 @@ class CompiledModel:
 
 
 def compile(model: str | Path, calib=None, target: str = "host", config: Config | None = None,
-            eval_data=None) -> CompiledModel:
+            eval_data=None, metric=None) -> CompiledModel:
     """Quantize an ONNX model to int8 and build it for ``target``.
 
     ``calib`` / ``eval_data``: anything :func:`tvmq.data.load_data` reads: a ``.npy`` / ``.npz``
@@ -98,6 +98,11 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     report evaluates on the calibration data and says so. ``config.input_shapes`` may give an
     input several shapes: one module is built per shape bucket. ``target`` applies when
     ``config`` is not given (``config.target`` wins otherwise).
+
+    With an accuracy budget (``config.max_accuracy_drop`` / ``max_relative_drop``) the deployed
+    build is the fastest measured one whose metric meets it (:mod:`tvmq.mixed_precision`);
+    ``metric(run) -> float`` (higher is better; ``run(feeds) -> outputs`` runs a candidate
+    build) is the user's, else ``config.metric`` on ``eval_data`` (:mod:`tvmq.metric`).
     """
     config = config or Config(target=target)
     spec = target_of(config)
@@ -114,14 +119,15 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
             raise TvmqError("calibration data is needed (--calib): the model is float, not a QDQ model")
         calib_sets = programs.data(calib, "calibration")
         quantized = _quantize(calib_sets, config, spec)
-    deployments = [_deploy(bucket, quantized, config, spec) for bucket in buckets]
     eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
+    budgeted = _budgeted(config, metric, eval_sets if eval_data is not None else [], len(buckets))
+    deployments = [_deploy(bucket, quantized, config, spec, budgeted) for bucket in buckets]
     comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32) if eval_sets else _not_evaluated()
 
     main = deployments[0]
     imported = main.program.imported
     record = quantization_record(main.int8)
-    planned = quantized.planned(main.keep_fp32)
+    planned = quantized.planned(main.keep_fp32, main.keep_reason)
     plan = planned.to_json(imported.onnx_names, imported.nodes)
     measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
@@ -144,6 +150,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "buckets": [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else [],
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
+        **main.budget_report,
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "passes": pass_notes(main.program.fp32) + quantized.notes,
         "plan": plan,
@@ -192,9 +199,9 @@ class _Quantized:
     plan: QuantPlan = None
     int8: object = None
 
-    def planned(self, keep_fp32=()) -> QuantPlan:
-        """The plan with the latency fallback's ``keep_fp32`` layers fp32."""
-        return self.plan.with_precision(keep_fp32, "fp32", LATENCY_FALLBACK)
+    def planned(self, keep_fp32=(), reason: str = LATENCY_FALLBACK) -> QuantPlan:
+        """The plan with the ``keep_fp32`` layers fp32 (kept by the latency fallback, or ``reason``)."""
+        return self.plan.with_precision(keep_fp32, "fp32", reason)
 
     def realize(self, program: Program, keep_fp32=(), expose: bool = False):
         return RealizePlan(self.planned(keep_fp32), expose)(program.fp32)
@@ -316,6 +323,8 @@ class _Deployment:
     fallback: _Fallback | None
     latency_ms: dict
     choice: dict  # which build is deployed and why (tvmq.choose)
+    keep_reason: str = LATENCY_FALLBACK  # why the keep_fp32 layers are fp32, in the plan
+    budget_report: dict = dataclasses.field(default_factory=dict)  # mixed_precision, sensitivity
 
     @property
     def program(self) -> Program:
@@ -330,10 +339,12 @@ class _Deployment:
                 "tuning": self.tuning, "artifact_choice": self.choice}
 
 
-def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec) -> _Deployment:
+def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec,
+            budgeted=None) -> _Deployment:
     """Build the bucket's fp32 and int8 modules (tuned alike), rebuild int8 with the layers slower
     in int8 kept fp32 (each new kernel tuned with the first build's per-task share), time every
-    build whole and deploy the fastest (:mod:`tvmq.choose`)."""
+    build whole and deploy the fastest (:mod:`tvmq.choose`); with an accuracy budget
+    (``budgeted``: the metric's name and factory), the fastest that meets it."""
     program = bucket.program
     db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{_target_key(spec)}")
     deployable = functools.partial(_build_deployable, model_batch=program.batch, deploy_batch=bucket.batch,
@@ -343,6 +354,10 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
     fp32_built, int8_built = deployable(program.fp32), deployable(int8)
     kernels = {"fp32": _kernel_profile(fp32_built, inputs), "int8": _kernel_profile(int8_built, inputs)}
     tuning = {"trials": config.trials, "database": str(db), "fp32": fp32_built.tuning, "int8": int8_built.tuning}
+    if budgeted is not None:
+        share = int8_built.tuning["share"] if int8_built.tuning else None
+        return _within_budget(_Deployment(bucket, int8, (), fp32_built, int8_built, kernels, tuning, None, {}, {}),
+                              quantized, config, spec, functools.partial(deployable, share=share), budgeted)
     if not (config.latency_fallback and config.trials > 0):
         why = "--no-latency-fallback" if not config.latency_fallback else "no tuning, --trials 0"
         measured = time_modules({INT8: int8_built, FP32: fp32_built}, inputs, config.latency_runs)
@@ -363,6 +378,76 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
         _all_fp32(program, quantized, int8, fp32_built, rebuild)
     return _Deployment(bucket, deployed, keep, fp32_built, built, kernels, tuning, fallback,
                        {**choice.latency_ms, "artifact": choice.latency_ms[choice.name]}, choice.to_json())
+
+
+def _budgeted(config: Config, metric, eval_sets: list, buckets: int):
+    """``(metric name, factory(fp32 run) -> metric)`` when ``config`` has an accuracy budget, else None."""
+    from . import metric as metrics
+
+    if config.budget() is None:
+        if metric is not None:
+            logger.warning("a metric was given without an accuracy budget (--max-accuracy-drop): it is not used")
+        return None
+    if buckets > 1:
+        raise TvmqError("an accuracy budget (--max-accuracy-drop) builds one shape bucket, not several")
+    if len(eval_sets) > 1:
+        raise TvmqError("an accuracy budget's metric runs on evaluation data of one shape; it has several")
+    data = eval_sets[0][1] if eval_sets else None
+    if metric is not None:
+        if not callable(metric):
+            raise TvmqError(f"metric must be a function of run, got {type(metric).__name__}")
+        return getattr(metric, "__name__", "user metric"), lambda reference: metric
+    return (config.metric or (metrics.default_name(data) if data is not None else "top1"),
+            lambda reference: metrics.resolve(config.metric, data, reference)[1])
+
+
+def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, spec: TargetSpec, rebuild,
+                   budgeted) -> _Deployment:
+    """The fastest build whose metric meets the accuracy budget (:func:`tvmq.mixed_precision.search`),
+    each candidate built like the first int8 build (``rebuild``) and scored by the real metric."""
+    from .metric import evaluate, module_run
+    from .sensitivity import measure, program_evaluator, program_run
+
+    program, bucket = first.program, first.bucket
+    inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
+    names = [s.name for s in program.imported.inputs]
+
+    def run(built):
+        return module_run(virtual_machine(built.executable), list(built.params.values()),
+                          [(n, shape) for n, (shape, _) in zip(names, inputs)])
+
+    metric_name, make_metric = budgeted
+    metric = make_metric(program_run(program, program.fp32))  # fp32's reference outputs, batched
+    record = quantization_record(first.int8)
+    layers = find_layers(program.fp32["main"]).values()
+    chains = {layer.out.name: [v.name for v in layer.chain] for layer in layers if layer.out.name in record["weights"]}
+    timings = latency.attribute(first.fp32_built.module, first.int8_built.module, chains, spec,
+                                first.kernels["fp32"], first.kernels["int8"])
+    realized = {(): (first.int8, first.int8_built)}
+
+    def build(keep):
+        if keep == tuple(chains):
+            realized[keep] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
+        if keep not in realized:
+            module = quantized.realize(program, keep_fp32=keep)
+            realized[keep] = (module, rebuild(module))
+        return realized[keep][1]
+
+    node_of = {name: layer_node(program.imported.nodes, chain) for name, chain in chains.items()}
+    outcome = mixed_precision.search(
+        list(chains), timings, config.budget(), build,
+        lambda built: evaluate(metric, run(built), "a candidate build"),
+        lambda builds: time_modules(builds, inputs, config.latency_runs),
+        lambda: measure(program_evaluator(quantized, program, metric), list(chains), node_of))
+    keep = outcome.chosen.fp32_layers
+    report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
+              **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}
+    choice = {"artifact": outcome.chosen.label, "reason": f"fastest build meeting the accuracy budget "
+              f"(metric {outcome.chosen.metric:.5g} >= {outcome.threshold:.5g})", "timed": True}
+    latency_ms = {p.label: p.latency_ms for p in outcome.points} | {"artifact": outcome.chosen.latency_ms}
+    return dataclasses.replace(first, int8=realized[keep][0], keep_fp32=keep, int8_built=outcome.chosen.built,
+                               latency_ms=latency_ms, choice=choice, keep_reason=mixed_precision.ACCURACY_BUDGET,
+                               budget_report=report)
 
 
 def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built, rebuild) -> tuple:

@@ -143,6 +143,17 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
                              "(int8 weights; convs stay static)")
     parser.add_argument("--dynamic-granularity", choices=["tensor", "row"], default="tensor",
                         help="a dynamic MatMul's input scale: one per tensor (default) or one per row (token)")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="DROP",
+                        help="accuracy budget in the metric's units (0.01: one point of top-1): deploy the fastest "
+                             "measured build whose metric on --eval is at most this far below fp32's, keeping fp32 "
+                             "the layers that recover most metric per microsecond lost")
+    parser.add_argument("--max-relative-drop", type=float, metavar="SHARE",
+                        help="accuracy budget as a share of fp32's metric (0.01: 1%%); with --max-accuracy-drop "
+                             "both must hold")
+    parser.add_argument("--metric", metavar="NAME|MODULE:FUNCTION",
+                        help="the budget's metric: top1 (needs labels), agreement or cosine with fp32 on --eval "
+                             "(default: top1 with labels, else cosine), or MODULE:FUNCTION, a function of run "
+                             "(run(feeds) -> outputs) returning a number, higher better")
     parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
                         help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
                              "--fp32-layers, which wins where both name a layer")
@@ -158,7 +169,9 @@ def _config(args):
                   batch_size=args.batch_size, input_shapes=_input_shapes(args.input_shape),
                   tuning_db=args.tuning_db, mode=args.mode, dynamic_granularity=args.dynamic_granularity,
                   layers=_layers(args.dynamic_layers, args.fp32_layers),
-                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                  max_accuracy_drop=args.max_accuracy_drop, max_relative_drop=args.max_relative_drop,
+                  metric=args.metric)
 
 
 def _layers(dynamic: str, fp32: str) -> dict:
