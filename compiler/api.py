@@ -111,6 +111,8 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
     qdq = buckets[0].program.imported.qdq
+    evaluation = programs.data(eval_data, "evaluation") if eval_data is not None else None
+    budgeted = _budgeted(config, metric, evaluation or [], len(buckets))  # a bad budget fails before calibration
     if qdq is not None:  # a pre-quantized model: its parameters are the plan, calibration data is not needed
         calib_sets = []
         quantized = _imported(buckets[0].program, config, spec)
@@ -119,8 +121,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
             raise TvmqError("calibration data is needed (--calib): the model is float, not a QDQ model")
         calib_sets = programs.data(calib, "calibration")
         quantized = _quantize(calib_sets, config, spec)
-    eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
-    budgeted = _budgeted(config, metric, eval_sets if eval_data is not None else [], len(buckets))
+    eval_sets = evaluation if evaluation is not None else calib_sets
     deployments = [_deploy(bucket, quantized, config, spec, budgeted) for bucket in buckets]
     comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32) if eval_sets else _not_evaluated()
 
@@ -397,8 +398,8 @@ def _budgeted(config: Config, metric, eval_sets: list, buckets: int):
         if not callable(metric):
             raise TvmqError(f"metric must be a function of run, got {type(metric).__name__}")
         return getattr(metric, "__name__", "user metric"), lambda reference: metric
-    return (config.metric or (metrics.default_name(data) if data is not None else "top1"),
-            lambda reference: metrics.resolve(config.metric, data, reference)[1])
+    name, _ = metrics.resolve(config.metric, data, None, check_only=True)  # bad names and data fail now
+    return name, lambda reference: metrics.resolve(config.metric, data, reference)[1]
 
 
 def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, spec: TargetSpec, rebuild,
@@ -438,7 +439,8 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
         list(chains), timings, config.budget(), build,
         lambda built: evaluate(metric, run(built), "a candidate build"),
         lambda builds: time_modules(builds, inputs, config.latency_runs),
-        lambda: measure(program_evaluator(quantized, program, metric), list(chains), node_of))
+        lambda: measure(program_evaluator(quantized, program, metric), list(chains), node_of),
+        fallback=config.latency_fallback)
     keep = outcome.chosen.fp32_layers
     report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
               **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}

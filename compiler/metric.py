@@ -73,9 +73,11 @@ def default_name(data: Dataset) -> str:
     return "top1" if data.y is not None else "cosine"
 
 
-def resolve(name: str | None, data: Dataset | None, reference: Run) -> tuple[str, Metric]:
+def resolve(name: str | None, data: Dataset | None, reference: Run | None,
+            check_only: bool = False) -> tuple[str, Metric | None]:
     """``(name, metric)`` for a built-in ``name`` on ``data`` (None: :func:`default_name`) or a
-    ``module:function`` taking ``run``; ``reference`` is the fp32 build's run."""
+    ``module:function`` taking ``run``; ``reference`` is the fp32 build's run. ``check_only``:
+    fail on what cannot work (an unknown name, missing data or labels), make nothing."""
     if name and ":" in name:
         return name, _imported(name)
     if data is None:
@@ -83,6 +85,10 @@ def resolve(name: str | None, data: Dataset | None, reference: Run) -> tuple[str
     name = name or default_name(data)
     if name not in BUILTIN:
         raise TvmqError(f"unknown metric {name!r}; choose one of: {', '.join(BUILTIN)}, or module:function")
+    if name == "top1" and data.y is None:
+        raise TvmqError("metric top1 needs labels (y) in the evaluation data; use agreement or cosine without them")
+    if check_only:
+        return name, None
     return name, BUILTIN[name](data, reference) if name in NEEDS_REFERENCE else BUILTIN[name](data)
 
 

@@ -123,13 +123,14 @@ def rank(layers: list[str], recovered: dict[str, float], latencies: dict[str, La
 
 
 def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget, build, score, timer,
-           sensitivity_of) -> Outcome:
+           sensitivity_of, fallback: bool = True) -> Outcome:
     """The fastest configuration that meets ``budget``.
 
     ``layers``: the int8 layers (plan tensors); ``build(keep_fp32) -> built`` builds a
     configuration for the target; ``score(built) -> metric`` runs the real metric on it;
     ``timer({label: built}) -> {label: ms}`` times builds whole, interleaved;
-    ``sensitivity_of() -> Sensitivity`` ranks layers (called only when int8 misses the budget).
+    ``sensitivity_of() -> Sensitivity`` ranks layers (called only when int8 misses the budget);
+    ``fallback``: try the latency fallback's configuration too.
     """
     start = time.perf_counter()
     points = []
@@ -145,7 +146,7 @@ def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget
     fp32 = attempt(FP32, everything)
     threshold = budget.threshold(fp32.metric)
     int8 = attempt(INT8, ())
-    fallback_keep = tuple(slower_in_int8(latencies))
+    fallback_keep = tuple(slower_in_int8(latencies)) if fallback else ()
     candidates = [int8] + ([attempt(FALLBACK, fallback_keep)] if fallback_keep else [])
     order, sensitivity = [], None
     if not any(p.metric >= threshold for p in candidates) and layers:
