@@ -122,8 +122,9 @@ def test_a_user_metric_sees_a_working_run_of_each_candidate(tmp_path):
     """The user's function gets a ``run`` of each candidate build; the deployed artifact's own
     run gives the metric the report states."""
     import tvmq
+    from tvmq.assets import bundled_mnist
 
-    model, calib, evaluation = tvmq.assets.bundled_mnist()
+    model, calib, evaluation = bundled_mnist()
     with np.load(evaluation) as archive:
         x, y = archive["x"][:120], archive["y"][:120]
     seen = []
