@@ -102,6 +102,7 @@ class Outcome:
                            "latency_ms": p.latency_ms, "meets_budget": p.metric >= self.threshold}
                           for p in self.points],
                 "order": [{"name": node_of(t), "gain_per_us": g} for t, g in self.order],
+                "sensitivity_seconds": self.sensitivity.seconds if self.sensitivity else None,
                 "search_seconds": self.seconds}
 
 
