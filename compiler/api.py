@@ -21,8 +21,8 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, calibration_names, layer_labels, onnx_aliases,
-                              plan_imported, unmatched)
+from tvmq.passes.plan import (CALIBRATED, DYNAMIC, DYNAMIC_KINDS, LATENCY_FALLBACK, QuantPlan, calibration_names,
+                              layer_labels, onnx_aliases, plan_imported, unmatched)
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -123,12 +123,13 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         quantized = _quantize(calib_sets, config, spec)
     eval_sets = evaluation if evaluation is not None else calib_sets
     deployments = [_deploy(bucket, quantized, config, spec, budgeted) for bucket in buckets]
-    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32) if eval_sets else _not_evaluated()
+    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32, deployments[0].dynamic) if eval_sets \
+        else _not_evaluated()
 
     main = deployments[0]
     imported = main.program.imported
     record = quantization_record(main.int8)
-    planned = quantized.planned(main.keep_fp32, main.keep_reason)
+    planned = quantized.planned(main.keep_fp32, main.keep_reason, main.dynamic)
     plan = planned.to_json(imported.onnx_names, imported.nodes)
     measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
@@ -200,12 +201,14 @@ class _Quantized:
     plan: QuantPlan = None
     int8: object = None
 
-    def planned(self, keep_fp32=(), reason: str = LATENCY_FALLBACK) -> QuantPlan:
-        """The plan with the ``keep_fp32`` layers fp32 (kept by the latency fallback, or ``reason``)."""
-        return self.plan.with_precision(keep_fp32, "fp32", reason)
+    def planned(self, keep_fp32=(), reason: str = LATENCY_FALLBACK, dynamic=()) -> QuantPlan:
+        """The plan with the ``keep_fp32`` layers fp32 (kept by the latency fallback, or ``reason``)
+        and the ``dynamic`` layers dynamic (for ``reason``)."""
+        plan = self.plan.with_precision(dynamic, DYNAMIC, reason) if dynamic else self.plan
+        return plan.with_precision(keep_fp32, "fp32", reason)
 
-    def realize(self, program: Program, keep_fp32=(), expose: bool = False):
-        return RealizePlan(self.planned(keep_fp32), expose)(program.fp32)
+    def realize(self, program: Program, keep_fp32=(), expose: bool = False, dynamic=()):
+        return RealizePlan(self.planned(keep_fp32, dynamic=dynamic), expose)(program.fp32)
 
 
 def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetSpec) -> _Quantized:
@@ -324,7 +327,8 @@ class _Deployment:
     fallback: _Fallback | None
     latency_ms: dict
     choice: dict  # which build is deployed and why (tvmq.choose)
-    keep_reason: str = LATENCY_FALLBACK  # why the keep_fp32 layers are fp32, in the plan
+    keep_reason: str = LATENCY_FALLBACK  # why the keep_fp32 (and dynamic) layers are so, in the plan
+    dynamic: tuple = ()  # layers made dynamic by the accuracy budget's search
     budget_report: dict = dataclasses.field(default_factory=dict)  # mixed_precision, sensitivity
 
     @property
@@ -424,15 +428,15 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in layers if layer.out.name in record["weights"]}
     timings = latency.attribute(first.fp32_built.module, first.int8_built.module, chains, spec,
                                 first.kernels["fp32"], first.kernels["int8"])
-    realized = {(): (first.int8, first.int8_built)}
+    realized = {((), ()): (first.int8, first.int8_built)}
 
-    def build(keep):
+    def build(keep, dynamic=()):
         if keep == tuple(chains):
-            realized[keep] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
-        if keep not in realized:
-            module = quantized.realize(program, keep_fp32=keep)
-            realized[keep] = (module, rebuild(module))
-        return realized[keep][1]
+            realized[keep, ()] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
+        if (keep, dynamic) not in realized:
+            module = quantized.realize(program, keep_fp32=keep, dynamic=dynamic)
+            realized[keep, dynamic] = (module, rebuild(module))
+        return realized[keep, dynamic][1]
 
     node_of = {name: layer_node(program.imported.nodes, chain) for name, chain in chains.items()}
     outcome = mixed_precision.search(
@@ -440,14 +444,17 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
         lambda built: evaluate(metric, run(built), "a candidate build"),
         lambda builds: time_modules(builds, inputs, config.latency_runs),
         lambda: measure(program_evaluator(quantized, program, metric), list(chains), node_of),
-        fallback=config.latency_fallback)
-    keep = outcome.chosen.fp32_layers
+        fallback=config.latency_fallback,
+        dynamic=[name for name, entry in quantized.plan.layers.items() if entry.kind in DYNAMIC_KINDS
+                 and entry.precision == "int8" and name in chains])
+    keep, dynamic = outcome.chosen.fp32_layers, outcome.chosen.dynamic_layers
     report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
               **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}
     choice = {"artifact": outcome.chosen.label, "reason": f"fastest build meeting the accuracy budget "
               f"(metric {outcome.chosen.metric:.5g} >= {outcome.threshold:.5g})", "timed": True}
     latency_ms = {p.label: p.latency_ms for p in outcome.points} | {"artifact": outcome.chosen.latency_ms}
-    return dataclasses.replace(first, int8=realized[keep][0], keep_fp32=keep, int8_built=outcome.chosen.built,
+    return dataclasses.replace(first, int8=realized[keep, dynamic][0], keep_fp32=keep, dynamic=dynamic,
+                               int8_built=outcome.chosen.built,
                                latency_ms=latency_ms, choice=choice, keep_reason=mixed_precision.ACCURACY_BUDGET,
                                budget_report=report)
 
@@ -460,12 +467,12 @@ def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built,
     return realized, keep, fp32_built if same_program(realized, program.fp32) else rebuild(realized)
 
 
-def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple) -> dict:
+def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple, dynamic=()) -> dict:
     """fp32 against int8 (with the first bucket's fp32 layers) over every evaluation set."""
     comparison = Comparison()
     logger.info("evaluating fp32 vs int8 on %d samples", sum(len(data) for _, data in sets))
     for program, data in sets:
-        int8_exposed = quantized.realize(program, keep_fp32, expose=True)
+        int8_exposed = quantized.realize(program, keep_fp32, expose=True, dynamic=dynamic)
         probes = quantization_record(int8_exposed)["exposed"]
         comparison.add(program.vm(ExposeTensors(probes)(program.fp32)), program.vm(int8_exposed), probes, data,
                        program.batch, program.size)

@@ -18,7 +18,10 @@ with the real metric on that build:
    fp32 and int8 builds, its quantize / dequantize edges included: :func:`tvmq.latency.attribute`),
    layers no slower in fp32 first. The shortest prefix of that order that meets the budget is
    found by bisection (the metric assumed to grow with the prefix; the whole order is the
-   fp32 model, which always meets it), one build per prefix tried.
+   fp32 model, which always meets it), one build per prefix tried;
+3. where dense layers can quantize their input at run time (``dynamic``: int8 weights, the
+   input's scale from the tensor itself), all of them dynamic instead of int8, and the prefix
+   found with its dense layers dynamic instead of fp32: two builds more.
 
 Every configuration tried is one point of the accuracy-vs-latency curve. All of them are timed
 whole in one interleaved run (:func:`tvmq.choose.time_modules`) and the fastest that meets the
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 ACCURACY_BUDGET = "accuracy budget"  # the plan's reason for a layer this search keeps fp32
 FP32, INT8, FALLBACK = "fp32", "int8", "int8 + latency fallback"
+DENSE_DYNAMIC = "int8, dense layers dynamic"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Point:
     metric: float
     built: object = field(repr=False)
     latency_ms: float | str | None = None
+    dynamic_layers: tuple = ()  # int8 weights, input quantized at run time
 
 
 @dataclass
@@ -96,9 +101,11 @@ class Outcome:
         """report.json's ``mixed_precision``: ``{"budget", "metric", "fp32_layers", "latency_ms", "curve", ...}``."""
         return {"budget": budget.to_json() | {"threshold": round(self.threshold, 6)}, "metric_name": metric_name,
                 "metric": self.chosen.metric, "fp32_metric": self.reference,
-                "fp32_layers": [node_of(t) for t in self.chosen.fp32_layers], "latency_ms": self.chosen.latency_ms,
+                "fp32_layers": [node_of(t) for t in self.chosen.fp32_layers],
+                "dynamic_layers": [node_of(t) for t in self.chosen.dynamic_layers], "latency_ms": self.chosen.latency_ms,
                 "configuration": self.chosen.label,
-                "curve": [{"configuration": p.label, "fp32_layers": len(p.fp32_layers), "metric": p.metric,
+                "curve": [{"configuration": p.label, "fp32_layers": len(p.fp32_layers),
+                           "dynamic_layers": len(p.dynamic_layers), "metric": p.metric,
                            "latency_ms": p.latency_ms, "meets_budget": p.metric >= self.threshold}
                           for p in self.points],
                 "order": [{"name": node_of(t), "gain_per_us": g} for t, g in self.order],
@@ -124,21 +131,23 @@ def rank(layers: list[str], recovered: dict[str, float], latencies: dict[str, La
 
 
 def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget, build, score, timer,
-           sensitivity_of, fallback: bool = True) -> Outcome:
+           sensitivity_of, fallback: bool = True, dynamic: list[str] = ()) -> Outcome:
     """The fastest configuration that meets ``budget``.
 
     ``layers``: the int8 layers (plan tensors); ``build(keep_fp32) -> built`` builds a
     configuration for the target; ``score(built) -> metric`` runs the real metric on it;
     ``timer({label: built}) -> {label: ms}`` times builds whole, interleaved;
     ``sensitivity_of() -> Sensitivity`` ranks layers (called only when int8 misses the budget);
-    ``fallback``: try the latency fallback's configuration too.
+    ``fallback``: try the latency fallback's configuration too; ``dynamic``: the layers that may
+    quantize their input at run time instead (dense ones), tried all at once in place of int8 and
+    in place of fp32 in the prefix found (``build(keep_fp32, dynamic)``).
     """
     start = time.perf_counter()
     points = []
 
-    def attempt(label: str, keep: tuple) -> Point:
-        built = build(keep)
-        point = Point(label, keep, score(built), built)
+    def attempt(label: str, keep: tuple, dynamic_layers: tuple = ()) -> Point:
+        built = build(keep, dynamic_layers) if dynamic_layers else build(keep)
+        point = Point(label, keep, score(built), built, dynamic_layers=dynamic_layers)
         logger.info("mixed precision: %s (%d layer(s) fp32): metric %.5f", label, len(keep), point.metric)
         points.append(point)
         return point
@@ -154,7 +163,13 @@ def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget
         sensitivity = sensitivity_of()
         recovered = {row.tensor: sensitivity.recovered(row) for row in sensitivity.layers}
         order = rank(layers, recovered, latencies)
-        _bisect([name for name, _ in order], threshold, attempt)
+        if dynamic:
+            attempt(DENSE_DYNAMIC, (), tuple(dynamic))
+        found = _bisect([name for name, _ in order], threshold, attempt)
+        swapped = tuple(name for name in found if name in dynamic)
+        if swapped:
+            attempt(f"{len(found)} most gainful, dense ones dynamic", tuple(n for n in found if n not in swapped),
+                    swapped)
     _time(points, timer)
     meeting = [p for p in points if p.metric >= threshold]
     chosen = min(meeting, key=lambda p: (_ms(p), len(p.fp32_layers)))
@@ -163,14 +178,15 @@ def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget
     return Outcome(chosen, points, fp32.metric, threshold, order, sensitivity, round(time.perf_counter() - start, 1))
 
 
-def _bisect(order: list[str], threshold: float, attempt) -> None:
+def _bisect(order: list[str], threshold: float, attempt) -> tuple:
     """Try prefixes of ``order`` kept fp32 until the shortest that meets ``threshold`` is found
-    (prefix 0 is all int8, which misses; the whole order is fp32, which meets)."""
+    and return it (prefix 0 is all int8, which misses; the whole order is fp32, which meets)."""
     low, high = 0, len(order)
     while high - low > 1:
         middle = (low + high) // 2
         point = attempt(f"{middle} most gainful fp32", tuple(order[:middle]))
         low, high = (low, middle) if point.metric >= threshold else (middle, high)
+    return tuple(order[:high])
 
 
 def _time(points: list[Point], timer) -> None:
