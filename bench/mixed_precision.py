@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=0)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per build (interleaved rounds)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     rows = load_rows()
     for name in args.model or DEFAULT_MODELS:
         rows[name] = measure(name, args)

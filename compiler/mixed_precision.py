@@ -7,8 +7,9 @@ The budget is a floor under the task metric ``M`` (higher is better), from fp32'
 (either bound alone when one is given). Candidates, each built for the target and verified
 with the real metric on that build:
 
-1. all fp32, all int8, and all int8 with the latency fallback's layers fp32 (those whose int8
-   kernel plus quantize / dequantize edges measured slower than their fp32 kernel);
+1. all fp32, all int8, all int8 with the latency fallback's layers fp32 (those whose int8
+   kernel plus quantize / dequantize edges measured slower than their fp32 kernel by its
+   margins), and all int8 with every layer measured faster in fp32 kept fp32 (no margin);
 2. when none of the int8 ones meets the budget, layers kept fp32 in the order of metric
    recovered per µs lost,
 
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 ACCURACY_BUDGET = "accuracy budget"  # the plan's reason for a layer this search keeps fp32
 FP32, INT8, FALLBACK = "fp32", "int8", "int8 + latency fallback"
 DENSE_DYNAMIC = "int8, dense layers dynamic"
+FASTER_FP32 = "int8, layers faster in fp32 kept fp32"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ def search(layers: list[str], latencies: dict[str, LayerLatency], budget: Budget
     int8 = attempt(INT8, ())
     fallback_keep = tuple(slower_in_int8(latencies)) if fallback else ()
     candidates = [int8] + ([attempt(FALLBACK, fallback_keep)] if fallback_keep else [])
+    faster = tuple(name for name in layers if (_lost_us(latencies.get(name)) or 0.0) < 0)
+    if fallback and faster and set(faster) != set(fallback_keep) and len(faster) < len(layers):
+        candidates.append(attempt(FASTER_FP32, faster))
     order, sensitivity = [], None
     if not any(p.metric >= threshold for p in candidates) and layers:
         sensitivity = sensitivity_of()
