@@ -21,8 +21,8 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import (CALIBRATED, DYNAMIC, DYNAMIC_KINDS, LATENCY_FALLBACK, QuantPlan, calibration_names,
-                              layer_labels, onnx_aliases, plan_imported, unmatched)
+from tvmq.passes.plan import (CALIBRATED, DYNAMIC, DYNAMIC_KINDS, LATENCY_FALLBACK, USER_OVERRIDE, QuantPlan,
+                              calibration_names, layer_labels, onnx_aliases, plan_imported, unmatched)
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
@@ -431,7 +431,7 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
     realized = {((), ()): (first.int8, first.int8_built)}
 
     def build(keep, dynamic=()):
-        if keep == tuple(chains):
+        if set(keep) == set(chains):
             realized[keep, ()] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
         if (keep, dynamic) not in realized:
             module = quantized.realize(program, keep_fp32=keep, dynamic=dynamic)
@@ -439,14 +439,15 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
         return realized[keep, dynamic][1]
 
     node_of = {name: layer_node(program.imported.nodes, chain) for name, chain in chains.items()}
+    searched = [name for name in chains if quantized.plan.layers[name].reason != USER_OVERRIDE]  # --*-layers stay
     outcome = mixed_precision.search(
-        list(chains), timings, config.budget(), build,
+        searched, timings, config.budget(), build,
         lambda built: evaluate(metric, run(built), "a candidate build"),
         lambda builds: time_modules(builds, inputs, config.latency_runs),
-        lambda: measure(program_evaluator(quantized, program, metric), list(chains), node_of),
+        lambda: measure(program_evaluator(quantized, program, metric), searched, node_of),
         fallback=config.latency_fallback,
         dynamic=[name for name, entry in quantized.plan.layers.items() if entry.kind in DYNAMIC_KINDS
-                 and entry.precision == "int8" and name in chains])
+                 and entry.precision == "int8" and name in searched])
     keep, dynamic = outcome.chosen.fp32_layers, outcome.chosen.dynamic_layers
     report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
               **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}
