@@ -419,7 +419,8 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
 
     def run(built):
         return module_run(virtual_machine(built.executable), list(built.params.values()),
-                          [(n, shape) for n, (shape, _) in zip(names, inputs)])
+                          [(n, shape) for n, (shape, _) in zip(names, inputs)],
+                          device=executor_of(built.executable).device())
 
     metric_name, make_metric = budgeted
     metric = make_metric(program_run(program, program.fp32))  # fp32's reference outputs, batched
@@ -431,7 +432,7 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
     realized = {((), ()): (first.int8, first.int8_built)}
 
     def build(keep, dynamic=()):
-        if set(keep) == set(chains):
+        if set(keep) == set(chains) and not dynamic:
             realized[keep, ()] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
         if (keep, dynamic) not in realized:
             module = quantized.realize(program, keep_fp32=keep, dynamic=dynamic)
@@ -452,7 +453,8 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
     report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
               **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}
     choice = {"artifact": outcome.chosen.label, "reason": f"fastest build meeting the accuracy budget "
-              f"(metric {outcome.chosen.metric:.5g} >= {outcome.threshold:.5g})", "timed": True}
+              f"(metric {outcome.chosen.metric:.5g} >= {outcome.threshold:.5g})",
+              "timed": isinstance(outcome.chosen.latency_ms, (int, float))}  # else: the fewest fp32 layers
     latency_ms = {p.label: p.latency_ms for p in outcome.points} | {"artifact": outcome.chosen.latency_ms}
     return dataclasses.replace(first, int8=realized[keep, dynamic][0], keep_fp32=keep, dynamic=dynamic,
                                int8_built=outcome.chosen.built,

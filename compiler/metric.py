@@ -127,21 +127,22 @@ def evaluate(metric: Metric, run: Run, what: str) -> float:
     return value
 
 
-def module_run(vm, params: list, inputs: list[tuple[str, tuple | None]], chunk: int = 64) -> Run:
+def module_run(vm, params: list, inputs: list[tuple[str, tuple | None]], chunk: int = 64, device=None) -> Run:
     """A :data:`Run` of ``vm["main"]`` with ``params`` after the inputs.
 
     ``inputs``: ``(name, static shape or None)`` per model input in its order (None: the batch is
     free, so feeds run ``chunk`` samples at a time). A feed of exactly the static shapes runs
     once; otherwise it is split along the batch axis into the module's batch (the last part
-    zero-padded, its padding cut from the outputs) and the outputs joined.
+    zero-padded, its padding cut from the outputs) and the outputs joined. Arrays go to ``device``
+    (None: the CPU).
     """
     import tvm
 
     names, shapes = [n for n, _ in inputs], [s for _, s in inputs]
-    tensors = [tvm.runtime.tensor(p) for p in params]
+    tensors = [tvm.runtime.tensor(p, device) for p in params]
 
     def call(arrays):
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], *tensors)
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in arrays], *tensors)
         return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
 
     def run(feeds: dict) -> list:
