@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--drop", type=float, default=0.005, help="--max-accuracy-drop, in the metric's units")
     parser.add_argument("--trials", type=int, default=0)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per build (interleaved rounds)")
+    parser.add_argument("--markdown", action="store_true", help="print the stored results' tables and stop")
     args = parser.parse_args()
+    if args.markdown:
+        print("\n".join(table(row) for row in load_rows().values()))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     rows = load_rows()
     for name in args.model or DEFAULT_MODELS:
@@ -95,12 +99,13 @@ def _as_list(result) -> list:
 
 
 def table(row: dict) -> str:
-    lines = [f"## {row['model']} ({row['metric_name']}, budget {row['drop']}, fp32 {row['fp32_metric']:.4f}, "
-             f"threshold {row['threshold']:.4f}, trials {row['trials']})", "",
-             "| configuration | fp32 layers | metric | ms | meets |", "|---|---|---|---|---|"]
+    lines = [f"### {row['model']} ({row['metric_name']}, budget {row['drop']}, fp32 {row['fp32_metric']:.4f}, "
+             f"threshold {row['threshold']:.4f}, {row['calib_samples']} calibration / {row['eval_samples']} "
+             f"evaluation samples, trials {row['trials']})", "",
+             "| configuration | fp32 layers | dynamic layers | metric | ms | meets |", "|---|---|---|---|---|---|"]
     for p in row["curve"]:
-        lines.append(f"| {p['configuration']} | {p['fp32_layers']} | {p['metric']:.4f} | {p['latency_ms']:.3f} | "
-                     f"{'yes' if p['meets_budget'] else 'no'} |")
+        lines.append(f"| {p['configuration']} | {p['fp32_layers']} | {p.get('dynamic_layers', 0)} | {p['metric']:.4f} | "
+                     f"{p['latency_ms']:.3f} | {'yes' if p['meets_budget'] else 'no'} |")
     lines += ["", f"chosen: {row['chosen']} ({len(row['fp32_layers'])} fp32 layers), {row['latency_ms']:.3f} ms, "
               f"metric {row['metric']:.4f} (saved artifact: {row['saved_artifact_metric']:.4f}); best single "
               f"configuration meeting the budget: {row['best_single']['configuration']} "
