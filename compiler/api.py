@@ -21,15 +21,17 @@ from tvmq.passes.expose import ExposeTensors
 from tvmq.passes.fold_batchnorm import FoldBatchNorm
 from tvmq.passes.graph import find_layers, pass_notes
 from tvmq.passes.lift_params import lift_params
-from tvmq.passes.plan import (CALIBRATED, LATENCY_FALLBACK, QuantPlan, bits_qmax, calibration_names, layer_labels,
-                              layer_weight_qmax, onnx_aliases, plan_imported, unmatched)
+from tvmq.passes.plan import (CALIBRATED, DYNAMIC, DYNAMIC_KINDS, LATENCY_FALLBACK, USER_OVERRIDE, QuantPlan,
+                              bits_qmax, calibration_names, layer_labels, layer_weight_qmax, onnx_aliases,
+                              plan_imported, unmatched)
 from tvmq.passes.adaround import AdaRoundOptions
 from tvmq.passes.qparams import WEIGHT_QMAX, weight_bits
 from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 from tvmq.targets.rpc import with_tracker
 
-from . import artifact, assets, histograms, latency, layerwise, onnxruntime_baseline, profile, qdq_export
+from . import (artifact, assets, histograms, latency, layerwise, mixed_precision, onnxruntime_baseline, profile,
+               qdq_export)
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -89,7 +91,7 @@ class CompiledModel:
 
 
 def compile(model: str | Path, calib=None, target: str = "host", config: Config | None = None,
-            eval_data=None) -> CompiledModel:
+            eval_data=None, metric=None) -> CompiledModel:
     """Quantize an ONNX model to int8 and build it for ``target``.
 
     ``calib`` / ``eval_data``: anything :func:`tvmq.data.load_data` reads: a ``.npy`` / ``.npz``
@@ -99,6 +101,11 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     report evaluates on the calibration data and says so. ``config.input_shapes`` may give an
     input several shapes: one module is built per shape bucket. ``target`` applies when
     ``config`` is not given (``config.target`` wins otherwise).
+
+    With an accuracy budget (``config.max_accuracy_drop`` / ``max_relative_drop``) the deployed
+    build is the fastest measured one whose metric meets it (:mod:`tvmq.mixed_precision`);
+    ``metric(run) -> float`` (higher is better; ``run(feeds) -> outputs`` runs a candidate
+    build) is the user's, else ``config.metric`` on ``eval_data`` (:mod:`tvmq.metric`).
     """
     config = config or Config(target=target)
     spec = target_of(config)
@@ -107,6 +114,8 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     programs = _programs(model, config, spec)
     buckets = programs.buckets()
     qdq = buckets[0].program.imported.qdq
+    evaluation = programs.data(eval_data, "evaluation") if eval_data is not None else None
+    budgeted = _budgeted(config, metric, evaluation or [], len(buckets))  # a bad budget fails before calibration
     if qdq is not None:  # a pre-quantized model: its parameters are the plan, calibration data is not needed
         calib_sets = []
         quantized = _imported(buckets[0].program, config, spec)
@@ -116,16 +125,17 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         calib_sets = programs.data(calib, "calibration")
         quantized = _quantize(calib_sets, config, spec)
     seconds = config.tuning_time / len(buckets)  # the tuning time, split evenly over the buckets
-    deployments = [_deploy(bucket, quantized, config, spec, seconds) for bucket in buckets]
-    eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
+    eval_sets = evaluation if evaluation is not None else calib_sets
+    deployments = [_deploy(bucket, quantized, config, spec, seconds, budgeted) for bucket in buckets]
     activations = histograms.ActivationHistograms(quantized.plan.ranges)
-    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32, activations.add) if eval_sets \
+    comparison = _evaluate(eval_sets, quantized, deployments[0].keep_fp32, deployments[0].dynamic,
+                           activations.add) if eval_sets \
         else _not_evaluated()
 
     main = deployments[0]
     imported = main.program.imported
     record = quantization_record(main.int8)
-    planned = quantized.planned(main.keep_fp32)
+    planned = quantized.planned(main.keep_fp32, main.keep_reason, main.dynamic)
     plan = planned.to_json(imported.onnx_names, imported.nodes)
     measured_on = spec.executor.measured_on()
     manifest = artifact.manifest(imported.name, imported.outputs, spec, config, quantized.scheme, record,
@@ -149,6 +159,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "latency_runs": config.latency_runs,
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
         **_onnxruntime(config, spec, model, qdq, calib_sets, main),
+        **main.budget_report,
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "histograms": histograms.worst_layers(planned, comparison["sqnr_db"], activations, main.program.fp32["main"],
                                               imported.nodes, imported.onnx_names),
@@ -199,12 +210,14 @@ class _Quantized:
     plan: QuantPlan = None
     int8: object = None
 
-    def planned(self, keep_fp32=()) -> QuantPlan:
-        """The plan with the latency fallback's ``keep_fp32`` layers fp32."""
-        return self.plan.with_precision(keep_fp32, "fp32", LATENCY_FALLBACK)
+    def planned(self, keep_fp32=(), reason: str = LATENCY_FALLBACK, dynamic=()) -> QuantPlan:
+        """The plan with the ``keep_fp32`` layers fp32 (kept by the latency fallback, or ``reason``)
+        and the ``dynamic`` layers dynamic (for ``reason``)."""
+        plan = self.plan.with_precision(dynamic, DYNAMIC, reason) if dynamic else self.plan
+        return plan.with_precision(keep_fp32, "fp32", reason)
 
-    def realize(self, program: Program, keep_fp32=(), expose: bool = False):
-        return RealizePlan(self.planned(keep_fp32), expose)(program.fp32)
+    def realize(self, program: Program, keep_fp32=(), expose: bool = False, dynamic=()):
+        return RealizePlan(self.planned(keep_fp32, dynamic=dynamic), expose)(program.fp32)
 
 
 def _quantize(sets: list[tuple[Program, Dataset]], config: Config, spec: TargetSpec) -> _Quantized:
@@ -340,6 +353,9 @@ class _Deployment:
     fallback: _Fallback | None
     latency_ms: dict
     choice: dict  # which build is deployed and why (tvmq.choose)
+    keep_reason: str = LATENCY_FALLBACK  # why the keep_fp32 (and dynamic) layers are so, in the plan
+    dynamic: tuple = ()  # layers made dynamic by the accuracy budget's search
+    budget_report: dict = dataclasses.field(default_factory=dict)  # mixed_precision, sensitivity
 
     @property
     def program(self) -> Program:
@@ -355,11 +371,13 @@ class _Deployment:
 
 
 def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetSpec,
-            seconds: float = 0.0) -> _Deployment:
+            seconds: float = 0.0, budgeted=None) -> _Deployment:
     """Build the bucket's fp32 and int8 modules (tuned alike), rebuild int8 with the layers slower
     in int8 kept fp32 (each new kernel tuned with the first build's per-task share), time every
-    build whole and deploy the fastest (:mod:`tvmq.choose`). ``seconds`` of tuning time are split
-    over the modules by :data:`tvmq.tune.TIME_SPLIT` (int8 takes the rebuild's part without a fallback)."""
+    build whole and deploy the fastest (:mod:`tvmq.choose`); with an accuracy budget
+    (``budgeted``: the metric's name and factory), the fastest that meets it. ``seconds`` of tuning
+    time are split over the modules by :data:`tvmq.tune.TIME_SPLIT` (int8 takes the rebuild's part
+    without a fallback)."""
     program = bucket.program
     db = Path(config.tuning_db or _default_tuning_db(spec))
     inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
@@ -374,6 +392,10 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
               "int8": int8_built.tuning,
               **({"time_split": {"fp32": TIME_SPLIT["fp32"], "int8": int8_part, "int8_rebuild": 1 - TIME_SPLIT["fp32"]
                                  - int8_part}} if clock else {})}
+    if budgeted is not None:
+        share = int8_built.tuning["share"] if int8_built.tuning else None
+        return _within_budget(_Deployment(bucket, int8, (), fp32_built, int8_built, kernels, tuning, None, {}, {}),
+                              quantized, config, spec, functools.partial(deployable, share=share), budgeted)
     if not (config.latency_fallback and config.tunes):
         why = "--no-latency-fallback" if not config.latency_fallback else "no tuning, --trials 0"
         measured = time_modules({INT8: int8_built, FP32: fp32_built}, inputs, config.latency_runs)
@@ -396,6 +418,83 @@ def _deploy(bucket: Bucket, quantized: _Quantized, config: Config, spec: TargetS
                        {**choice.latency_ms, "artifact": choice.latency_ms[choice.name]}, choice.to_json())
 
 
+def _budgeted(config: Config, metric, eval_sets: list, buckets: int):
+    """``(metric name, factory(fp32 run) -> metric)`` when ``config`` has an accuracy budget, else None."""
+    from . import metric as metrics
+
+    if config.budget() is None:
+        if metric is not None:
+            logger.warning("a metric was given without an accuracy budget (--max-accuracy-drop): it is not used")
+        return None
+    if buckets > 1:
+        raise TvmqError("an accuracy budget (--max-accuracy-drop) builds one shape bucket, not several")
+    if len(eval_sets) > 1:
+        raise TvmqError("an accuracy budget's metric runs on evaluation data of one shape; it has several")
+    data = eval_sets[0][1] if eval_sets else None
+    if metric is not None:
+        if not callable(metric):
+            raise TvmqError(f"metric must be a function of run, got {type(metric).__name__}")
+        return getattr(metric, "__name__", "user metric"), lambda reference: metric
+    name, _ = metrics.resolve(config.metric, data, None, check_only=True)  # bad names and data fail now
+    return name, lambda reference: metrics.resolve(config.metric, data, reference)[1]
+
+
+def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, spec: TargetSpec, rebuild,
+                   budgeted) -> _Deployment:
+    """The fastest build whose metric meets the accuracy budget (:func:`tvmq.mixed_precision.search`),
+    each candidate built like the first int8 build (``rebuild``) and scored by the real metric."""
+    from .metric import evaluate, module_run
+    from .sensitivity import measure, program_evaluator, program_run
+
+    program, bucket = first.program, first.bucket
+    inputs = [(s.static_shape(bucket.batch), s.dtype) for s in program.imported.inputs]
+    names = [s.name for s in program.imported.inputs]
+
+    def run(built):
+        return module_run(virtual_machine(built.executable), list(built.params.values()),
+                          [(n, shape) for n, (shape, _) in zip(names, inputs)],
+                          device=executor_of(built.executable).device())
+
+    metric_name, make_metric = budgeted
+    metric = make_metric(program_run(program, program.fp32))  # fp32's reference outputs, batched
+    record = quantization_record(first.int8)
+    layers = find_layers(program.fp32["main"]).values()
+    chains = {layer.out.name: [v.name for v in layer.chain] for layer in layers if layer.out.name in record["weights"]}
+    timings = latency.attribute(first.fp32_built.module, first.int8_built.module, chains, spec,
+                                first.kernels["fp32"], first.kernels["int8"])
+    realized = {((), ()): (first.int8, first.int8_built)}
+
+    def build(keep, dynamic=()):
+        if set(keep) == set(chains) and not dynamic:
+            realized[keep, ()] = _all_fp32(program, quantized, first.int8, first.fp32_built, rebuild)[::2]
+        if (keep, dynamic) not in realized:
+            module = quantized.realize(program, keep_fp32=keep, dynamic=dynamic)
+            realized[keep, dynamic] = (module, rebuild(module))
+        return realized[keep, dynamic][1]
+
+    node_of = {name: layer_node(program.imported.nodes, chain) for name, chain in chains.items()}
+    searched = [name for name in chains if quantized.plan.layers[name].reason != USER_OVERRIDE]  # --*-layers stay
+    outcome = mixed_precision.search(
+        searched, timings, config.budget(), build,
+        lambda built: evaluate(metric, run(built), "a candidate build"),
+        lambda builds: time_modules(builds, inputs, config.latency_runs),
+        lambda: measure(program_evaluator(quantized, program, metric), searched, node_of),
+        fallback=config.latency_fallback,
+        dynamic=[name for name, entry in quantized.plan.layers.items() if entry.kind in DYNAMIC_KINDS
+                 and entry.precision == "int8" and name in searched])
+    keep, dynamic = outcome.chosen.fp32_layers, outcome.chosen.dynamic_layers
+    report = {"mixed_precision": outcome.to_json(config.budget(), metric_name, node_of.get),
+              **({"sensitivity": outcome.sensitivity.to_json()} if outcome.sensitivity else {})}
+    choice = {"artifact": outcome.chosen.label, "reason": f"fastest build meeting the accuracy budget "
+              f"(metric {outcome.chosen.metric:.5g} >= {outcome.threshold:.5g})",
+              "timed": isinstance(outcome.chosen.latency_ms, (int, float))}  # else: the fewest fp32 layers
+    latency_ms = {p.label: p.latency_ms for p in outcome.points} | {"artifact": outcome.chosen.latency_ms}
+    return dataclasses.replace(first, int8=realized[keep, dynamic][0], keep_fp32=keep, dynamic=dynamic,
+                               int8_built=outcome.chosen.built,
+                               latency_ms=latency_ms, choice=choice, keep_reason=mixed_precision.ACCURACY_BUDGET,
+                               budget_report=report)
+
+
 def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built, rebuild) -> tuple:
     """The deployment when fp32 measured fastest: the model realized with every layer kept fp32
     (a tvmq artifact whose record says so), run by the fp32 build when that is its program."""
@@ -404,13 +503,14 @@ def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built,
     return realized, keep, fp32_built if same_program(realized, program.fp32) else rebuild(realized)
 
 
-def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple, observe=None) -> dict:
-    """fp32 against int8 (with the first bucket's fp32 layers) over every evaluation set; ``observe``
-    sees every exposed tensor's fp32 values (:class:`tvmq.evaluate.Comparison`)."""
+def _evaluate(sets: list[tuple[Program, Dataset]], quantized: _Quantized, keep_fp32: tuple, dynamic=(),
+              observe=None) -> dict:
+    """fp32 against int8 (with the first bucket's fp32 layers, ``dynamic`` layers dynamic) over every
+    evaluation set; ``observe`` sees every exposed tensor's fp32 values (:class:`tvmq.evaluate.Comparison`)."""
     comparison = Comparison(observe)
     logger.info("evaluating fp32 vs int8 on %d samples", sum(len(data) for _, data in sets))
     for program, data in sets:
-        int8_exposed = quantized.realize(program, keep_fp32, expose=True)
+        int8_exposed = quantized.realize(program, keep_fp32, expose=True, dynamic=dynamic)
         probes = quantization_record(int8_exposed)["exposed"]
         comparison.add(program.vm(ExposeTensors(probes)(program.fp32)), program.vm(int8_exposed), probes, data,
                        program.batch, program.size)

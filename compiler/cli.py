@@ -178,6 +178,17 @@ def _add_build_options(parser: argparse.ArgumentParser, out_required: bool = Tru
     parser.add_argument("--onnxruntime", dest="onnxruntime_baseline", action="store_true",
                         help="also time ONNX Runtime fp32 and int8 (quantize_static on the same calibration data) "
                              "beside the artifact, each in its own process, for the report (adds seconds)")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="DROP",
+                        help="accuracy budget in the metric's units (0.01: one point of top-1): deploy the fastest "
+                             "measured build whose metric on --eval is at most this far below fp32's, keeping fp32 "
+                             "the layers that recover most metric per microsecond lost")
+    parser.add_argument("--max-relative-drop", type=float, metavar="SHARE",
+                        help="accuracy budget as a share of fp32's metric (0.01: 1%%); with --max-accuracy-drop "
+                             "both must hold")
+    parser.add_argument("--metric", metavar="NAME|MODULE:FUNCTION",
+                        help="the budget's metric: top1 (needs labels), agreement or cosine with fp32 on --eval "
+                             "(default: top1 with labels, else cosine), or MODULE:FUNCTION, a function of run "
+                             "(run(feeds) -> outputs) returning a number, higher better")
     parser.add_argument("--dynamic-layers", default="", metavar="NAME,...",
                         help="these layers (MatMul / Gemm / Conv) quantize their input at run time; names as "
                              "--fp32-layers, which wins where both name a layer")
@@ -197,7 +208,8 @@ def _config(args):
                   rounding=args.rounding, adaround_iterations=args.adaround_iterations,
                   adaround_samples=args.adaround_samples, adaround_reg_weight=args.adaround_reg_weight,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                  onnxruntime_baseline=args.onnxruntime_baseline)
+                  onnxruntime_baseline=args.onnxruntime_baseline, max_accuracy_drop=args.max_accuracy_drop,
+                  max_relative_drop=args.max_relative_drop, metric=args.metric)
 
 
 def _tuning_budget(trials: int | None, tuning_time: str | None, tunes_here: bool = True) -> dict:

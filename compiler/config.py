@@ -72,6 +72,12 @@ class Config:
         regulariser's weight (AIMET: 0.01).
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
         under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
+    max_accuracy_drop, max_relative_drop : an accuracy budget (in the metric's units; as a share of
+        fp32's metric): deploy the fastest measured build whose metric meets it, layers kept fp32
+        by metric recovered per µs lost (:mod:`tvmq.mixed_precision`). None: no budget.
+    metric : what the budget is measured in: ``"top1"``, ``"agreement"``, ``"cosine"``
+        (:data:`tvmq.metric.BUILTIN`, on the evaluation data) or ``"module:function"`` taking a
+        ``run``; None: top1 with labels, else cosine. ``tvmq.compile(metric=fn)`` wins.
     """
 
     target: str = "host"
@@ -101,6 +107,17 @@ class Config:
     adaround_reg_weight: float = 0.01
     rpc_tracker: str | None = None
     rpc_key: str | None = None
+    max_accuracy_drop: float | None = None
+    max_relative_drop: float | None = None
+    metric: str | None = None
+
+    def budget(self):
+        """The accuracy budget (:class:`tvmq.mixed_precision.Budget`), or None without one."""
+        from .mixed_precision import Budget
+
+        if self.max_accuracy_drop is None and self.max_relative_drop is None:
+            return None
+        return Budget(self.max_accuracy_drop, self.max_relative_drop)
 
     def activation_dtype(self, target_default: str) -> str:
         return target_default if self.symmetric is None else ("int8" if self.symmetric else "uint8")
@@ -144,6 +161,10 @@ class Config:
         from .program import shape_buckets
 
         shape_buckets(self.input_shapes)  # one clear error for buckets that do not line up
+        from .metric import check_name
+
+        self.budget()  # one clear error for a negative or relative >= 1 budget
+        check_name(self.metric)
         for name in ("batch_size", "deploy_batch"):
             if getattr(self, name) < 1:
                 raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")

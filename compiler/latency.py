@@ -159,8 +159,19 @@ def _kernels(mod, spec: TargetSpec, measured: list[dict]) -> list[_Kernel]:
         args = [a for a in args if isinstance(a, relax.Var)]
         converts = _converts(args, binding.var) and all(tir_op_pattern(fused[p]) <= INJECTIVE for p in prims)
         kernels.append(_Kernel(function, {a.name for a in args if a.name in params}, converts, args, binding.var,
-                               us(function)))
+                               _fused_us(us, function, [p.name_hint for p in prims])))
     return kernels
+
+
+def _fused_us(us, function: str, prims: list[str]) -> float | None:
+    """A kernel's µs: its own row, else the sum of the rows of its PrimFuncs that the built module
+    ran unfused (an untuned build keeps each PrimFunc a kernel of its own; one it merged away has
+    no row and counts nothing); None when none has a row."""
+    own = us(function)
+    if own is not None or not prims:
+        return own
+    parts = [t for t in map(us, prims) if t is not None]
+    return round(sum(parts), 2) if parts else None
 
 
 def _converts(inputs: list, output) -> bool:
