@@ -13,8 +13,8 @@ one is one decorated function) and reports its own seconds:
    analysis module and the **deployed** module (legalized for the target, packed kernels, lifted
    params: :func:`tvmq.api._build_deployable` of the exposed realization); the integer two must be
    bit-identical;
-4. ``sensitivity``: the task metric with one layer quantized at a time; the ranking itself is
-   :mod:`tvmq.sensitivity`'s (wired at merge), so the step says it did not run.
+4. ``sensitivity``: the task metric with one layer kept fp32 and with one layer alone int8, ranked
+   (:mod:`tvmq.sensitivity`, the ranking the accuracy budget uses).
 
 Rows are keyed by ONNX node names. The metric of steps 1-2 is :func:`task_metric`.
 """
@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from tvmq.passes.expose import ExposeTensors, named_vars
+from tvmq.passes.graph import find_layers
 from tvmq.passes.realize import RealizePlan, quantization_record
 from tvmq.passes.simulate import SimulateQuantization
 
@@ -43,6 +44,7 @@ from .data import Dataset
 from .errors import TvmqError
 from .evaluate import Comparison
 from .fileio import staged_directory
+from .report import layer_node
 
 logger = logging.getLogger(__name__)
 
@@ -363,8 +365,20 @@ class _Deployed:
 
 @step("sensitivity", "the task metric with one layer quantized at a time, ranked")
 def sensitivity(session: Session) -> dict:
-    """Wired to :mod:`tvmq.sensitivity` at merge (written in parallel); until then, not run."""
-    return {"status": "not run", "why": "tvmq.sensitivity is not part of this build yet"}
+    """:func:`tvmq.sensitivity.measure` on the first evaluation set, with the metric the accuracy
+    budget would use (``Config.metric``; default top-1 with labels, else cosine to fp32): per int8
+    layer, the metric with it kept fp32 (the rest int8) and with it alone int8 (the rest fp32)."""
+    from . import metric as metrics
+    from .sensitivity import measure, program_evaluator, program_run
+
+    program, data = session.eval_sets[0]
+    name, metric = metrics.resolve(session.config.metric, data, program_run(program, program.fp32))
+    record = quantization_record(session.quantized.realize(program))
+    layers = [layer for layer in find_layers(program.fp32["main"]).values() if layer.out.name in record["weights"]]
+    nodes = {layer.out.name: layer_node(session.nodes(), [v.name for v in layer.chain]) for layer in layers}
+    result = measure(program_evaluator(session.quantized, program, metric), list(nodes), nodes, alone=True)
+    return {"metric": name, "fp32": result.fp32, "int8": result.int8, "variants": 2 * len(nodes) + 2,
+            "ranking": result.to_json()}
 
 
 # ---- output ----------------------------------------------------------------------------------

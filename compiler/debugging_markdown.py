@@ -52,6 +52,15 @@ def _per_layer(entry: dict) -> list[str]:
     return lines
 
 
+def _sensitivity(entry: dict) -> list[str]:
+    lines = [f"Metric: {entry['metric']} (fp32 {entry['fp32']:.5f}, all int8 {entry['int8']:.5f}); "
+             f"{entry['variants']} variants. Most sensitive first.", "",
+             "| node | metric recovered kept fp32 | metric lost int8 alone |", "|---|---|---|"]
+    for row in entry["ranking"]:
+        lines.append(f"| {row['name']} | {row['metric_drop']:+.5f} | {row.get('metric_drop_alone', 0.0):+.5f} |")
+    return lines
+
+
 def _generic(entry: dict) -> list[str]:
     return [f"{key}: {value}" for key, value in entry.items() if key not in ("name", "title", "seconds")]
 
@@ -68,4 +77,4 @@ def _db(value) -> str:
     return "exact" if value is None else f"{value:.2f}"
 
 
-SECTIONS = {"sanity": _sanity, "sides": _sides, "per_layer": _per_layer}
+SECTIONS = {"sanity": _sanity, "sides": _sides, "per_layer": _per_layer, "sensitivity": _sensitivity}

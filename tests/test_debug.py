@@ -139,7 +139,9 @@ def test_cli_debug_end_to_end(flow, debug_out):
     sides = {v["name"]: v for v in steps["sides"]["variants"]}
     assert len(sides) == len(debugging.SIDES)
     assert all(v["metric"]["name"] == "top-1" and v["metric"]["value"] >= 0.95 for v in sides.values())
-    assert steps["sensitivity"]["status"] == "not run"
+    ranking = steps["sensitivity"]["ranking"]
+    assert steps["sensitivity"]["metric"] == "top1" and len(ranking) == 4  # the CNN's four int8 layers
+    assert [row["metric_drop"] for row in ranking] == sorted((row["metric_drop"] for row in ranking), reverse=True)
     markdown = (debug_out / "debug.md").read_text()
     assert "## per_layer" in markdown and "| relu1 |" in markdown
 
