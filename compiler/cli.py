@@ -232,7 +232,7 @@ def _tunes_here(args) -> bool:
     executor = get_target(args.target).executor
     why = executor.unavailable() or (None if executor.timed else executor.why_untimed)
     if why:
-        logging.getLogger(__name__).info("not tuning by default for %s: %s (--trials N asks anyway)", args.target, why)
+        logging.getLogger(__name__).debug("not tuning by default for %s: %s (--trials N asks anyway)", args.target, why)
     return not why
 
 

@@ -192,6 +192,7 @@ def export_module(executable, params: dict, directory: Path) -> Path:
     directory.mkdir(parents=True)
     executable.export_library(str(directory / "model.so"))
     np.savez(directory / "params.npz", **params)
+    (directory / "device").write_text(_device_name(executable))
     return directory
 
 
@@ -234,12 +235,20 @@ def _ort_call(path: Path, feed: dict, threads: int):
     return lambda: run(None, feed)
 
 
+def _device_name(executable) -> str:
+    """The device the executable's target runs modules on, as ``tvm.device`` reads it (``"cpu:0"``)."""
+    from .build import executor_of
+
+    return str(executor_of(executable).device())
+
+
 def _tvmq_call(directory: Path, feed: dict, threads: int):
     """A call of the saved module's ``main`` on tensors made once (the VM call alone is timed)."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    vm = VirtualMachine(tvm.runtime.load_module(str(directory / "model.so")), tvm.cpu())
+    device = tvm.device((directory / "device").read_text())  # the target's executor's (a CPU: runs_on_this_cpu)
+    vm = VirtualMachine(tvm.runtime.load_module(str(directory / "model.so")), device)
     with np.load(directory / "params.npz") as params:
         args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feed.values()] + \
             [tvm.runtime.tensor(params[name]) for name in params.files]

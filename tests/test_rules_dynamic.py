@@ -122,7 +122,7 @@ def test_nd_matmul_runs_on_the_packed_int8_dense_kernel_as_the_reference(rng, dt
 
 def test_mode_dynamic_compiles_a_dense_chain_as_the_reference(tmp_path, rng):
     """``Config(mode="dynamic")`` on Gemm -> Clip -> MatMul + Add: both layers dynamic in the plan
-    and the report, the compiled module exactly the chained numpy reference."""
+    and the report, the compiled module the chained numpy reference (integers exact)."""
     model = onnx_models.dense_chain()
     path = onnx_models.save(model, tmp_path / "dense.onnx")
     calib = rng.standard_normal((16, 20)).astype(np.float32)
@@ -141,7 +141,8 @@ def test_mode_dynamic_compiles_a_dense_chain_as_the_reference(tmp_path, rng):
     dtype = get_target("host").activation_dtype
     h = dynamic_dense(x, w1_q, s1, inits["b1"], dtype, (0.0, 6.0))
     want = dynamic_dense(h, w2_q, s2, inits["b2"], dtype)
-    np.testing.assert_array_equal(compiled.run({"x": x}), want)
+    # integers exact; the fp32 dequantize may fuse into an FMA (an ulp), far below one output step
+    np.testing.assert_allclose(compiled.run({"x": x}), want, rtol=0, atol=2 * np.spacing(np.abs(want).max()))
     with pytest.raises(TvmqError, match="cannot export: layer 'fc1' is dynamic"):
         compiled.export_qdq(tmp_path / "qdq.onnx")
 
