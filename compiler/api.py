@@ -106,6 +106,26 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
     build is the fastest measured one whose metric meets it (:mod:`tvmq.mixed_precision`);
     ``metric(run) -> float`` (higher is better; ``run(feeds) -> outputs`` runs a candidate
     build) is the user's, else ``config.metric`` on ``eval_data`` (:mod:`tvmq.metric`).
+
+    Parameters
+    ----------
+    model : path of the float (or QDQ) ONNX model.
+    calib : calibration data (not needed for a QDQ model).
+    target : a registered target name (``tvmq.targets.target_names()``), when ``config`` is None.
+    config : how to quantize, build, tune and measure (:class:`tvmq.Config`).
+    eval_data : evaluation data, disjoint from ``calib`` for honest figures.
+    metric : ``fn(run) -> float`` for the accuracy budget.
+
+    Returns
+    -------
+    CompiledModel
+        The deployed module, its params, manifest, plan and report; ``save(directory)`` writes the
+        artifact that :func:`tvmq.load` reads with TVM's runtime alone.
+
+    Raises
+    ------
+    TvmqError
+        Bad input, in one line naming the problem.
     """
     config = config or Config(target=target)
     spec = target_of(config)
@@ -609,7 +629,14 @@ def _kernel_profile(built: _Built, inputs) -> list[dict]:
 
 
 def demo(out: str | Path, config: Config | None = None, force: bool = False) -> CompiledModel:
-    """Compile the bundled pretrained MNIST CNN with its real calibration / evaluation splits."""
+    """Compile the bundled pretrained MNIST CNN with its real calibration / evaluation splits.
+
+    Parameters
+    ----------
+    out : artifact directory to write.
+    config : as :func:`compile`'s (default: ``Config()``, untuned).
+    force : replace an existing ``out``.
+    """
     model, calib, evaluation = assets.bundled_mnist()
     compiled = compile(model, calib, config=config, eval_data=evaluation)
     compiled.save(out, force=force)

@@ -109,7 +109,16 @@ class Session:
 def debug(model: str | Path, calib, eval_data=None, config: Config | None = None, out: str | Path | None = None,
           steps=None, force: bool = False, layer_samples: int = LAYER_SAMPLES) -> dict:
     """Run the debugging steps (default all of :data:`STEPS`) on ``model``; write ``debug.json`` and
-    ``debug.md`` to ``out`` when given. Returns the report's ``debug`` section."""
+    ``debug.md`` to ``out`` when given. Returns the report's ``debug`` section.
+
+    Parameters
+    ----------
+    model, calib, eval_data, config : as :func:`tvmq.compile`'s.
+    out : directory for ``debug.json`` / ``debug.md`` (None: write nothing).
+    steps : names of the steps to run, in order (default: all).
+    force : replace an existing ``out``.
+    layer_samples : evaluation samples of the per-layer step.
+    """
     if calib is None:
         raise TvmqError("calibration data is needed (--calib): the debugging flow calibrates the model")
     unknown = [name for name in steps or () if name not in STEPS]

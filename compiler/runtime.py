@@ -26,7 +26,14 @@ def sha256(path: Path) -> str:
 class DeployedModel:
     """A compiled int8 model: ``run(feeds)`` returns the model's output (a list of them, in the
     model's order, when it has several), as ONNX Runtime's ``session.run`` would. An artifact
-    with several shape buckets runs each feed on the module whose input shapes equal it."""
+    with several shape buckets runs each feed on the module whose input shapes equal it.
+
+    Attributes
+    ----------
+    directory : the artifact's directory.
+    manifest : its ``manifest.json`` (inputs, outputs, target, quantization, checksums).
+    inputs : the first bucket's inputs, ``[{"name", "shape", "dtype"}]`` in the model's order.
+    """
 
     def __init__(self, directory: str | Path):
         import tvm
@@ -89,7 +96,22 @@ def pick_bucket(buckets: list[list[dict]], inputs: tuple) -> int:
 
 
 def load(directory: str | Path) -> DeployedModel:
-    """Load an artifact written by ``tvmq compile`` / ``CompiledModel.save``."""
+    """Load an artifact written by ``tvmq compile`` / ``CompiledModel.save``, with TVM's runtime only.
+
+    Parameters
+    ----------
+    directory : the artifact's directory (``manifest.json``, ``model.so``, ``params.npz``, ...).
+
+    Returns
+    -------
+    DeployedModel
+        ``run(feeds)`` returns the model's output, as ONNX Runtime's ``session.run`` would.
+
+    Raises
+    ------
+    TvmqError
+        Not an artifact, a file missing, or a checksum that does not match the manifest.
+    """
     return DeployedModel(directory)
 
 
