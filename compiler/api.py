@@ -477,9 +477,7 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
 
     metric_name, make_metric = budgeted
     metric = make_metric(program_run(program, program.fp32))  # fp32's reference outputs, batched
-    record = quantization_record(first.int8)
-    layers = find_layers(program.fp32["main"]).values()
-    chains = {layer.out.name: [v.name for v in layer.chain] for layer in layers if layer.out.name in record["weights"]}
+    chains = int8_chains(program, first.int8)
     timings = latency.attribute(first.fp32_built.module, first.int8_built.module, chains, spec,
                                 first.kernels["fp32"], first.kernels["int8"])
     realized = {((), ()): (first.int8, first.int8_built)}
@@ -606,9 +604,7 @@ def _latency_fallback(program: Program, quantized: _Quantized, int8, fp32_built:
     Once, not to a fixed point: a layer kept fp32 gives its neighbours new edges, which are
     tuned with the rebuilt module but not weighed again.
     """
-    record = quantization_record(int8)
-    chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(program.fp32["main"]).values()
-              if layer.out.name in record["weights"]}
+    chains = int8_chains(program, int8)
     timings = latency.attribute(fp32_built.module, int8_built.module, chains, spec,
                                 kernels["fp32"], kernels["int8"])
     kept = latency.slower_in_int8(timings)
@@ -617,6 +613,14 @@ def _latency_fallback(program: Program, quantized: _Quantized, int8, fp32_built:
     logger.info("%d layer(s) slower in int8 than fp32 stay fp32: %s", len(kept), ", ".join(kept))
     int8 = quantized.realize(program, keep_fp32=kept)
     return int8, tuple(kept), rebuild(int8), _Fallback(timings, kept, chains, True)
+
+
+def int8_chains(program: Program, int8) -> dict[str, list[str]]:
+    """Each layer realized int8 in ``int8`` (by output name) -> the names of its chain's tensors
+    (its op, bias add, activation) in ``program``'s fp32 graph."""
+    record = quantization_record(int8)
+    return {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(program.fp32["main"]).values()
+            if layer.out.name in record["weights"]}
 
 
 def _kernel_profile(built: _Built, inputs) -> list[dict]:

@@ -32,7 +32,6 @@ from typing import Callable
 import numpy as np
 
 from tvmq.passes.expose import ExposeTensors, named_vars
-from tvmq.passes.graph import find_layers
 from tvmq.passes.realize import RealizePlan, quantization_record
 from tvmq.passes.simulate import SimulateQuantization
 
@@ -382,9 +381,8 @@ def sensitivity(session: Session) -> dict:
 
     program, data = session.eval_sets[0]
     name, metric = metrics.resolve(session.config.metric, data, program_run(program, program.fp32))
-    record = quantization_record(session.quantized.realize(program))
-    layers = [layer for layer in find_layers(program.fp32["main"]).values() if layer.out.name in record["weights"]]
-    nodes = {layer.out.name: layer_node(session.nodes(), [v.name for v in layer.chain]) for layer in layers}
+    chains = api.int8_chains(program, session.quantized.realize(program))
+    nodes = {name: layer_node(session.nodes(), chain) for name, chain in chains.items()}
     result = measure(program_evaluator(session.quantized, program, metric), list(nodes), nodes, alone=True)
     return {"metric": name, "fp32": result.fp32, "int8": result.int8, "variants": 2 * len(nodes) + 2,
             "ranking": result.to_json()}
