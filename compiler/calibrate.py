@@ -82,6 +82,13 @@ def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str
     labels are yielded after the outputs, as ``(outputs, labels)``. ``desc`` labels the
     progress bar (shown on a terminal only); None shows none.
     """
+    for args, y in batch_args(data, batch, batch_size, desc):
+        outputs = call_outputs(vm, args)
+        yield (outputs, y) if labels else outputs
+
+
+def batch_args(data: Dataset, batch: int | None, batch_size: int, desc: str | None = None):
+    """The batches :func:`run_batches` runs: ``(runtime tensors in the model's input order, labels)``."""
     import tvm
 
     size = batch or batch_size
@@ -93,9 +100,13 @@ def run_batches(vm, data: Dataset, batch: int | None, batch_size: int, desc: str
     for i, (feed, y) in enumerate(bar):
         if i == total:
             break
-        result = vm["main"](*[tvm.runtime.tensor(value) for value in feed.values()])
-        outputs = [_flatten(result[0])] + [r.numpy() for r in list(result)[1:]]
-        yield (outputs, y) if labels else outputs
+        yield [tvm.runtime.tensor(value) for value in feed.values()], y
+
+
+def call_outputs(vm, args: list) -> list[np.ndarray]:
+    """One call of ``vm["main"](*args)``: the model's first output, then the exposed tensors, in numpy."""
+    result = vm["main"](*args)
+    return [_flatten(result[0])] + [r.numpy() for r in list(result)[1:]]
 
 
 def _flatten(result) -> np.ndarray:

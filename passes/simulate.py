@@ -48,16 +48,23 @@ class SimulateQuantization:
     LayerNorm output feeds both a int8 matmul and an fp32 residual add). With explicit ``tensors``
     every reader reads the fake-quantized value. ``expose``: tensor names to return after the
     result, as ``(result, *tensors)``, each as an fp32 reader sees it.
+
+    ``forced``: tensor names whose readers read a value given at run time instead of the one the
+    simulation computes: ``main`` takes one more parameter per name, after the model's inputs and
+    in this order, with that tensor's shape (teacher forcing). Fed the int8 module's own tensors,
+    every simulated tensor differs from the module's only by what its own op computes, not by
+    differences carried from upstream (which softmax or GELU amplify). Exposed values stay the
+    simulation's own.
     """
 
     def __init__(self, plan: QuantPlan, weights: bool = True, activations: bool = True, weight_bits: int = 8,
-                 activation_bits: int = 8, tensors=None, expose=()):
+                 activation_bits: int = 8, tensors=None, expose=(), forced=()):
         for bits in (weight_bits, activation_bits):
             if not 2 <= int(bits) <= 16:
                 raise ValueError(f"simulated bit widths are 2 to 16, not {bits}")
         self.plan, self.weights, self.activations = plan, weights, activations
         self.weight_bits, self.activation_bits = int(weight_bits), int(activation_bits)
-        self.tensors, self.expose = tensors, list(expose)
+        self.tensors, self.expose, self.forced = tensors, list(expose), list(forced)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod["main"]
@@ -68,7 +75,7 @@ class SimulateQuantization:
         acts = {name: self._activation(name) for name in tensors if name in self.plan.activations} \
             if self.activations else {}
         weights = self._weight_constants(func) if self.weights else {}
-        main = _rewrite(func, acts, weights, self.expose, int8_ops)
+        main = _rewrite(func, acts, weights, self.expose, int8_ops, self.forced)
         record = {"weights": self.weights, "activations": self.activations, "weight_bits": self.weight_bits,
                   "activation_bits": self.activation_bits, "fake_quantized": sorted(acts),
                   "layers": sorted(name for _, _, name in weights.values())}
@@ -152,39 +159,56 @@ def weight_quantizer(weight: np.ndarray, planned: QParams, bits: int) -> Quantiz
     return Quantizer(weight_scale(weight, planned.axis, qmax), np.zeros(1, np.float32), -qmax, qmax, planned.axis)
 
 
-def _rewrite(func: relax.Function, acts: dict, weights: dict, expose: list, int8_ops: set | None) -> relax.Function:
+def _rewrite(func: relax.Function, acts: dict, weights: dict, expose: list, int8_ops: set | None,
+             forced: list = ()) -> relax.Function:
     """Re-emit ``func``'s bindings with fake-quantized weights and activations; ``int8_ops``: the
-    tensors computed in int8 (None: every reader reads the fake-quantized values)."""
-    builder, computed, fq = relax.BlockBuilder(), {}, {}
+    tensors computed in int8 (None: every reader reads the fake-quantized values); ``forced``: the
+    tensors read from extra parameters (see :class:`SimulateQuantization`)."""
+    builder, computed, fq, own, own_fq = relax.BlockBuilder(), {}, {}, {}, {}
     shifts = dict(shifted for _, shifted, _ in weights.values() if shifted is not None)
+    given = _forced_params(func, forced)
 
     def read_by(reader: str | None):
         return _Reads(computed, fq, int8_ops is None or reader in int8_ops, int8_ops or set())
 
+    def bind(var, value):
+        """``var``'s value as the simulation computes it, and what its readers read."""
+        own[var], computed[var] = value, given.get(var.name, value)
+        if var.name in acts:
+            fq[var] = _emit_fake_quant(builder, computed[var], acts[var.name])
+            own_fq[var] = fq[var] if var.name not in given else _emit_fake_quant(builder, value, acts[var.name])
+
     attrs = dict(func.attrs) if func.attrs else None
-    with builder.function("main", list(func.params), attrs=attrs):
+    with builder.function("main", list(func.params) + list(given.values()), attrs=attrs):
         with builder.dataflow():
             for param in func.params:
-                computed[param] = param
-                if param.name in acts:
-                    fq[param] = _emit_fake_quant(builder, param, acts[param.name])
+                bind(param, param)
             for binding in dataflow_bindings(func):
                 value = _substitute(binding.value, read_by(binding.var.name))
                 if binding.var in weights:
                     value = _with_arg(value, 1, relax.const(weights[binding.var][0]))
                 if binding.var in shifts:
                     value = _shift_bias(value, shifts[binding.var])
-                computed[binding.var] = value if isinstance(value, relax.Var) else builder.emit(value, binding.var.name)
-                if binding.var.name in acts:
-                    fq[binding.var] = _emit_fake_quant(builder, computed[binding.var], acts[binding.var.name])
+                bind(binding.var, value if isinstance(value, relax.Var) else builder.emit(value, binding.var.name))
             as_fp32 = read_by(None)
             result = _substitute(func.body.body, as_fp32)
             if expose:
-                named = {var.name: as_fp32.get(var, var) for var in computed}
+                own_fp32 = _Reads(own, own_fq, False, int8_ops or set()) if given else as_fp32
+                named = {var.name: own_fp32.get(var, var) for var in computed}
                 result = relax.Tuple([result, *[named[n] for n in expose if n in named]])
             out = builder.emit_output(result)
         builder.emit_func_output(out)
     return builder.get()["main"]
+
+
+def _forced_params(func: relax.Function, forced: list) -> dict:
+    """One new parameter per forced tensor name, typed as the tensor: name -> var."""
+    types = {var.name: var.ty for var in func.params}
+    types.update({b.var.name: b.var.ty for b in dataflow_bindings(func)})
+    missing = [name for name in forced if name not in types]
+    if missing:
+        raise ValueError(f"cannot force {missing[0]!r}: no such tensor in main")
+    return {name: relax.Var(f"{name}_forced", types[name]) for name in forced}
 
 
 class _Reads:

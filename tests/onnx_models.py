@@ -503,3 +503,38 @@ def text_inputs(seed=0) -> onnx.ModelProto:
               helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "T"]),
               helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N", 1])]
     return _model(nodes, inputs, [_value("y", ["N", 4])], inits)
+
+
+def encoder_block(seq=16, width=32, heads=2, seed=0) -> onnx.ModelProto:
+    """One transformer encoder layer on x[1, S, D] (BERT's shape, no mask):
+
+        q, k, v = x Wq + bq, x Wk + bk, x Wv + bv, split into heads
+        p = Softmax(q k^T / sqrt(D / H));  a = (p v) Wo + bo;  r = LayerNorm(a + x)
+        y = GELU(r W1) W2 + r                       (GELU as 0.5 t (1 + erf(t / sqrt 2)))
+    """
+    rng = np.random.default_rng(seed)
+    head = width // heads
+    normal = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    inits = {**{f"w{t}": normal(width, width) for t in "qkvo"}, **{f"b{t}": normal(width) / 2 for t in "qkvo"},
+             "w1": normal(width, 2 * width), "w2": normal(2 * width, width), "gamma": np.ones(width, np.float32),
+             "beta": np.zeros(width, np.float32), "scale": np.array(head ** -0.5, np.float32),
+             "half": np.array(0.5, np.float32), "one": np.array(1.0, np.float32),
+             "root_half": np.array(0.5 ** 0.5, np.float32),
+             "heads": np.array([1, seq, heads, head], np.int64), "merged": np.array([1, seq, width], np.int64)}
+    node = helper.make_node
+    nodes = []
+    for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [node("MatMul", ["x", f"w{t}"], [f"{t}_mm"]), node("Add", [f"{t}_mm", f"b{t}"], [t]),
+                  node("Reshape", [t, "heads"], [f"{t}_split"]), node("Transpose", [f"{t}_split"], [f"{t}_h"], perm=perm)]
+    nodes += [node("MatMul", ["q_h", "k_h"], ["scores"]), node("Mul", ["scores", "scale"], ["scaled"]),
+              node("Softmax", ["scaled"], ["probs"], axis=-1), node("MatMul", ["probs", "v_h"], ["context_h"]),
+              node("Transpose", ["context_h"], ["context_t"], perm=[0, 2, 1, 3]),
+              node("Reshape", ["context_t", "merged"], ["context"]),
+              node("MatMul", ["context", "wo"], ["o_mm"]), node("Add", ["o_mm", "bo"], ["attended"]),
+              node("Add", ["attended", "x"], ["residual"]),
+              node("LayerNormalization", ["residual", "gamma", "beta"], ["normed"], axis=-1),
+              node("MatMul", ["normed", "w1"], ["up"]), node("Mul", ["up", "root_half"], ["up_scaled"]),
+              node("Erf", ["up_scaled"], ["erf"]), node("Add", ["erf", "one"], ["erf1"]),
+              node("Mul", ["up", "erf1"], ["gelu2"]), node("Mul", ["gelu2", "half"], ["gelu"]),
+              node("MatMul", ["gelu", "w2"], ["down"]), node("Add", ["down", "normed"], ["y"])]
+    return _model(nodes, [_value("x", [1, seq, width])], [_value("y", [1, seq, width])], inits)

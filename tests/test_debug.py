@@ -175,3 +175,43 @@ def test_bad_model_path_is_one_line(bundled, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"tvmq: error: model file not found: {tmp_path / 'absent.onnx'}"]
     assert not out.exists()
+
+
+def test_a_simulation_mismatch_is_caught(session):
+    """A simulation of a plan whose first layer's weight scale is 1% off, against the int8 module of the
+    right plan: the teacher-forced check names that layer (upstream of it, everything still agrees)."""
+    plan = session.quantized.plan
+    name, entry = next(iter(plan.layers.items()))
+    skewed = dataclasses.replace(entry, weight=dataclasses.replace(entry.weight, scale=entry.weight.scale * 1.01))
+    wrong = dataclasses.replace(session.quantized, plan=dataclasses.replace(plan, layers={**plan.layers,
+                                                                                          name: skewed}))
+    debugging.simulation_vs_int8(session)  # the int8 module of the right plan, cached
+    cache = {key: value for key, value in session.cache.items() if key[1] == "int8 exposed"}
+    check = debugging.simulation_vs_int8(dataclasses.replace(session, quantized=wrong, cache=cache))
+    assert not check["agree"] and check["first_beyond_one_step"] == session.node_of(name)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A debugging session on one seeded transformer encoder layer (tests/onnx_models.encoder_block)."""
+    from onnx_models import encoder_block, save
+    from tvmq.config import Config
+
+    root = tmp_path_factory.mktemp("encoder")
+    rng = np.random.default_rng(1)
+    for split, samples in (("calib", 32), ("eval", 8)):
+        np.savez(root / f"{split}.npz", x=rng.standard_normal((samples, 16, 32)).astype(np.float32))
+    model = save(encoder_block(), root / "encoder.onnx")
+    return debugging._session(model, root / "calib.npz", root / "eval.npz", Config(), layer_samples=8)
+
+
+def test_on_a_transformer_the_forced_simulation_agrees_where_the_free_one_drifts(encoder):
+    """Rounding ties (fp32 fake quantization against int32 accumulation) put a few elements of the
+    int8 matmuls one step apart; run freely, softmax and GELU carry them past one step downstream.
+    Teacher-forced, every tensor is within one step and the tensors no int8 op computes are exact."""
+    check = debugging.simulation_vs_int8(encoder)
+    rows = {row["tensor"]: row for row in check["tensors"]}
+    assert check["agree"] and check["first_beyond_one_step"] is None
+    assert all(row["max_steps"] <= 1.001 for row in rows.values())
+    assert max(row["drift_max_steps"] for row in rows.values()) > 1.5  # the drift the local check sees past
+    assert rows["probs"]["max_steps"] == 0.0 and rows["probs"]["drift_max_steps"] > 0
