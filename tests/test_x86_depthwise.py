@@ -28,8 +28,7 @@ def _requantized_depthwise(shape, kernel: int, stride: int, dilation: int):
 
     channels = shape[3]
     data = te.placeholder(shape, "uint8", "data")
-    dtype = x86_depthwise.pack_weight(np.zeros((channels, kernel, kernel, 1), np.int8)).dtype
-    packed = te.placeholder((kernel, kernel, channels), str(dtype), "packed")
+    packed = te.placeholder((kernel, kernel, channels), "int8", "packed")
     bias = te.placeholder((channels,), "int32", "bias")
     pad = dilation * (kernel - 1) // 2
     acc = x86_depthwise.conv2d_nhwc(data, packed, (stride, stride), (pad,) * 4, (dilation, dilation))
@@ -92,10 +91,3 @@ def test_the_cpu_model_reads_the_vector_width_off_the_features(mcpu, bits, regis
     cpu = x86_blocking.CpuModel.of(tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2}))
     assert (cpu.vector_bits, cpu.registers, cpu.cores) == (bits, registers, 2)
 
-
-def test_int8_weights_are_packed_float32_while_their_float32_sum_is_exact():
-    """Up to 514 taps of 255 x 128 sum below 2**24; a 23x23 kernel (529 taps) accumulates in int32."""
-    small, large = (np.ones((8, k, k, 1), np.int8) for k in (5, 23))
-    assert x86_depthwise.pack_weight(small).dtype == np.float32
-    assert x86_depthwise.pack_weight(large).dtype == np.int8
-    assert x86_depthwise.EXACT_TAPS * 255 * 128 < 2**24 <= (x86_depthwise.EXACT_TAPS + 1) * 255 * 128
