@@ -41,7 +41,7 @@ class CpuModel:
     def of(cls, target) -> "CpuModel":
         """The model of ``target``: its vector width from its x86 features (TVM 0.27's
         ``llvm_get_vector_width`` says 512 for every x86 CPU, haswell and znver3 included, which
-        gave AVX2 tiles of 32 registers that spilled), from LLVM for other CPUs."""
+        sized AVX2 tiles for 32 registers of 512 bits), from LLVM for other CPUs."""
         from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
         cores = int(target.attrs.get("num-cores", 0) or 0) or _online_cpus()

@@ -87,7 +87,6 @@ def test_the_int8_depthwise_kernel_is_exact(rng, name, channels, size, kernel, s
                                                  ("skylake-avx512", 512, 32), ("cascadelake", 512, 32)])
 def test_the_cpu_model_reads_the_vector_width_off_the_features(mcpu, bits, registers):
     """TVM 0.27's ``llvm_get_vector_width`` says 512 for every x86 CPU: AVX2 tiles were sized for
-    32 registers and spilled."""
+    32 registers of 512 bits."""
     cpu = x86_blocking.CpuModel.of(tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2}))
     assert (cpu.vector_bits, cpu.registers, cpu.cores) == (bits, registers, 2)
-
