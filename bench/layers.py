@@ -11,6 +11,13 @@ kernels are timed again here three ways, for the totals: ``_cached`` (re-run on 
 arguments), ``_cold`` (weights and outputs flushed from the cache before each run) and
 ``_in_run`` (each call where it runs, in whole runs); the int8 kernels a run slows most
 against their cached time are listed after the layers.
+
+    .venv/bin/python bench/layers.py --depthwise [--target host] [--rounds 15]
+
+``--depthwise`` times MobileNetV2-224's depthwise kernels alone instead, int8 against fp32 at
+zero trials (the target's rule schedules), each layer's two kernels (their fused epilogues
+included: the requantize to uint8, the bias and ReLU6) interleaved for ``--rounds`` rounds,
+best of each, with the CPU model the rules read off the target; no ONNX Runtime, no saved work.
 ONNX Runtime fuses a QDQ conv into one QLinearConv node named after the conv
 (``<conv>_token_<n>``), which is how its rows are matched.
 
@@ -43,7 +50,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--top", type=int, default=20, help="layers to print")
+    parser.add_argument("--depthwise", action="store_true", help="time MobileNetV2's depthwise kernels, int8 vs fp32")
+    parser.add_argument("--target", default="host")
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    if args.depthwise:
+        return print_depthwise(depthwise_kernels(args.target, args.rounds))
     directory = HERE / "work" / f"{args.model}-b{args.batch}"
     report = json.loads((directory / "tvmq_int8" / "report.json").read_text())
     profiles = {kind: ort_node_us(directory / f"ort_{kind}.onnx", args.batch, args.runs) for kind in ("fp32", "int8")}
@@ -74,6 +86,97 @@ def main() -> None:
                                "kept_fp32": report["latency_fallback"].get("kept_fp32", []),
                                "int8_in_run_excess": slowed, "ort_int8_by_op_us": by_op}, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(HERE.parent)}")
+
+
+def depthwise_kernels(target: str, rounds: int) -> list[dict]:
+    """Each MobileNetV2 depthwise layer's int8 and fp32 kernel, scheduled by the target's rules and
+    timed interleaved: ``{"layer", "count", "int8_us", "fp32_us"}`` (best of ``rounds`` means of 10 runs)."""
+    import tempfile
+
+    from shapes import depthwise_chain, mobilenet_v2_depthwise
+
+    from tvmq.targets import get_target
+
+    spec = get_target(target)
+    spec.prepare()
+    rows = []
+    for (size, channels, stride), count in mobilenet_v2_depthwise().items():
+        with tempfile.TemporaryDirectory() as tmp:
+            timers = [_depthwise_timer(spec, kind, func, args) for kind, func, args in
+                      _depthwise_funcs(spec, depthwise_chain(size, channels, stride), Path(tmp))]
+        times = {kind: [] for kind, _ in timers}
+        for _ in range(rounds):  # interleaved: int8, fp32, int8, ...
+            for kind, run in timers:
+                times[kind].append(run())
+        best = {kind: min(values) for kind, values in times.items()}
+        rows.append({"layer": f"{size}x{size}x{channels} s{stride}", "count": count,
+                     **{f"{kind}_us": round(us, 1) for kind, us in best.items()}})
+    return rows
+
+
+def _depthwise_funcs(spec, model, tmp: Path):
+    """``(kind, fused PrimFunc, random arguments)`` of the depthwise kernel in the int8 and fp32 modules."""
+    import onnx
+    from tvm import relax
+
+    from tvmq import api
+    from tvmq.build import bind_batch
+    from tvmq.passes.graph import dataflow_bindings, op_name
+    from tvmq.targets.x86_depthwise import PREFIX
+    from tvmq.tune import fuse
+
+    onnx.save(model, str(tmp / "m.onnx"))
+    rng = np.random.default_rng(0)
+    quantized = api.quantize(str(tmp / "m.onnx"), rng.random((4, 3, 224, 224), np.float32), _config(spec))
+    for kind, mod in (("int8", quantized.int8), ("fp32", quantized.program.fp32)):
+        with spec.target:
+            lowered = relax.transform.FuseTIR()(fuse(spec.legalize(bind_batch(mod, 1)), spec))
+        call = next(b.value for b in dataflow_bindings(lowered["main"]) if op_name(b.value) == "relax.call_tir"
+                    and PREFIX + "conv2d" in b.value.args[0].name_hint)
+        types = [a.ty for a in call.args[1].fields] + [call.ty]
+        yield kind, (call.args[0].name_hint, lowered[call.args[0]]), [_random(rng, t) for t in types]
+
+
+def _config(spec):
+    from tvmq.config import Config
+
+    return Config(batch_size=4, target=spec.name)
+
+
+def _random(rng, ty) -> np.ndarray:
+    shape, dtype = [int(d) for d in ty.shape], str(ty.dtype)
+    if dtype == "float32":
+        return rng.random(shape, np.float32)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -63), min(info.max, 255) + 1, shape).astype(dtype)
+
+
+def _depthwise_timer(spec, kind: str, named_func, args: list):
+    """``(kind, run)``: ``run()`` -> mean µs of 10 runs of the rule-scheduled kernel."""
+    import tvm
+
+    from tvmq.targets.x86_blocking import CpuModel
+    from tvmq.targets.x86_default import schedule_kernel
+
+    name, func = named_func
+    with spec.target:
+        scheduled = schedule_kernel(name, func, CpuModel.of(spec.target), spec.schedule.intrinsic)
+    library = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=spec.target)
+    device = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, device) for a in args]
+    evaluator = library.time_evaluator("main", device, number=10)
+    return kind, lambda: evaluator(*tensors).mean * 1e6
+
+
+def print_depthwise(rows: list[dict]) -> None:
+    print("| layer | count | int8 µs | fp32 µs | int8 / fp32 |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['layer']} | {row['count']} | {row['int8_us']:.1f} | {row['fp32_us']:.1f} | "
+              f"{row['int8_us'] / row['fp32_us']:.2f} |")
+    totals = {k: sum(r[k] * r["count"] for r in rows) for k in ("int8_us", "fp32_us")}
+    print(f"| all {sum(r['count'] for r in rows)} layers | | {totals['int8_us']:.0f} | {totals['fp32_us']:.0f} | "
+          f"{totals['int8_us'] / totals['fp32_us']:.2f} |")
 
 
 def saved_rows(directory: Path) -> dict[str, list[dict]]:

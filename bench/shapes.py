@@ -106,4 +106,31 @@ def resnet50(seed: int = 0) -> onnx.ModelProto:
     return g.model("resnet50_shape", g.classifier(x, channels))
 
 
+def mobilenet_v2_depthwise() -> dict[tuple[int, int, int], int]:
+    """MobileNetV2-224's depthwise layers: ``(input size, channels, stride)`` -> how many there are."""
+    layers, size, channels = {}, 112, 32
+    for expansion, width, repeats, first_stride in MOBILENET_V2_BLOCKS:
+        for i in range(repeats):
+            stride, hidden = (first_stride if i == 0 else 1), channels * expansion
+            layers[(size, hidden, stride)] = layers.get((size, hidden, stride), 0) + 1
+            size, channels = size // stride, width
+    return layers
+
+
+def depthwise_chain(size: int, channels: int, stride: int, kernel: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """One depthwise layer as MobileNetV2 has it, 1x1 -> depthwise -> ReLU6 -> 1x1 (the 1x1 convs give
+    it int8 neighbours, so its int8 kernel has no quantize / dequantize edge)."""
+    g = _Graph(seed)
+    x = g.conv("input", 3, channels, 1, stride=224 // size)
+    x = g.relu6(g.conv(x, channels, channels, kernel, stride=stride, groups=channels))
+    output = g.conv(x, channels, 8, 1)
+    graph = helper.make_graph(g.nodes, "depthwise_chain",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 8, size // stride, size // stride])],
+                              g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 MODELS = {"mobilenet_v2_224": mobilenet_v2, "resnet50_224": resnet50}

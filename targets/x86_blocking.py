@@ -39,12 +39,19 @@ class CpuModel:
 
     @classmethod
     def of(cls, target) -> "CpuModel":
-        from tvm.target.codegen import llvm_get_vector_width
+        """The model of ``target``: its vector width from its x86 features (TVM 0.27's
+        ``llvm_get_vector_width`` says 512 for every x86 CPU, haswell and znver3 included, which
+        sized AVX2 tiles for 32 registers of 512 bits), from LLVM for other CPUs."""
+        from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
         cores = int(target.attrs.get("num-cores", 0) or 0) or _online_cpus()
-        bits = llvm_get_vector_width(target)
+        x86_bits = next((bits for feature, bits in X86_VECTOR_BITS if target_has_features(feature, target)), None)
+        bits = x86_bits or llvm_get_vector_width(target)
         bits = bits if bits > 0 else 128
         return cls(cores, bits, 32 if bits >= 512 else 16)
+
+
+X86_VECTOR_BITS = (("avx512f", 512), ("avx2", 256), ("avx", 256), ("sse2", 128))  # widest first
 
 
 def _online_cpus() -> int:
