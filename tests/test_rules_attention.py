@@ -30,6 +30,7 @@ from tvmq.passes.plan import CALIBRATED, DYNAMIC_MODE, UNCALIBRATED, USER_OVERRI
 from tvmq.passes.qparams import activation_qparams
 from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme, quantization_record
 from tvmq.targets import get_target
+from tvmq.targets.qemu import default_sysroot, toolchain_missing
 
 F32 = np.float32
 STATS = {"a": (-1.0, 2.0), "b": (-1.5, 1.0), "y": (-6.0, 6.0), "t": (-6.0, 6.0)}
@@ -73,8 +74,9 @@ def _operands(rng):
     return (rng.uniform(-1, 2, (2, 3, 5, 8)).astype(F32), rng.uniform(-1.5, 1, (2, 3, 8, 5)).astype(F32))
 
 
-def _run(mod, *args):
-    vm = virtual_machine(build(mod, get_target("host")))
+def _run(mod, *args, target="host"):
+    spec = get_target(target)
+    vm = virtual_machine(build(spec.legalize(mod) if target != "host" else mod, spec))
     return vm["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
 
 
@@ -138,6 +140,22 @@ def test_static_context_requantizes_for_its_transpose_exactly(rng, dtype):
     y_q = np.clip(np.round(acc.astype(F32) * multiplier + F32(y_qp.zero_point)), lo, hi)
     want = ((y_q - F32(y_qp.zero_point)) * y_qp.scale).astype(F32).transpose(0, 2, 1, 3)
     np.testing.assert_array_equal(_run(got, a, b), want)
+
+
+ARM_MISSING = toolchain_missing(default_sysroot())
+
+
+@pytest.mark.skipif(ARM_MISSING is not None, reason=f"aarch64 toolchain: {ARM_MISSING}")
+def test_on_aarch64_int8_operands_are_s8_x_s8_and_equal_numpy(rng):
+    """The ARM target (int8 activations): no zero-point term, cross-compiled and run under qemu, the
+    numpy integers (requantized for the transpose) exactly."""
+    got = Realize(STATS, Scheme("int8"))(Context)
+    a_qp, b_qp, y_qp = (activation_qparams(*STATS[n], "int8") for n in "aby")
+    a, b = _operands(rng)
+    acc = int_matmul(_quantize(a, a_qp), _quantize(b, b_qp), 0)
+    multiplier = (np.float64(a_qp.scale) * np.float64(b_qp.scale) / np.float64(y_qp.scale)).astype(F32)
+    y_q = np.clip(np.round(acc.astype(F32) * multiplier), -128, 127)
+    np.testing.assert_array_equal(_run(got, a, b, target="arm"), (y_q * y_qp.scale).astype(F32).transpose(0, 2, 1, 3))
 
 
 @pytest.mark.parametrize("dtype, granularity", [("uint8", "tensor"), ("int8", "tensor"), ("uint8", "row"),
