@@ -128,7 +128,7 @@ def test_static_context_requantizes_for_its_transpose_exactly(rng, dtype):
     transpose on the 8-bit values, dequantized where the result leaves; int8 ``a`` leaves no zero-point term."""
     got = Realize(STATS, Scheme(dtype))(Context)
     record = quantization_record(got)
-    assert record["precision"] == {"y": "int8", "t": "int8"} and "y" in record["operands"]
+    assert record["precision"] == {"y": "int8", "t": "int8"} and "y" in record["batch_matmuls"]
     has_term = any(b.var.name == "y_acc" for b in got["main"].body.blocks[0].bindings)
     assert has_term == (dtype == "uint8")
     a_qp, b_qp, y_qp = (activation_qparams(*STATS["a"], dtype), activation_qparams(*STATS["b"], "int8"),
@@ -193,6 +193,8 @@ def test_plan_lists_each_batch_matmul_with_its_operand_and_reason():
     assert (dynamic.precision, dynamic.reason) == ("dynamic", DYNAMIC_MODE)
     kept = plan_quantization(Scores["main"], STATS, Scheme(), overrides={"y*": "fp32"}).layers["y"]
     assert (kept.precision, kept.reason) == ("fp32", USER_OVERRIDE)
+    record = quantization_record(Realize(STATS, Scheme(), keep_fp32=("y",))(Scores))  # the fallback's choice
+    assert record["precision"] == {"y": "fp32"} and record["kept_fp32"] == {"y": "y"}
 
 
 SEQ, HEADS, DIM = 6, 2, 4

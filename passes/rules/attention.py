@@ -48,7 +48,7 @@ def realize_batch_matmul(ctx, var, value) -> bool:
     else:
         multiplier = requantize_multiplier(a_qp.scale, np.asarray(b_qp.scale), out_qp.scale)
         ctx.q[var] = (round_to(ctx.builder, relax.op.multiply(acc, const(multiplier)), out_qp, var.name), out_qp)
-    ctx.record["operands"] = {**ctx.record.get("operands", {}), var.name: b_qp.to_json()}
+    _record(ctx, var, b_qp.to_json())
     return True
 
 
@@ -63,7 +63,13 @@ def _realize_dynamic(ctx, var, value) -> bool:
     acc = _accumulate(builder, a_q, b_q, zero_point, name)
     ctx.fp[var] = builder.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.multiply(s_a, s_b)), name)
     ctx.mark(var, "dynamic")
+    _record(ctx, var, DYNAMIC)
     return True
+
+
+def _record(ctx, var, operand) -> None:
+    """The record's ``batch_matmuls``: each realized one -> its operand's parameters (or "dynamic")."""
+    ctx.record["batch_matmuls"] = {**ctx.record.get("batch_matmuls", {}), var.name: operand}
 
 
 def _operand(ctx, b, qp: QParams, name: str):
