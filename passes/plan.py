@@ -184,6 +184,11 @@ def calibration_names(func, names: list[str]) -> list[str]:
     return sorted(set(names) | {name for name in inputs if not AUTO_NAME.match(name)})
 
 
+def planned_ops(func) -> list:
+    """Every op the plan has an entry for: the layers, then the batch matmuls (attention)."""
+    return [*find_layers(func).values(), *find_batch_matmuls(func).values()]
+
+
 def layer_names(layer: Layer, aliases: dict) -> list[str]:
     """Every name ``layer`` answers to: its tensors and their aliases."""
     names = [v.name for v in layer.chain]
@@ -192,8 +197,7 @@ def layer_names(layer: Layer, aliases: dict) -> list[str]:
 
 def unmatched(patterns, func, aliases: dict) -> list[str]:
     """The patterns that name no layer of ``func``."""
-    layers = [*find_layers(func).values(), *find_batch_matmuls(func).values()]
-    names = [layer_names(layer, aliases) for layer in layers]
+    names = [layer_names(layer, aliases) for layer in planned_ops(func)]
     return [p for p in patterns if not any(_matches(p, n) for n in names)]
 
 
@@ -257,7 +261,7 @@ def layer_labels(func, aliases: dict) -> list[str]:
     """One name per layer of ``func``, as a user would give it: the ONNX node of its first named
     tensor (or its output tensor's own name)."""
     labels = []
-    for layer in find_layers(func).values():
+    for layer in planned_ops(func):
         named = [aliases[v.name][0] for v in layer.chain if v.name in aliases]
         labels.append(named[0] if named else layer.out.name)
     return labels
