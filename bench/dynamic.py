@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/dynamic.py --model minilm_l6
     .venv/bin/python bench/dynamic.py --model silero_vad_lstm --recipe "dynamic:*Conv"
-    .venv/bin/python bench/dynamic.py --model minilm_l6 --recipe static --recipe "static:*.scores_*=fp32,*.context_*=fp32"
+    .venv/bin/python bench/dynamic.py --model minilm_l6 --recipe static --recipe "static:*.scores_*=int8,*.context_*=int8"
 
 Each recipe is ``static``, ``dynamic`` (``Config(mode="dynamic")``: every MatMul / Gemm with a
 constant weight dynamic, convs static), ``dynamic-row`` (the same, one scale per row / token) or
 ``MODE:PATTERN,...`` (that mode plus those layers dynamic, e.g. ``dynamic:*Conv``; ``PATTERN=PRECISION``
-sets another precision, e.g. ``static:*.scores_*=fp32`` keeps MiniLM's ``Q K^T`` matmuls fp32). Every one is
+sets another precision, e.g. ``static:*.scores_*=int8`` makes MiniLM's ``Q K^T`` matmuls int8). Every one is
 compiled with ``tvmq.compile`` (``--trials 0``, the zoo's calibration feeds) and run on the
 evaluation feeds; the reference is ONNX Runtime fp32 on the same feeds (``bench/coverage.py``'s).
 Prints a markdown table: the metric, nearest-neighbour agreement (for an encoder: each evaluation

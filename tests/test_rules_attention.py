@@ -26,7 +26,7 @@ from tvmq.build import build, virtual_machine
 from tvmq.config import Config
 from tvmq.errors import TvmqError
 from tvmq.passes.layers import find_batch_matmuls
-from tvmq.passes.plan import CALIBRATED, DYNAMIC_MODE, UNCALIBRATED, USER_OVERRIDE, plan_quantization
+from tvmq.passes.plan import ATTENTION_DEFAULT, UNCALIBRATED, USER_OVERRIDE, plan_quantization
 from tvmq.passes.qparams import activation_qparams
 from tvmq.passes.realize import RECORD_ATTR, Realize, Scheme, quantization_record
 from tvmq.targets import get_target
@@ -34,6 +34,7 @@ from tvmq.targets.qemu import default_sysroot, toolchain_missing
 
 F32 = np.float32
 STATS = {"a": (-1.0, 2.0), "b": (-1.5, 1.0), "y": (-6.0, 6.0), "t": (-6.0, 6.0)}
+INT8, DYNAMIC = {"y": "int8"}, {"y": "dynamic"}  # batch matmuls are fp32 unless named
 
 
 @I.ir_module
@@ -107,7 +108,7 @@ def test_static_scores_are_u8_x_s8_with_one_zero_point_term_then_dequantized(rng
                 R.output(gv)
             return gv
 
-    got = Realize(STATS, Scheme("uint8"))(Scores)
+    got = Realize(STATS, Scheme("uint8"), overrides=INT8)(Scores)
     assert quantization_record(got)["precision"] == {"y": "int8"}
     bound = {"s_a": a_qp.scale, "z": a_qp.zero_point, "s_b": b_qp.scale, "z_b": b_qp.zero_point,
              "z_acc": np.int32(z_a), "s_ab": scale}
@@ -126,7 +127,7 @@ def test_static_scores_are_u8_x_s8_with_one_zero_point_term_then_dequantized(rng
 def test_static_context_requantizes_for_its_transpose_exactly(rng, dtype):
     """An int8 reader (the transpose): ``clip(round(float(acc) M + z_y))`` with ``M = s_a s_b / s_y``, the
     transpose on the 8-bit values, dequantized where the result leaves; int8 ``a`` leaves no zero-point term."""
-    got = Realize(STATS, Scheme(dtype))(Context)
+    got = Realize(STATS, Scheme(dtype), overrides=INT8)(Context)
     record = quantization_record(got)
     assert record["precision"] == {"y": "int8", "t": "int8"} and "y" in record["batch_matmuls"]
     has_term = any(b.var.name == "y_acc" for b in got["main"].body.blocks[0].bindings)
@@ -149,7 +150,7 @@ ARM_MISSING = toolchain_missing(default_sysroot())
 def test_on_aarch64_int8_operands_are_s8_x_s8_and_equal_numpy(rng):
     """The ARM target (int8 activations): no zero-point term, cross-compiled and run under qemu, the
     numpy integers (requantized for the transpose) exactly."""
-    got = Realize(STATS, Scheme("int8"))(Context)
+    got = Realize(STATS, Scheme("int8"), overrides=INT8)(Context)
     a_qp, b_qp, y_qp = (activation_qparams(*STATS[n], "int8") for n in "aby")
     a, b = _operands(rng)
     acc = int_matmul(_quantize(a, a_qp), _quantize(b, b_qp), 0)
@@ -161,9 +162,9 @@ def test_on_aarch64_int8_operands_are_s8_x_s8_and_equal_numpy(rng):
 @pytest.mark.parametrize("dtype, granularity", [("uint8", "tensor"), ("int8", "tensor"), ("uint8", "row"),
                                                 ("int8", "row")])
 def test_dynamic_scores_compute_both_scales_at_run_time(rng, dtype, granularity):
-    """Mode "dynamic": no ranges needed; ``a`` on its own (per-row) parameters, ``b`` symmetric on its
+    """Planned "dynamic": no ranges needed; ``a`` on its own (per-row) parameters, ``b`` symmetric on its
     own (per-column) ones, the same integers and ``float(acc) * (s_a s_b)`` as numpy."""
-    got = Realize({}, Scheme(dtype, mode="dynamic", dynamic_granularity=granularity))(Scores)
+    got = Realize({}, Scheme(dtype, dynamic_granularity=granularity), overrides=DYNAMIC)(Scores)
     assert quantization_record(got)["precision"] == {"y": "dynamic"}
     rows = granularity == "row"
     a, b = _operands(rng)
@@ -179,21 +180,23 @@ def test_dynamic_scores_compute_both_scales_at_run_time(rng, dtype, granularity)
 
 
 def test_plan_lists_each_batch_matmul_with_its_operand_and_reason():
-    """int8 with both ranges, fp32 "no calibrated range" without, dynamic in mode dynamic; the user's
-    override wins; the plan's JSON names the second operand and its symmetric parameters."""
+    """fp32 unless named (also in mode dynamic); named int8 with both ranges, fp32 "no calibrated range"
+    without; the plan's JSON names the second operand and its symmetric parameters; the latency
+    fallback's keep is listed."""
     (found,) = find_batch_matmuls(Scores["main"]).values()
     assert (found.a.name, found.b.name, found.out.name) == ("a", "b", "y")
-    entry = plan_quantization(Scores["main"], STATS, Scheme()).layers["y"]
-    assert (entry.kind, entry.precision, entry.reason, entry.input, entry.operand) == (
-        "batch_matmul", "int8", CALIBRATED, "a", "b")
-    assert entry.to_json(plan_quantization(Scores["main"], STATS, Scheme()).activations)["operand"]["zero_point"] == [0]
-    uncalibrated = plan_quantization(Scores["main"], {"a": (0, 1)}, Scheme()).layers["y"]
+    for scheme in (Scheme(), Scheme(mode="dynamic")):
+        default = plan_quantization(Scores["main"], STATS, scheme).layers["y"]
+        assert (default.kind, default.precision, default.reason) == ("batch_matmul", "fp32", ATTENTION_DEFAULT)
+    plan = plan_quantization(Scores["main"], STATS, Scheme(), overrides={"y*": "int8"})
+    entry = plan.layers["y"]
+    assert (entry.precision, entry.reason, entry.input, entry.operand) == ("int8", USER_OVERRIDE, "a", "b")
+    assert entry.to_json(plan.activations)["operand"]["zero_point"] == [0]
+    uncalibrated = plan_quantization(Scores["main"], {"a": (0, 1)}, Scheme(), overrides=INT8).layers["y"]
     assert (uncalibrated.precision, uncalibrated.reason) == ("fp32", UNCALIBRATED)
-    dynamic = plan_quantization(Scores["main"], {}, Scheme(mode="dynamic")).layers["y"]
-    assert (dynamic.precision, dynamic.reason) == ("dynamic", DYNAMIC_MODE)
-    kept = plan_quantization(Scores["main"], STATS, Scheme(), overrides={"y*": "fp32"}).layers["y"]
-    assert (kept.precision, kept.reason) == ("fp32", USER_OVERRIDE)
-    record = quantization_record(Realize(STATS, Scheme(), keep_fp32=("y",))(Scores))  # the fallback's choice
+    dynamic = plan_quantization(Scores["main"], {}, Scheme(), overrides=DYNAMIC).layers["y"]
+    assert (dynamic.precision, dynamic.reason) == ("dynamic", USER_OVERRIDE)
+    record = quantization_record(Realize(STATS, Scheme(), keep_fp32=("y",), overrides=INT8)(Scores))
     assert record["precision"] == {"y": "fp32"} and record["kept_fp32"] == {"y": "y"}
 
 
@@ -226,21 +229,22 @@ def attention_block(seed=0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_attention_block_compiles_with_int8_attention_matmuls_and_fp32_by_onnx_name(tmp_path, rng):
-    """Through ``tvmq.compile`` (trials 0): both attention MatMuls int8 in the plan and the report,
-    output near ONNX Runtime fp32; ``--fp32-layers``'s ``Config.layers`` keeps one fp32 by ONNX name."""
+def test_attention_block_compiles_with_named_attention_matmuls_int8(tmp_path, rng):
+    """Through ``tvmq.compile`` (trials 0): both attention MatMuls fp32 by default; named by ONNX node
+    (``Config.layers``, exact and glob) int8 in the plan, output near ONNX Runtime fp32; a name that
+    matches nothing is one error."""
     path = onnx_models.save(attention_block(), tmp_path / "attention.onnx")
     calib = rng.standard_normal((16, SEQ, HEADS * DIM)).astype(F32)
     x = rng.standard_normal((1, SEQ, HEADS * DIM)).astype(F32)
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    for layers, expected in (({}, "int8"), ({"/attention/MatMul_1": "fp32"}, "fp32")):
+    for layers, expected in (({}, ("fp32", "fp32")), ({"/attention/MatMul": "int8"}, ("int8", "fp32")),
+                             ({"/attention/MatMul*": "int8"}, ("int8", "int8"))):
         compiled = api.compile(path, calib, config=Config(batch_size=16, latency_runs=1, latency_fallback=False,
                                                           layers=layers))
         plan = {e["node"]: (e["kind"], e["precision"]) for e in compiled.plan["layers"]}
-        assert plan["/attention/MatMul"] == ("batch_matmul", "int8"), plan
-        assert plan["/attention/MatMul_1"] == ("batch_matmul", expected), plan
+        assert (plan["/attention/MatMul"], plan["/attention/MatMul_1"]) == tuple(("batch_matmul", p) for p in expected)
         got = compiled.run({"x": x})
         cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
-        assert cosine > 0.99, cosine
+        assert cosine > 0.99, (layers, cosine)
     with pytest.raises(TvmqError, match="attention/NoSuch"):
         api.compile(path, calib, config=Config(batch_size=16, layers={"/attention/NoSuch": "fp32"}))
