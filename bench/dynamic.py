@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/dynamic.py --model minilm_l6
     .venv/bin/python bench/dynamic.py --model silero_vad_lstm --recipe "dynamic:*Conv"
+    .venv/bin/python bench/dynamic.py --model minilm_l6 --recipe static --recipe "static:*.scores_*=int8,*.context_*=int8"
 
 Each recipe is ``static``, ``dynamic`` (``Config(mode="dynamic")``: every MatMul / Gemm with a
 constant weight dynamic, convs static), ``dynamic-row`` (the same, one scale per row / token) or
-``MODE:PATTERN,...`` (that mode plus those layers dynamic, e.g. ``dynamic:*Conv``). Every one is
+``MODE:PATTERN,...`` (that mode plus those layers dynamic, e.g. ``dynamic:*Conv``; ``PATTERN=PRECISION``
+sets another precision, e.g. ``static:*.scores_*=int8`` makes MiniLM's ``Q K^T`` matmuls int8). Every one is
 compiled with ``tvmq.compile`` (``--trials 0``, the zoo's calibration feeds) and run on the
 evaluation feeds; the reference is ONNX Runtime fp32 on the same feeds (``bench/coverage.py``'s).
-Prints a markdown table: the metric, the layers per precision and the report's int8 / fp32
-latency ratio (untuned: rough).
+Prints a markdown table: the metric, nearest-neighbour agreement (for an encoder: each evaluation
+embedding's nearest other one by cosine, the same as fp32's), the layers per precision and the
+report's int8 / fp32 latency ratio (both timed in the same compile, interleaved; untuned: rough).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def config_for(recipe: str, model):
 
     mode, _, patterns = recipe.partition(":")
     granularity = "row" if mode.endswith("-row") else "tensor"
-    layers = {p.strip(): "dynamic" for p in patterns.split(",") if p.strip()}
+    pairs = [p.strip().partition("=") for p in patterns.split(",") if p.strip()]
+    layers = {pattern: precision or "dynamic" for pattern, _, precision in pairs}
     return Config(mode=mode.removesuffix("-row"), dynamic_granularity=granularity, trials=0, latency_runs=3,
                   latency_fallback=False, input_shapes=dict(model.input_shapes), layers=layers)
 
@@ -46,8 +50,24 @@ def measure(model, recipe: str, calib, evaluation, reference) -> dict:
     outputs = [_as_list(compiled.run(feed)) for feed in evaluation]
     latency = compiled.report["latency_ms"]
     return {"recipe": recipe, "metric": model.metric(reference, outputs, "eval"),
+            "neighbours": neighbour_agreement([r[0] for r in reference], [o[0] for o in outputs]),
             "layers": dict(Counter(entry["precision"] for entry in compiled.plan["layers"])),
             "ratio": latency["int8"] / latency["fp32"], "seconds": time.perf_counter() - started}
+
+
+def neighbour_agreement(reference: list, candidate: list) -> float:
+    """The fraction of samples whose nearest other sample (cosine of the flattened first outputs)
+    is the same in ``candidate`` as in ``reference``."""
+    import numpy as np
+
+    def nearest(outputs):
+        rows = np.stack([np.asarray(o, np.float64).ravel() for o in outputs])
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        similarity = rows @ rows.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return float(np.mean(nearest(reference) == nearest(candidate)))
 
 
 def main() -> None:
@@ -57,7 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     from tvmq import zoo
 
-    print("| model | recipe | metric vs fp32 | layers | int8 / fp32 latency | s |\n|---|---|---|---|---|---|")
+    print("| model | recipe | metric vs fp32 | nearest neighbour | layers | int8 / fp32 latency | s |\n"
+          "|---|---|---|---|---|---|---|")
     for name in args.model:
         model = zoo.get(name)
         calib, evaluation = model.samples("calib"), model.samples("eval")
@@ -65,7 +86,7 @@ def main() -> None:
         for recipe in args.recipe or DEFAULT_RECIPES:
             row = measure(model, recipe, calib, evaluation, reference)
             layers = ", ".join(f"{n} {p}" for p, n in sorted(row["layers"].items()))
-            print(f"| {name} | `{recipe}` | {row['metric']:.4f} | {layers} | {row['ratio']:.2f} | "
+            print(f"| {name} | `{recipe}` | {row['metric']:.4f} | {row['neighbours']:.1%} | {layers} | {row['ratio']:.2f} | "
                   f"{row['seconds']:.0f} |", flush=True)
 
 

@@ -516,7 +516,8 @@ def _within_budget(first: _Deployment, quantized: _Quantized, config: Config, sp
 def _all_fp32(program: Program, quantized: _Quantized, int8, fp32_built: _Built, rebuild) -> tuple:
     """The deployment when fp32 measured fastest: the model realized with every layer kept fp32
     (a tvmq artifact whose record says so), run by the fp32 build when that is its program."""
-    keep = tuple(quantization_record(int8)["weights"])
+    record = quantization_record(int8)
+    keep = tuple(record["weights"]) + tuple(record.get("batch_matmuls", ()))  # attention matmuls too
     realized = quantized.realize(program, keep_fp32=keep)
     return realized, keep, fp32_built if same_program(realized, program.fp32) else rebuild(realized)
 

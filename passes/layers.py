@@ -182,3 +182,30 @@ def _extend_with_clamp(layer: Layer, consumer, uses) -> None:
             break
         layer.chain.append(binding.var)
     layer.clamp = (lo, hi)
+
+
+@dataclass
+class BatchMatMul:
+    """An activation x activation matmul (attention's ``Q K^T`` and ``softmax(.) V``):
+    ``out = matmul(a, b)``, both operands computed by the network, batch axes broadcast."""
+
+    kind = "batch_matmul"
+    call: relax.Call
+    a: relax.Var  # [..., M, K]
+    b: relax.Var  # [..., K, N]
+    chain: list  # [out]: one variable, named as a layer's chain is
+
+    @property
+    def out(self) -> relax.Var:
+        return self.chain[-1]
+
+
+def find_batch_matmuls(func: relax.Function) -> dict:
+    """Map the output variable of every matmul whose two operands are both variables (neither a
+    constant weight) to its :class:`BatchMatMul`."""
+    found = {}
+    for binding in dataflow_bindings(func):
+        value = binding.value
+        if op_name(value) == "relax.matmul" and all(isinstance(arg, relax.Var) for arg in value.args[:2]):
+            found[binding.var] = BatchMatMul(value, value.args[0], value.args[1], [binding.var])
+    return found

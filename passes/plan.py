@@ -15,6 +15,13 @@ its ONNX node's name) to a precision; the latency fallback is an override too. A
 precision is ``int8`` (static: the calibrated input range), ``dynamic`` (int8 weights, the input's
 parameters computed at run time from the tensor itself: :mod:`tvmq.passes.rules.dynamic`) or
 ``fp32``; ``Scheme.mode = "dynamic"`` makes every dense layer dynamic by default (convs stay static).
+
+Activation x activation matmuls (attention, :class:`~tvmq.passes.layers.BatchMatMul`) are layers of
+kind ``batch_matmul`` without a weight: their second operand ``b`` (``operand``) is quantized
+symmetric int8 from its calibrated range, ``s_b = max|b| / 127`` (``operand_qparams``), the first
+as any activation. They are fp32 unless named (``Config.layers`` "int8" or "dynamic": both operands'
+parameters at run time): on MiniLM-L6 int8 attention was no more accurate and slower at trials 0
+(docs/quantization.md#attention-matmuls-as-int8); fp32 too when an operand has no calibrated range.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers import Layer, find_layers
+from .layers import Layer, find_batch_matmuls, find_layers
 from .qparams import WEIGHT_QMAX, QParams, activation_qparams, quantize, weight_bits, weight_qparams
 
 AUTO_NAME = re.compile(r"^(lv|gv)\d*$")  # the names Relax's BlockBuilder makes up
@@ -37,6 +44,8 @@ CALIBRATED = "calibrated"
 USER_OVERRIDE = "user override"
 DYNAMIC_MODE = "mode dynamic"
 LATENCY_FALLBACK = "latency fallback"
+UNCALIBRATED = "no calibrated range"
+ATTENTION_DEFAULT = "attention default"  # batch matmuls are fp32 unless named (module docstring)
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,11 @@ class LayerPlan:
     chain: tuple[str, ...]
     precision: str
     reason: str
-    weight: QParams
+    weight: QParams | None  # None for a batch matmul (no constant weight)
     bias_shift: np.ndarray | None = None
     weight_q: np.ndarray | None = None  # learned integer weights (AdaRound), in the weight's layout
+    operand: str | None = None  # a batch matmul's second operand (``b``)
+    operand_qparams: QParams | None = None  # its symmetric int8 parameters (static)
 
     def weight_integers(self, weight: np.ndarray) -> np.ndarray:
         """The int8 weight realize emits: the learned integers, else ``quantize(W)`` (nearest)."""
@@ -75,9 +86,15 @@ class LayerPlan:
                if name in activations}
         out = {"node": node, "tensor": rename(self.tensor), "kind": self.kind, "precision": self.precision,
                "reason": self.reason, "input_tensor": rename(self.input), "chain": [rename(n) for n in self.chain],
-               **act, "weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)],
-               "weight_bits": weight_bits(self.weight.qmax),
-               "rounding": "nearest" if self.weight_q is None else "adaround"}
+               **act}
+        if self.weight is not None:
+            out.update({"weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)],
+                        "weight_bits": weight_bits(self.weight.qmax),
+                        "rounding": "nearest" if self.weight_q is None else "adaround"})
+        if self.operand is not None:
+            out["operand_tensor"] = rename(self.operand)
+            if self.operand_qparams is not None:
+                out["operand"] = self.operand_qparams.to_json()
         if self.bias_shift is not None:
             out["bias_shift"] = np.asarray(self.bias_shift, np.float64).ravel().tolist()
         return out
@@ -143,14 +160,37 @@ def plan_quantization(func, stats: dict, scheme: Scheme, weight_scales: dict | N
         layers[name] = LayerPlan(name, layer.kind, layer.data.name, tuple(v.name for v in layer.chain), precision,
                                  reason, layer_weight_qparams(layer, scheme, weight_scales.get(name), qmax),
                                  bias_shifts.get(name), weight_integers.get(name))
+    layers.update(_plan_batch_matmuls(func, stats, scheme, overrides or {}, aliases or {}))
     return QuantPlan(scheme, layers, activations, {name: tuple(stats[name]) for name in activations})
+
+
+def _plan_batch_matmuls(func, stats: dict, scheme: Scheme, overrides: dict, aliases: dict) -> dict:
+    """tensor -> LayerPlan of each activation x activation matmul (module docstring)."""
+    layers = {}
+    for matmul in find_batch_matmuls(func).values():
+        name, a, b = matmul.out.name, matmul.a.name, matmul.b.name
+        precision, reason = _override(matmul, overrides, aliases, scheme.mode)
+        if reason != USER_OVERRIDE:
+            precision, reason = "fp32", ATTENTION_DEFAULT
+        if precision == "int8" and not (a in stats and b in stats):
+            precision, reason = "fp32", UNCALIBRATED
+        operand_qp = activation_qparams(*stats[b], "int8") if b in stats else None
+        layers[name] = LayerPlan(name, matmul.kind, a, (name,), precision, reason, None, operand=b,
+                                 operand_qparams=operand_qp)
+    return layers
 
 
 def calibration_names(func, names: list[str]) -> list[str]:
     """``names`` and every layer input that has a name of its own but no ONNX tensor behind it
     (the frontend's LSTM / GRU converters name their gate matmuls' inputs), sorted."""
     inputs = {layer.data.name for layer in find_layers(func).values()}
+    inputs |= {v.name for matmul in find_batch_matmuls(func).values() for v in (matmul.a, matmul.b)}
     return sorted(set(names) | {name for name in inputs if not AUTO_NAME.match(name)})
+
+
+def planned_ops(func) -> list:
+    """Every op the plan has an entry for: the layers, then the batch matmuls (attention)."""
+    return [*find_layers(func).values(), *find_batch_matmuls(func).values()]
 
 
 def layer_names(layer: Layer, aliases: dict) -> list[str]:
@@ -161,7 +201,7 @@ def layer_names(layer: Layer, aliases: dict) -> list[str]:
 
 def unmatched(patterns, func, aliases: dict) -> list[str]:
     """The patterns that name no layer of ``func``."""
-    names = [layer_names(layer, aliases) for layer in find_layers(func).values()]
+    names = [layer_names(layer, aliases) for layer in planned_ops(func)]
     return [p for p in patterns if not any(_matches(p, n) for n in names)]
 
 
@@ -225,7 +265,7 @@ def layer_labels(func, aliases: dict) -> list[str]:
     """One name per layer of ``func``, as a user would give it: the ONNX node of its first named
     tensor (or its output tensor's own name)."""
     labels = []
-    for layer in find_layers(func).values():
+    for layer in planned_ops(func):
         named = [aliases[v.name][0] for v in layer.chain if v.name in aliases]
         labels.append(named[0] if named else layer.out.name)
     return labels

@@ -7,7 +7,7 @@ behind dequantize / quantize edges. ``ctx`` is realize's :class:`~tvmq.passes.re
 
 Files: ``conv`` and ``matmul`` (layer kinds and their int8 x int8 -> int32 kernels),
 ``linear`` (the shared layer rule: bias, requantize), ``dynamic`` (a dense layer whose input is
-quantized at run time), ``elementwise`` (ReLU, residual add),
+quantized at run time), ``attention`` (a matmul of two activations), ``elementwise`` (ReLU, residual add),
 ``pool`` (max / average pooling, spatial mean), ``layout`` (reshape, transpose, concat ...).
 """
 

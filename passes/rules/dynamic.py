@@ -37,12 +37,7 @@ def realize_dynamic(ctx, layer, entry) -> bool:
     builder, name = ctx.builder, layer.out.name
     x = form.padded_input(builder, layer, ctx.to_fp(layer.data))
     rows = ctx.plan.scheme.dynamic_granularity == "row" and form.row_axis is not None
-    scale, zero_point = _runtime_qparams(builder, x, dtype, name, form.row_axis if rows else None)
-    qmin, qmax = DTYPE_RANGE[dtype]
-    steps = relax.op.round(relax.op.divide(x, scale))
-    if zero_point is not None:
-        steps = relax.op.add(steps, zero_point)
-    x_q = builder.emit(relax.op.astype(clamp(steps, qmin, qmax), dtype), f"{name}_in_q")
+    x_q, scale, zero_point = quantize_at_run_time(builder, x, dtype, name, form.row_axis if rows else None)
     w_q = entry.weight_integers(layer.weight)
     acc = form.integer_op(builder, layer, x_q, 0, w_q, padded=True)
     if zero_point is not None:
@@ -65,6 +60,17 @@ def realize_dynamic(ctx, layer, entry) -> bool:
         ctx.mark(chained, "dynamic")
         ctx.record["fused_into"][chained.name] = name
     return True
+
+
+def quantize_at_run_time(builder, x, dtype: str, name: str, axis: int | None = None):
+    """``(x_q, s, z)``: fp32 ``x`` on parameters computed from itself (per tensor, or reduced over
+    ``axis``), ``x_q = clip(round(x / s) + z, qmin, qmax)`` in ``dtype``; ``z`` None for int8."""
+    scale, zero_point = _runtime_qparams(builder, x, dtype, name, axis)
+    qmin, qmax = DTYPE_RANGE[dtype]
+    steps = relax.op.round(relax.op.divide(x, scale))
+    if zero_point is not None:
+        steps = relax.op.add(steps, zero_point)
+    return builder.emit(relax.op.astype(clamp(steps, qmin, qmax), dtype), f"{name}_in_q"), scale, zero_point
 
 
 def _runtime_qparams(builder, x, dtype: str, name: str, axis: int | None = None):

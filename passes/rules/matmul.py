@@ -6,6 +6,7 @@ computed as ``matmul(x_q, w_q, out_dtype=int32)`` with ``- z_in sum_k w_q[k, n]`
 the bias (``linear``). The weight is ``(K, N)``: output channels on its last axis. An N-D
 activation (``[B, S, K]``, a transformer's Linear) is reshaped to ``[B S, K]`` around the
 integer matmul (free: a view), so the target's packed 2-D int8 dense kernels apply to it.
+A matmul of two activations (attention) is :mod:`tvmq.passes.rules.attention`'s.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from tvm import relax
 from ..graph import constant_value
 from ..layers import Layer, LayerKind, layer_kind
 from . import realize_rule
+from .attention import realize_batch_matmul
 from .common import const
 from .linear import realize_layer
 
-realize_rule("relax.matmul")(realize_layer)
+
+
+@realize_rule("relax.matmul")
+def realize_matmul(ctx, var, value) -> bool:
+    """A dense layer (a constant weight) or an activation x activation matmul."""
+    return realize_layer(ctx, var, value) if var in ctx.layers else realize_batch_matmul(ctx, var, value)
 
 
 @layer_kind
