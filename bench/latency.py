@@ -123,6 +123,7 @@ def measure(model: Model, batch: int, args) -> dict:
     np.savez(directory / "feed.npz", **model.feed(batch))
     model = dataclasses.replace(model, calib=model.calib[:args.calib_samples])
     engines = ENGINES + (LOOPS_ENGINES if args.zero_trial else ())
+    load_before = _load()
     if args.reuse:
         tuning = json.loads((directory / "compiled.json").read_text())
     else:
@@ -141,6 +142,7 @@ def measure(model: Model, batch: int, args) -> dict:
     row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
            "threads": args.threads, "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "load_avg": {"start": load_before, "end": _load()},
            **({"compile_loops_s": tuning["loops_seconds"]} if args.zero_trial else {}),
            **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
     print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in engines), flush=True)
@@ -305,6 +307,11 @@ def load_saved(directory: Path) -> tuple:
     with np.load(directory / "params.npz") as archive:
         params = {n: archive[n] for n in names}
     return tvm.runtime.load_module(str(directory / "model.so")), params, manifest["inputs"]
+
+
+def _load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what ``uptime`` prints): the machine is shared."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _slug(name: str) -> str:
