@@ -3,6 +3,7 @@
     .venv/bin/python bench/latency.py                                  # the shape models, batch 1 and 8
     .venv/bin/python bench/latency.py --models mobilenet_v2_224 --batches 1 --trials 512
     .venv/bin/python bench/latency.py --models zoo:orientation --trials 600     # a real zoo model
+    .venv/bin/python bench/latency.py --models zoo:mtcnn_onet --tuning-time 5m   # the CLI's default tuning
     .venv/bin/python bench/latency.py --models path/to/model.onnx --calib feeds/ --trials 600
     .venv/bin/python bench/latency.py --trials 0 --zero-trial --batches 1 --out bench/results/zero_trial.json
 
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--calib", help="calibration data for ONNX paths (.npy / .npz / directory of .npz feeds)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--trials", type=int, default=256, help="MetaSchedule trials per module (fp32, int8)")
+    parser.add_argument("--tuning-time", default="0",
+                        help="tuning time budget, as tvmq compile's --tuning-time (with --trials 0: the budget alone)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--zero-trial", action="store_true",
@@ -127,7 +130,7 @@ def measure(model: Model, batch: int, args) -> dict:
     if args.reuse:
         tuning = json.loads((directory / "compiled.json").read_text())
     else:
-        tuning = compile_tvmq(model, batch, args.trials, directory)
+        tuning = compile_tvmq(model, batch, args.trials, directory, tuning_time=args.tuning_time)
         if args.zero_trial:
             tuning["loops_seconds"] = compile_tvmq(model, batch, 0, directory, target=_loops_target(),
                                                    suffix="_loops")["seconds"]
@@ -141,7 +144,7 @@ def measure(model: Model, batch: int, args) -> dict:
             rounds[engine].append(child_time(engine, directory, args.runs, args.threads))
     row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
-           "threads": args.threads, "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "threads": args.threads, "trials": args.trials, "tuning_time": args.tuning_time, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
            "load_avg": {"start": load_before, "end": _load()},
            **({"compile_loops_s": tuning["loops_seconds"]} if args.zero_trial else {}),
            **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
@@ -201,13 +204,13 @@ def _feeds(path: str, calib: str) -> list[dict]:
 
 
 def compile_tvmq(model: Model, batch: int, trials: int, directory: Path, target: str = "host",
-                 suffix: str = "") -> dict:
-    """Tune and build both modules; save them where the timing processes load them
-    (``tvmq_int8<suffix>``, ``tvmq_fp32<suffix>``)."""
+                 suffix: str = "", tuning_time: str = "0") -> dict:
+    """Tune (``trials`` per module and / or ``tuning_time``) and build both modules; save them where
+    the timing processes load them (``tvmq_int8<suffix>``, ``tvmq_fp32<suffix>``)."""
     import tvmq
 
     shapes = {n: list(a.shape) for n, a in model.feed(batch).items()}
-    config = tvmq.Config(target=target, trials=trials, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
+    config = tvmq.Config(target=target, trials=trials, tuning_time=tuning_time, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
                          tuning_db=WORK / "tuning" / f"{_slug(model.name)}-b{batch}")
     start = time.perf_counter()
     compiled = tvmq.compile(model.path, model.calib, config=config)
