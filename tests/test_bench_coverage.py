@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import coverage  # noqa: E402
+# loaded from its file: the name "coverage" is also a well-known package's
+_SPEC = importlib.util.spec_from_file_location("bench_coverage", Path(__file__).resolve().parents[1] / "bench" / "coverage.py")
+coverage = sys.modules["bench_coverage"] = importlib.util.module_from_spec(_SPEC)  # dataclasses look it up
+_SPEC.loader.exec_module(coverage)
 
 
 def _outputs(vectors) -> list[list[np.ndarray]]:
