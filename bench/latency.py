@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="time the modules a previous run saved under bench/work (no compiling)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/<cpu>.json)")
+    parser.add_argument("--table", action="store_true", help="print the results file's table, measure nothing")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -82,6 +83,9 @@ def main() -> None:
         print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs, args.threads)}))
         return
     out = args.out or HERE / "results" / f"{cpu_key()}.json"
+    if args.table:
+        print_table(json.loads(out.read_text()))
+        return
     out.parent.mkdir(exist_ok=True)
     rows = []
     for name in args.models:
@@ -317,19 +321,24 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _load_cell(load: dict | None) -> str:
+    """The 1-minute load average at a row's start and end, ``"9.3-13.9"``."""
+    return f"{load['start'][0]:.1f}-{load['end'][0]:.1f}" if load else "-"
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name)
 
 
 def print_table(rows: list[dict]) -> None:
     print("\n| model | batch | ORT fp32 ms | ORT int8 ms | tvmq fp32 ms | tvmq int8 ms | int8 vs ORT fp32 "
-          "| int8 vs ORT int8 | tvmq fp32 / ORT fp32 | trials | tuning s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| int8 vs ORT int8 | tvmq fp32 / ORT fp32 | trials | tuning s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['batch']} | {r['ort_fp32_ms']:.3f} | {r['ort_int8_ms']:.3f} | "
               f"{r['tvmq_fp32_ms']:.3f} | {r['tvmq_int8_ms']:.3f} | {r['ort_fp32_ms'] / r['tvmq_int8_ms']:.2f}x | "
               f"{r['ort_int8_ms'] / r['tvmq_int8_ms']:.2f}x | {r['tvmq_fp32_ms'] / r['ort_fp32_ms']:.2f} | "
-              f"{r['trials']} | {r['tuning_s']:.0f} |")
+              f"{r['trials']} | {r['tuning_s']:.0f} | {_load_cell(r.get('load_avg'))} |")
 
 
     loops = [r for r in rows if "tvmq_int8_loops_ms" in r]
