@@ -38,6 +38,14 @@ def test_goal_floor_drop_and_neighbours():
     assert not drop.met({"metric_fp32": 1.0, "metric_t": 0.994}, "t")
 
 
+def test_int8_layer_share_counts_dynamic_and_each_node_once():
+    report = {"layers": [{"name": "lstm", "op": "LSTM", "precision": "fp32"},
+                         {"name": "lstm", "op": "LSTM", "precision": "fp32"},
+                         {"name": "conv", "op": "Conv", "precision": "dynamic"},
+                         {"name": "fc", "op": "Gemm", "precision": "int8"}, {"name": "relu", "op": "Relu", "precision": "fp32"}]}
+    assert coverage.int8_layer_share(report) == 0.667
+
+
 def test_goals_table_row():
     row = {"model": "ppocr_rec", "tvmq_recipe": "static, per channel", "metric_fp32": 1.0, "metric_tvmq_int8": 0.996,
            "metric_ort_int8": 0.909, "metric_ort_int8_layers_only": 0.917,
@@ -45,6 +53,6 @@ def test_goals_table_row():
            "latency_ms": {"ort_fp32": 15.0, "ort_int8": 24.0, "ort_int8_dynamic": None, "tvmq_int8": 12.0}}
     line = coverage.goals_markdown([row]).splitlines()[-1]
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[4] == "0.9960" and cells[7].startswith("fails: NotImplemented")
-    assert cells[8] == "yes / **no**"
-    assert cells[9] == "20.00 / 10.00" and cells[10] == "15.00 / 24.00 / -" and cells[12] == "2.00x"
+    assert cells[3] == "- / -" and cells[5] == "0.9960" and cells[8].startswith("fails: NotImplemented")
+    assert cells[9] == "yes / **no**"
+    assert cells[10] == "20.00 / 10.00" and cells[11] == "15.00 / 24.00 / -" and cells[13] == "2.00x"
