@@ -427,10 +427,9 @@ def write(rows: list[dict], argv: str, table: Table) -> None:
 
 def markdown(rows: list[dict]) -> str:
     """The coverage table: one line per model."""
-    lines = ["| model | package | kind | inputs | notable ops | imports (fp32 max rel err) | int8 layers ORT / tvmq "
-             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 "
-             "| ms tvmq fp32 / int8 (report) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("model", "package", "kind", "inputs", "notable ops", "imports (fp32 max rel err)",
+                    "int8 layers ORT / tvmq", "metric", "fp32", "tvmq int8", "ORT int8", "ORT int8 layers only",
+                    "ms ORT fp32", "ms ORT int8", "ms tvmq int8", "ms tvmq fp32 / int8 (report)")
     for r in rows:
         inputs = ", ".join(f"{n} {d} {tuple(s)}" for n, (s, d) in r["inputs"].items())
         ms = r.get("latency_ms") or {}
@@ -449,10 +448,10 @@ def markdown(rows: list[dict]) -> str:
 
 def goals_markdown(rows: list[dict]) -> str:
     """Issue 21's goals table: tvmq's best recipe beside ONNX Runtime's static and dynamic int8."""
-    lines = ["| model | goal | tvmq recipe | int8 layers tvmq / ORT | fp32 | tvmq int8 | ORT static | ORT static, layers only | ORT dynamic "
-             "| goal met: tvmq / best ORT | ms tvmq fp32 / int8 (report) | ms ORT fp32 / static / dynamic "
-             "| ms tvmq int8 | tvmq int8 vs fastest ORT int8 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("model", "goal", "tvmq recipe", "int8 layers tvmq / ORT", "fp32", "tvmq int8", "ORT static",
+                    "ORT static, layers only", "ORT dynamic", "goal met: tvmq / best ORT",
+                    "ms tvmq fp32 / int8 (report)", "ms ORT fp32 / static / dynamic", "ms tvmq int8",
+                    "tvmq int8 vs fastest ORT int8")
     for r in rows:
         goal, ms = GOALS.get(r["model"]), r.get("latency_ms") or {}
         ort = ("ort_int8", "ort_int8_layers_only", "ort_int8_dynamic")
@@ -469,6 +468,11 @@ def goals_markdown(rows: list[dict]) -> str:
             _fmt(fastest / ms["tvmq_int8"] if fastest and ms.get("tvmq_int8") else None, "{:.2f}x"),
         ]) + " |")
     return "\n".join(lines)
+
+
+def _header(*columns: str) -> list[str]:
+    """A Markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def _metric_cell(row: dict, key: str) -> str:
