@@ -295,7 +295,8 @@ def _tvm_runner(directory: Path, feed: dict):
 
     library, params, inputs = load_saved(directory)
     vm = VirtualMachine(library, tvm.cpu())
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"])) for i in inputs] + \
+    # np.array, not np.ascontiguousarray, which makes a 0-d input (Silero's sample rate) 1-d
+    args = [tvm.runtime.tensor(np.array(feed[i["name"]], dtype=i["dtype"], order="C")) for i in inputs] + \
         [tvm.runtime.tensor(v) for v in params.values()]
     main = vm["main"]
     return lambda: main(*args)
