@@ -3,6 +3,7 @@
     .venv/bin/python bench/coverage.py                       # every zoo model
     .venv/bin/python bench/coverage.py --model ppocr_rec --model silero_vad
     .venv/bin/python bench/coverage.py --no-tvmq --no-latency
+    .venv/bin/python bench/coverage.py --recipe best --trials 0    # issue 21's goals table
 
 For each :data:`tvmq.zoo.MODELS` entry: fetch the model and its calibration / evaluation
 feeds; run ONNX Runtime fp32 on the evaluation feeds (the reference); quantize with ONNX
@@ -18,6 +19,12 @@ runs on the first evaluation feed.
 
 Writes ``bench/results/coverage.json`` (one row per model, merged by name) and the table
 in ``docs/coverage.md``.
+
+``--recipe best`` compiles each model with its best tvmq recipe (:data:`RECIPES`: CLI flags;
+static per channel where none is named), adds ONNX Runtime's ``quantize_dynamic`` beside its
+static int8, scores an encoder's nearest-neighbour agreement too (:data:`EXTRA_METRICS`), and
+checks issue 21's accuracy goals (:data:`GOALS`; default models: those with a goal); it writes
+``bench/results/coverage_goals.json`` and the goals table of ``docs/coverage.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, namedtuple
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,37 @@ NOTABLE = ("LSTM", "GRU", "If", "Loop", "Resize", "HardSwish", "HardSigmoid", "P
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # ONNX Runtime's op_types_to_quantize for "layers only"
 COUNTED_LAYERS = LAYER_OPS + ("LSTM", "GRU")  # the int8 layer share counts recurrent ops too: they are matmuls
 COMMAND = "bench/coverage.py"
+RECIPES = {  # tvmq compile flags of each model's best recipe (bench/dynamic.py measured them); others: static
+    "minilm_l6": ("--mode", "dynamic", "--dynamic-granularity", "row"),
+    "silero_vad_lstm": ("--mode", "dynamic", "--dynamic-layers", "*Conv"),
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """An accuracy goal of issue 21: ``metric >= floor``, or ``metric >= fp32 - drop``; and, with
+    ``nn_floor``, nearest-neighbour agreement >= ``nn_floor``."""
+
+    text: str
+    floor: float | None = None
+    drop: float | None = None
+    nn_floor: float | None = None
+
+    def met(self, row: dict, key: str) -> bool | None:
+        """Whether engine ``key``'s metrics in ``row`` meet the goal (None: not measured)."""
+        value, nn = row.get(f"metric_{key}"), row.get(f"nn_agreement_{key}")
+        if value is None:
+            return None
+        bound = self.floor if self.floor is not None else row["metric_fp32"] - self.drop
+        return value >= bound - 1e-9 and (self.nn_floor is None or (nn is not None and nn >= self.nn_floor))
+
+
+GOALS = {
+    "minilm_l6": Goal("embedding cosine >= 0.99, nearest-neighbour agreement >= 99%", floor=0.99, nn_floor=0.99),
+    "silero_vad_lstm": Goal("decision agreement >= 99%", floor=0.99),
+    "ppocr_rec": Goal("char accuracy within 0.5 pt of fp32", drop=0.005),
+    "ppocr_det": Goal("box hmean within 0.5 pt of fp32", drop=0.005),
+}
 
 
 def main() -> None:
@@ -55,6 +94,9 @@ def main() -> None:
     parser.add_argument("--no-tvmq", action="store_true", help="skip the tvmq import and compile")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--trials", type=int, default=0, help="tvmq compile's tuning trials (default 0)")
+    parser.add_argument("--recipe", choices=list(TABLES), default="default",
+                        help="default: static per channel, the coverage table; best: each model's RECIPES "
+                             "flags, ONNX Runtime's dynamic int8 too, the goals table")
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "ONNX", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -63,12 +105,13 @@ def main() -> None:
         return
     from tvmq import zoo
 
-    names = args.model or list(zoo.MODELS)
+    table = TABLES[args.recipe]
+    names = args.model or list(GOALS if args.recipe == "best" else zoo.MODELS)
     rows = []
     for name in names:
         rows.append(cover(zoo.get(name), args))
-        write(rows, " ".join(sys.argv[1:]))
-    print(markdown(load_rows()))
+        write(rows, " ".join(sys.argv[1:]), table)
+    print(table.markdown(load_rows(table.results)))
 
 
 def cover(model, args) -> dict:
@@ -88,15 +131,29 @@ def cover(model, args) -> dict:
     row.update(attempt("ort_int8_layers_only", lambda: ort_int8(
         model, path, calib, evaluation, reference, int8_path.with_name("ort_int8_layers_only.onnx"),
         list(LAYER_OPS), "ort_int8_layers_only")))
+    best = args.recipe == "best"
+    dynamic_path = int8_path.with_name("ort_int8_dynamic.onnx")
+    dynamic_path.unlink(missing_ok=True)
+    if best:
+        row.update(attempt("ort_int8_dynamic", lambda: ort_int8_dynamic(model, path, evaluation, reference,
+                                                                         dynamic_path)))
+    recipe = RECIPES.get(model.name, ()) if best else ()
     if not args.no_tvmq:
         row.update(attempt("tvmq_import", lambda: tvmq_import(model, path, evaluation[0], reference[0])))
-        row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference, args.trials)))
+        row["tvmq_recipe"] = " ".join(recipe) or "static, per channel"
+        row.update(attempt("tvmq_int8", lambda: tvmq_int8(model, path, calib, evaluation, reference, args.trials,
+                                                          recipe)))
     if not args.no_latency:
+        ran = {"ort_int8": row.get("ort_int8_error") is None and int8_path.exists(),
+               "ort_int8_dynamic": row.get("ort_int8_dynamic_error") is None and dynamic_path.exists(),
+               "tvmq_int8": row.get("tvmq_int8_error") is None and not args.no_tvmq}
         row["latency_ms"] = {"ort_fp32": child_ms("ort", path, model.name, args.runs),
-                             "ort_int8": child_ms("ort", int8_path, model.name, args.runs)
-                             if int8_path.exists() and row.get("ort_int8_error") is None else None,
+                             "ort_int8": child_ms("ort", int8_path, model.name, args.runs) if ran["ort_int8"] else None,
                              "tvmq_int8": child_ms("tvmq", WORK / model.name / "tvmq", model.name, args.runs)
-                             if row.get("tvmq_int8_error") is None and not args.no_tvmq else None}
+                             if ran["tvmq_int8"] else None,
+                             **({"ort_int8_dynamic": child_ms("ort", dynamic_path, model.name, args.runs)
+                                 if ran["ort_int8_dynamic"] else None} if best else {})}
+        row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     row["seconds"] = round(time.perf_counter() - started, 1)
     print(f"{model.name}: fp32 {row['metric_fp32']:.4f}, ORT int8 {row.get('metric_ort_int8')}, "
           f"tvmq {row.get('metric_tvmq_int8', row.get('tvmq_int8_error'))}", flush=True)
@@ -159,7 +216,44 @@ def ort_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refer
     quantize_static(str(at_least_opset_13(path, out.with_name("opset13.onnx"))), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     outputs = ort_outputs(out, evaluation)
-    return {f"metric_{key}": model.metric(reference, outputs, "eval"), f"{key}_layers": qdq_layer_share(out)}
+    return {**scores(model, reference, outputs, key), f"{key}_layers": qdq_layer_share(out)}
+
+
+def ort_int8_dynamic(model, path: Path, evaluation: list[dict], reference, out: Path) -> dict:
+    """ONNX Runtime dynamic int8 (``quantize_dynamic``: int8 weights per channel, each activation's
+    uint8 range taken at run time) over every op it quantizes: its metrics."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(str(at_least_opset_13(path, out.with_name("opset13.onnx"))), str(out), per_channel=True,
+                     weight_type=QuantType.QInt8)
+    return scores(model, reference, ort_outputs(out, evaluation), "ort_int8_dynamic")
+
+
+def nearest_neighbour_agreement(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """Share of samples whose nearest other sample (largest cosine of the first outputs) is the same
+    for ``candidate`` as for ``reference``: ``mean_i [argmax_{j != i} cos(c_i, c_j) == argmax_{j != i} cos(r_i, r_j)]``."""
+
+    def nearest(outputs) -> np.ndarray:
+        x = np.stack([np.ravel(o[0]) for o in outputs]).astype(np.float64)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        similarity = x @ x.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(1)
+
+    return float(np.mean(nearest(reference) == nearest(candidate)))
+
+
+EXTRA_METRICS = {"encoder": ("nn_agreement", nearest_neighbour_agreement)}  # by zoo kind: a second metric
+
+
+def scores(model, reference, outputs, key: str) -> dict:
+    """``metric_<key>``: the zoo metric of ``outputs``; and the kind's extra metric, ``<name>_<key>``."""
+    found = {f"metric_{key}": model.metric(reference, outputs, "eval")}
+    if model.kind in EXTRA_METRICS:
+        name, metric = EXTRA_METRICS[model.kind]
+        found[f"{name}_{key}"] = metric(reference, outputs)
+    return found
 
 
 def qdq_layer_share(path: Path) -> float | None:
@@ -198,15 +292,16 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(got, np.float64) - want64)) / max(np.max(np.abs(want64)), 1e-12))
 
 
-def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, trials: int) -> dict:
-    """``tvmq compile`` (the CLI, on directories of ``.npz`` feeds) into an artifact, then, in a fresh
-    process that loads it with ``tvmq.load``, its outputs on the evaluation feeds: the metric, the
-    share of conv / matmul layers in int8 and the report's latencies."""
+def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], reference, trials: int,
+              recipe: tuple[str, ...] = ()) -> dict:
+    """``tvmq compile`` (the CLI, on directories of ``.npz`` feeds, with the ``recipe`` flags) into an
+    artifact, then, in a fresh process that loads it with ``tvmq.load``, its outputs on the evaluation
+    feeds: the metrics, the share of conv / matmul layers in int8 and the report's latencies."""
     work = WORK / model.name
     calib_dir, eval_dir, out = _feed_dir(work / "calib", calib), _feed_dir(work / "eval", evaluation), work / "tvmq"
     shapes = [f"--input-shape={n}:{','.join(map(str, s))}" for n, s in model.input_shapes.items() if s]
     cmd = [sys.executable, "-m", "tvmq", "compile", str(path), "--calib", str(calib_dir), "--eval", str(eval_dir),
-           "--out", str(out), "--force", "--trials", str(trials), *shapes]
+           "--out", str(out), "--force", "--trials", str(trials), *shapes, *recipe]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -215,11 +310,16 @@ def tvmq_int8(model, path: Path, calib: list[dict], evaluation: list[dict], refe
     seconds = round(time.perf_counter() - started, 1)
     outputs = _artifact_outputs(out, eval_dir, work / "tvmq_outputs.npz")
     report = json.loads((out / "report.json").read_text())
-    # one row per layer: the report lists a node once per output it computes (an LSTM's Y, Y_h, Y_c)
+    return {**scores(model, reference, outputs, "tvmq_int8"), "tvmq_int8_layers": int8_layer_share(report),
+            "tvmq_compile_seconds": seconds, "tvmq_report_ms": report["latency_ms"],
+            "tvmq_artifact_choice": report.get("artifact_choice")}
+
+
+def int8_layer_share(report: dict) -> float | None:
+    """Share of a compile report's conv / matmul / recurrent layers run by int8 kernels (static or
+    dynamic); one row per layer: the report lists a node once per output (an LSTM's Y, Y_h, Y_c)."""
     rows = list({r["name"]: r for r in report["layers"] if r["op"] in COUNTED_LAYERS}.values())
-    share = round(sum(r["precision"] == "int8" for r in rows) / len(rows), 3) if rows else None
-    return {"metric_tvmq_int8": model.metric(reference, outputs, "eval"), "tvmq_int8_layers": share,
-            "tvmq_compile_seconds": seconds, "tvmq_report_ms": report["latency_ms"]}
+    return round(sum(r["precision"] in ("int8", "dynamic") for r in rows) / len(rows), 3) if rows else None
 
 
 def _feed_dir(folder: Path, feeds: list[dict]) -> Path:
@@ -300,34 +400,36 @@ def time_tvmq(artifact: Path, name: str, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def load_rows() -> list[dict]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+def load_rows(results: Path = RESULTS) -> list[dict]:
+    return json.loads(results.read_text()) if results.exists() else []
 
 
-def write(rows: list[dict], argv: str) -> None:
-    """Merge ``rows`` into the results file by model name, then rewrite the Markdown table."""
+def write(rows: list[dict], argv: str, table: Table) -> None:
+    """Merge ``rows`` into ``table``'s results file by model name, then rewrite its Markdown table."""
     from tvmq import zoo
 
     done = {r["model"] for r in rows}
     stamped = [{**r, "command": f"{COMMAND} {argv}".strip()} for r in rows]
-    merged = {r["model"]: r for r in [r for r in load_rows() if r["model"] not in done] + stamped}
+    merged = {r["model"]: r for r in [r for r in load_rows(table.results) if r["model"] not in done] + stamped}
     ordered = [merged[n] for n in zoo.MODELS if n in merged]
-    RESULTS.parent.mkdir(exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    table.results.parent.mkdir(exist_ok=True)
+    tmp = table.results.with_suffix(".tmp")
     tmp.write_text(json.dumps(ordered, indent=2) + "\n")
-    tmp.replace(RESULTS)
-    text = DOC.read_text() if DOC.exists() else "<!-- coverage table -->\n<!-- end coverage table -->\n"
-    head, rest = text.split("<!-- coverage table -->", 1)
-    tail = rest.split("<!-- end coverage table -->", 1)[1]
-    DOC.write_text(f"{head}<!-- coverage table -->\n{markdown(ordered)}\n<!-- end coverage table -->{tail}")
+    tmp.replace(table.results)
+    start, end = f"<!-- {table.marker} -->", f"<!-- end {table.marker} -->"
+    text = DOC.read_text() if DOC.exists() else ""
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    DOC.write_text(f"{head}{start}\n{table.markdown(ordered)}\n{end}{tail}")
 
 
 def markdown(rows: list[dict]) -> str:
     """The coverage table: one line per model."""
-    lines = ["| model | package | kind | inputs | notable ops | imports (fp32 max rel err) | int8 layers ORT / tvmq "
-             "| metric | fp32 | tvmq int8 | ORT int8 | ORT int8 layers only | ms ORT fp32 | ms ORT int8 | ms tvmq int8 "
-             "| ms tvmq fp32 / int8 (report) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("model", "package", "kind", "inputs", "notable ops", "imports (fp32 max rel err)",
+                    "int8 layers ORT / tvmq", "metric", "fp32", "tvmq int8", "ORT int8", "ORT int8 layers only",
+                    "ms ORT fp32", "ms ORT int8", "ms tvmq int8", "ms tvmq fp32 / int8 (report)")
     for r in rows:
         inputs = ", ".join(f"{n} {d} {tuple(s)}" for n, (s, d) in r["inputs"].items())
         ms = r.get("latency_ms") or {}
@@ -342,6 +444,50 @@ def markdown(rows: list[dict]) -> str:
             _report_ms(r.get("tvmq_report_ms")),
         ]) + " |")
     return "\n".join(lines)
+
+
+def goals_markdown(rows: list[dict]) -> str:
+    """Issue 21's goals table: tvmq's best recipe beside ONNX Runtime's static and dynamic int8."""
+    lines = _header("model", "goal", "tvmq recipe", "int8 layers tvmq / ORT", "fp32", "tvmq int8", "ORT static",
+                    "ORT static, layers only", "ORT dynamic", "goal met: tvmq / best ORT",
+                    "ms tvmq fp32 / int8 (report)", "ms ORT fp32 / static / dynamic", "ms tvmq int8",
+                    "tvmq int8 vs fastest ORT int8")
+    for r in rows:
+        goal, ms = GOALS.get(r["model"]), r.get("latency_ms") or {}
+        ort = ("ort_int8", "ort_int8_layers_only", "ort_int8_dynamic")
+        ort_met = any(goal.met(r, k) for k in ort) if goal else None
+        fastest = min([ms[k] for k in ("ort_int8", "ort_int8_dynamic") if ms.get(k)], default=None)
+        lines.append(" | ".join([
+            f"| {r['model']}", goal.text if goal else "-", f"`{r.get('tvmq_recipe', '-')}`",
+            f"{_fmt(r.get('tvmq_int8_layers'), '{:.0%}')} / {_fmt(r.get('ort_int8_layers'), '{:.0%}')}",
+            _fmt(r["metric_fp32"], "{:.4f}"), *(_metric_cell(r, k) for k in ("tvmq_int8",) + ort),
+            f"{_yes(goal.met(r, 'tvmq_int8') if goal else None)} / {_yes(ort_met)}",
+            _report_ms(r.get("tvmq_report_ms")),
+            " / ".join(_fmt(ms.get(k), "{:.2f}") for k in ("ort_fp32",) + ort[::2]),
+            _fmt(ms.get("tvmq_int8"), "{:.2f}"),
+            _fmt(fastest / ms["tvmq_int8"] if fastest and ms.get("tvmq_int8") else None, "{:.2f}x"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def _header(*columns: str) -> list[str]:
+    """A Markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _metric_cell(row: dict, key: str) -> str:
+    cell = _cell(row, f"metric_{key}", f"{key}_error", "{:.4f}")
+    nn = row.get(f"nn_agreement_{key}")
+    return cell if nn is None else f"{cell}, NN {nn:.0%}"
+
+
+def _yes(met: bool | None) -> str:
+    return "-" if met is None else ("yes" if met else "**no**")
+
+
+Table = namedtuple("Table", "results marker markdown")  # a results file, its doc section's marker, its renderer
+TABLES = {"default": Table(RESULTS, "coverage table", markdown),
+          "best": Table(HERE / "results" / "coverage_goals.json", "goals table", goals_markdown)}
 
 
 def _report_ms(ms: dict | None) -> str:

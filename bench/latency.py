@@ -3,6 +3,7 @@
     .venv/bin/python bench/latency.py                                  # the shape models, batch 1 and 8
     .venv/bin/python bench/latency.py --models mobilenet_v2_224 --batches 1 --trials 512
     .venv/bin/python bench/latency.py --models zoo:orientation --trials 600     # a real zoo model
+    .venv/bin/python bench/latency.py --models zoo:mtcnn_onet --tuning-time 5m   # the CLI's default tuning
     .venv/bin/python bench/latency.py --models path/to/model.onnx --calib feeds/ --trials 600
     .venv/bin/python bench/latency.py --trials 0 --zero-trial --batches 1 --out bench/results/zero_trial.json
 
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--calib", help="calibration data for ONNX paths (.npy / .npz / directory of .npz feeds)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--trials", type=int, default=256, help="MetaSchedule trials per module (fp32, int8)")
+    parser.add_argument("--tuning-time", default="0",
+                        help="tuning time budget, as tvmq compile's --tuning-time (with --trials 0: the budget alone)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--zero-trial", action="store_true",
@@ -72,6 +75,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="time the modules a previous run saved under bench/work (no compiling)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/<cpu>.json)")
+    parser.add_argument("--table", action="store_true", help="print the results file's table, measure nothing")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -79,6 +83,9 @@ def main() -> None:
         print(json.dumps({"ms": time_engine(engine, Path(directory), args.runs, args.threads)}))
         return
     out = args.out or HERE / "results" / f"{cpu_key()}.json"
+    if args.table:
+        print_table(json.loads(out.read_text()))
+        return
     out.parent.mkdir(exist_ok=True)
     rows = []
     for name in args.models:
@@ -123,10 +130,11 @@ def measure(model: Model, batch: int, args) -> dict:
     np.savez(directory / "feed.npz", **model.feed(batch))
     model = dataclasses.replace(model, calib=model.calib[:args.calib_samples])
     engines = ENGINES + (LOOPS_ENGINES if args.zero_trial else ())
+    load_before = _load()
     if args.reuse:
         tuning = json.loads((directory / "compiled.json").read_text())
     else:
-        tuning = compile_tvmq(model, batch, args.trials, directory)
+        tuning = compile_tvmq(model, batch, args.trials, directory, tuning_time=args.tuning_time)
         if args.zero_trial:
             tuning["loops_seconds"] = compile_tvmq(model, batch, 0, directory, target=_loops_target(),
                                                    suffix="_loops")["seconds"]
@@ -140,7 +148,8 @@ def measure(model: Model, batch: int, args) -> dict:
             rounds[engine].append(child_time(engine, directory, args.runs, args.threads))
     row = {"model": model.name, "batch": batch, "cpu_flags": _int8_flags(),
            **{f"{e}_ms": round(statistics.median(v), 4) for e, v in rounds.items()},
-           "threads": args.threads, "trials": args.trials, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "threads": args.threads, "trials": args.trials, "tuning_time": args.tuning_time, "tuning_s": tuning["seconds"], "rounds_ms": rounds, "tuning": tuning["summary"],
+           "load_avg": {"start": load_before, "end": _load()},
            **({"compile_loops_s": tuning["loops_seconds"]} if args.zero_trial else {}),
            **({"artifact_choice": tuning["choice"]} if tuning["choice"] else {})}
     print(f"{model.name} batch {batch}: " + ", ".join(f"{e} {row[e + '_ms']:.3f} ms" for e in engines), flush=True)
@@ -199,13 +208,13 @@ def _feeds(path: str, calib: str) -> list[dict]:
 
 
 def compile_tvmq(model: Model, batch: int, trials: int, directory: Path, target: str = "host",
-                 suffix: str = "") -> dict:
-    """Tune and build both modules; save them where the timing processes load them
-    (``tvmq_int8<suffix>``, ``tvmq_fp32<suffix>``)."""
+                 suffix: str = "", tuning_time: str = "0") -> dict:
+    """Tune (``trials`` per module and / or ``tuning_time``) and build both modules; save them where
+    the timing processes load them (``tvmq_int8<suffix>``, ``tvmq_fp32<suffix>``)."""
     import tvmq
 
     shapes = {n: list(a.shape) for n, a in model.feed(batch).items()}
-    config = tvmq.Config(target=target, trials=trials, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
+    config = tvmq.Config(target=target, trials=trials, tuning_time=tuning_time, deploy_batch=batch, latency_runs=1, input_shapes=shapes,
                          tuning_db=WORK / "tuning" / f"{_slug(model.name)}-b{batch}")
     start = time.perf_counter()
     compiled = tvmq.compile(model.path, model.calib, config=config)
@@ -286,7 +295,8 @@ def _tvm_runner(directory: Path, feed: dict):
 
     library, params, inputs = load_saved(directory)
     vm = VirtualMachine(library, tvm.cpu())
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"])) for i in inputs] + \
+    # np.array, not np.ascontiguousarray, which makes a 0-d input (Silero's sample rate) 1-d
+    args = [tvm.runtime.tensor(np.array(feed[i["name"]], dtype=i["dtype"], order="C")) for i in inputs] + \
         [tvm.runtime.tensor(v) for v in params.values()]
     main = vm["main"]
     return lambda: main(*args)
@@ -307,19 +317,29 @@ def load_saved(directory: Path) -> tuple:
     return tvm.runtime.load_module(str(directory / "model.so")), params, manifest["inputs"]
 
 
+def _load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what ``uptime`` prints): the machine is shared."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _load_cell(load: dict | None) -> str:
+    """The 1-minute load average at a row's start and end, ``"9.3-13.9"``."""
+    return f"{load['start'][0]:.1f}-{load['end'][0]:.1f}" if load else "-"
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name)
 
 
 def print_table(rows: list[dict]) -> None:
     print("\n| model | batch | ORT fp32 ms | ORT int8 ms | tvmq fp32 ms | tvmq int8 ms | int8 vs ORT fp32 "
-          "| int8 vs ORT int8 | tvmq fp32 / ORT fp32 | trials | tuning s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| int8 vs ORT int8 | tvmq fp32 / ORT fp32 | trials | tuning s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['batch']} | {r['ort_fp32_ms']:.3f} | {r['ort_int8_ms']:.3f} | "
               f"{r['tvmq_fp32_ms']:.3f} | {r['tvmq_int8_ms']:.3f} | {r['ort_fp32_ms'] / r['tvmq_int8_ms']:.2f}x | "
               f"{r['ort_int8_ms'] / r['tvmq_int8_ms']:.2f}x | {r['tvmq_fp32_ms'] / r['ort_fp32_ms']:.2f} | "
-              f"{r['trials']} | {r['tuning_s']:.0f} |")
+              f"{r['trials']} | {r['tuning_s']:.0f} | {_load_cell(r.get('load_avg'))} |")
 
 
     loops = [r for r in rows if "tvmq_int8_loops_ms" in r]
