@@ -62,7 +62,7 @@ def test_rule_schedules_compute_what_the_plain_loop_nests_compute(tmp_path, rng,
     assert "rule schedules did not build" not in caplog.text  # build() fell back to the loop nests
     integer_kernels = 0
     for name, scheduled, unscheduled in _kernel_pairs(int8, host):
-        args = [_random(rng, [int(d) for d in p.shape], str(p.dtype)) for p in unscheduled.params]
+        args = [_random(rng, [int(d) for d in p.shape], str(p.dtype), host.weight_qmax) for p in unscheduled.params]
         if str(unscheduled.params[-1].dtype) in ("uint8", "int8", "int32"):
             integer_kernels += 1
             np.testing.assert_array_equal(_call(scheduled, args, host), _call(unscheduled, args, host), name)
@@ -82,9 +82,11 @@ def _kernel_pairs(mod, spec):
             yield gvar.name_hint, scheduled[gvar.name_hint], func
 
 
-def _random(rng, shape, dtype):
+def _random(rng, shape, dtype, weight_qmax=127):
+    """Random kernel arguments; int8 ones (the weights) within the target's weight range: AVX2's
+    ``vpmaddubsw`` sums two u8 x s8 products in saturating int16, exact only for 7-bit weights."""
     if dtype in ("uint8", "int8", "int32"):
-        low, high = {"uint8": (0, 256), "int8": (-127, 128), "int32": (-1000, 1000)}[dtype]
+        low, high = {"uint8": (0, 256), "int8": (-weight_qmax, weight_qmax + 1), "int32": (-1000, 1000)}[dtype]
         return rng.integers(low, high, shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
 
