@@ -70,7 +70,7 @@ def child(calibrator: str, samples: int) -> dict:
             elif message.startswith("evaluating"):
                 phase["name"] = "evaluation"
 
-    api_logger = logging.getLogger("tvmq.api")
+    api_logger = logging.getLogger("tvmq")  # the stages log calibrating / evaluating (tvmq.stages.*)
     api_logger.setLevel(logging.INFO)
     api_logger.addHandler(PhaseMarker())
     thread = threading.Thread(target=sample, daemon=True)

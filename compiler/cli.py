@@ -8,6 +8,7 @@ crash inside TVM is reported the same way instead of killing ``tvmq`` with a sig
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                            "labels y, or a directory of such .npz feeds")
     comp.add_argument("--eval", type=Path, help="evaluation data, as --calib")
     _add_build_options(comp)
+    comp.add_argument("--debug-steps", action="store_true",  # --debug is tracebacks and debug logs
+                      help="also run tvmq debug's steps on this compile's data: report.json's debug")
     comp.set_defaults(handler=_compile)
 
     demo = sub.add_parser("demo", help="compile the bundled pretrained MNIST CNN and print its report")
@@ -298,7 +301,7 @@ def _check_output(out: Path, force: bool) -> None:
 def _compile(args) -> int:
     from . import api
 
-    config = _config(args)
+    config = dataclasses.replace(_config(args), debug=args.debug_steps)
     _check_output(args.out, args.force)
     compiled = api.compile(args.model, args.calib, config=config, eval_data=args.eval)
     compiled.save(args.out, force=args.force)

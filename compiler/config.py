@@ -78,6 +78,8 @@ class Config:
     metric : what the budget is measured in: ``"top1"``, ``"agreement"``, ``"cosine"``
         (:data:`tvmq.metric.BUILTIN`, on the evaluation data) or ``"module:function"`` taking a
         ``run``; None: top1 with labels, else cosine. ``tvmq.compile(metric=fn)`` wins.
+    debug : also run :mod:`tvmq.debugging`'s steps on the compile's own calibration and evaluation
+        data (report.json's ``debug``; ``--debug-steps``).
     """
 
     target: str = "host"
@@ -110,6 +112,7 @@ class Config:
     max_accuracy_drop: float | None = None
     max_relative_drop: float | None = None
     metric: str | None = None
+    debug: bool = False
 
     def budget(self):
         """The accuracy budget (:class:`tvmq.mixed_precision.Budget`), or None without one."""

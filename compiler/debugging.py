@@ -11,7 +11,7 @@ one is one decorated function) and reports its own seconds:
    against the integer module it simulates (each tensor within a quantization step);
 3. ``per_layer``: SQNR and cosine to fp32 of each quantized tensor in the simulation, the integer
    analysis module and the **deployed** module (legalized for the target, packed kernels, lifted
-   params: :func:`tvmq.api._build_deployable` of the exposed realization); the integer two must be
+   params: :func:`tvmq.stages.lower.build_deployable` of the exposed realization); the integer two must be
    bit-identical;
 4. ``sensitivity``: the task metric with one layer kept fp32 and with one layer alone int8, ranked
    (:mod:`tvmq.sensitivity`, the ranking the accuracy budget uses).
@@ -36,7 +36,7 @@ from tvmq.passes.expose import ExposeTensors, named_vars
 from tvmq.passes.realize import RealizePlan, quantization_record
 from tvmq.passes.simulate import SimulateQuantization
 
-from . import api, assets
+from . import assets
 from .calibrate import batch_args, call_outputs, run_batches
 from .config import Config
 from .debugging_markdown import to_markdown
@@ -45,6 +45,9 @@ from .errors import TvmqError
 from .evaluate import Comparison
 from .fileio import staged_directory
 from .report import layer_node
+from .stages import Pipeline
+from .stages.deploy import int8_chains
+from .stages.lower import build_deployable, target_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +89,9 @@ class Session:
 
     config: Config
     spec: object
-    quantized: object  # api._Quantized
+    quantized: object  # tvmq.stages.quantize.Quantized: the refine stage's result
     eval_sets: list  # [(Program, Dataset)]
-    bucket: object  # api Bucket: the program and batch deployed
+    bucket: object  # tvmq.program.Bucket: the program and batch deployed
     layer_samples: int = LAYER_SAMPLES
     cache: dict = field(default_factory=dict)
 
@@ -130,22 +133,25 @@ def debug(model: str | Path, calib, eval_data=None, config: Config | None = None
     session = _session(model, calib, eval_data, config, layer_samples)
     report = {"model": session.program.imported.name, "target": str(session.spec.target),
               "eval_data": "evaluation split" if eval_data is not None else "calibration data (no --eval given)",
-              "steps": [_run_step(STEPS[name], session) for name in (steps or STEPS)]}
+              "steps": run_steps(session, steps)}
     if out is not None:
         write(report, Path(out), force)
     return report
 
 
 def _session(model, calib, eval_data, config: Config, layer_samples: int) -> Session:
-    spec = api.target_of(config)
-    programs = api._programs(model, config, spec)
-    buckets = programs.buckets()
-    if buckets[0].program.imported.qdq is not None:
+    """The steps' session from the compile's stages: its target, programs, one calibration and data."""
+    results = Pipeline(model=model, calib=calib, eval_data=eval_data, config=config)
+    if results["programs"].qdq is not None:
         raise TvmqError("tvmq debug calibrates a float model: this is a QDQ model, whose own scales are the plan")
-    calib_sets = programs.data(calib, "calibration")
-    quantized = api._quantize(calib_sets, config, spec)
-    eval_sets = programs.data(eval_data, "evaluation") if eval_data is not None else calib_sets
-    return Session(config, spec, quantized, eval_sets, buckets[0], layer_samples)
+    eval_sets = results["evaluation"].sets if results["evaluation"].given else results["calibration"].sets
+    return Session(config, results["target"], results["refine"], list(eval_sets), results["programs"].buckets[0],
+                   layer_samples)
+
+
+def run_steps(session: Session, steps=None) -> list[dict]:
+    """Each step's section (default: all of :data:`STEPS`, in order), with its seconds."""
+    return [_run_step(STEPS[name], session) for name in (steps or STEPS)]
 
 
 def _run_step(entry: Step, session: Session) -> dict:
@@ -378,12 +384,12 @@ class _TensorStats:
 def deployed_exposed(session: Session, program) -> _Deployed:
     """The int8 module exactly as ``tvmq compile`` deploys it for the target (legalized, packed
     kernels, lifted params, tuned from the same database when ``--trials`` > 0), but returning
-    every quantized tensor too: :func:`tvmq.api._build_deployable` of ``realize(expose=True)``."""
+    every quantized tensor too: :func:`tvmq.stages.lower.build_deployable` of ``realize(expose=True)``."""
     config, spec = session.config, session.spec
     batch = session.bucket.batch if program is session.program else program.batch or program.size
-    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{api._target_key(spec)}")
-    built = api._build_deployable(session.quantized.realize(program, expose=True), model_batch=program.batch,
-                                  deploy_batch=batch, spec=spec, trials=config.trials, db=db)
+    db = Path(config.tuning_db or assets.cache_dir() / "tuning" / f"{program.imported.name}-{target_key(spec)}")
+    built = build_deployable(session.quantized.realize(program, expose=True), model_batch=program.batch,
+                             deploy_batch=batch, spec=spec, trials=config.trials, db=db)
     return _Deployed(built)
 
 
@@ -414,7 +420,7 @@ def sensitivity(session: Session) -> dict:
 
     program, data = session.eval_sets[0]
     name, metric = metrics.resolve(session.config.metric, data, program_run(program, program.fp32))
-    chains = api.int8_chains(program, session.quantized.realize(program))
+    chains = int8_chains(program, session.quantized.realize(program))
     nodes = {name: layer_node(session.nodes(), chain) for name, chain in chains.items()}
     result = measure(program_evaluator(session.quantized, program, metric), list(nodes), nodes, alone=True)
     return {"metric": name, "fp32": result.fp32, "int8": result.int8, "variants": 2 * len(nodes) + 2,

@@ -1,8 +1,14 @@
-"""The accuracy and latency report: ``report.json`` for machines, ``report.md`` for people."""
+"""The accuracy and latency report: ``report.json`` for machines, ``report.md`` for people.
+
+report.json is rendered from a compile's stage results (:mod:`tvmq.stages`) by the functions
+registered with :func:`section`, in registration order: one more section is one more function.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 from .profile import total_us
 
@@ -39,6 +45,138 @@ def layer_node(nodes: dict, chain: list[str]) -> str:
     """The ONNX node a layer (its chain of tensors) is reported under: its conv / dense node."""
     named = [nodes[tensor] for tensor in chain if tensor in nodes]
     return next((node for node, op in named if op in LAYER_OPS), named[0][0] if named else chain[-1])
+
+
+SECTIONS: dict[str, Callable] = {}
+
+
+def section(fn: Callable) -> Callable:
+    """Register ``fn(results) -> dict`` (``results[stage]``: a stage's result) as a report section."""
+    SECTIONS[fn.__name__] = fn
+    return fn
+
+
+def render(results) -> dict:
+    """report.json from the stage results: every section's keys, in registration order."""
+    report = {}
+    for render_section in SECTIONS.values():
+        report.update(render_section(results))
+    return report
+
+
+@section
+def target(results) -> dict:
+    main, spec = results["deploy"][0], results["target"]
+    measured_on = spec.executor.measured_on()
+    return {"model": main.program.imported.name, "target": str(spec.target), "target_description": spec.description,
+            "measured_on": measured_on}
+
+
+@section
+def quantization(results) -> dict:
+    """How the model was quantized: calibrator, granularity, dtypes, weight bits, dynamic layers."""
+    from tvmq.passes.qparams import weight_bits
+
+    config, quantized, qdq = results["config"], results["refine"], results["programs"].qdq
+    scheme = quantized.scheme
+    dynamic = len(results["deployed_plan"].plan.dynamic_layers())
+    return {"calibrator": config.calibrator if qdq is None else "imported (QDQ model)",
+            "per_channel": config.per_channel, "activation_dtype": scheme.activation_dtype,
+            "calibration_seconds": quantized.seconds, "weight_bits": weight_bits(scheme.weight_qmax),
+            "weight_range": [-scheme.weight_qmax, scheme.weight_qmax],
+            **({"calibrator_per_tensor": quantized.chosen} if quantized.chosen else {}),
+            **({"dynamic": {"layers": dynamic, "granularity": scheme.dynamic_granularity}} if dynamic else {})}
+
+
+@section
+def data(results) -> dict:
+    qdq = results["programs"].qdq
+    return {"eval_data": "evaluation split" if results["evaluation"].given else
+            "calibration data (no --eval given)" if results["calibration"].sets else "none given: not evaluated",
+            **({"qdq_import": qdq.summary()} if qdq is not None else {})}
+
+
+@section
+def accuracy(results) -> dict:
+    """fp32 against int8 as deployed, and where it was measured when not on the target's own code."""
+    spec = results["target"]
+    analysis = spec.analysis_spec()
+    where = {} if analysis is spec else \
+        {"accuracy_measured_on": f"{analysis.description}: the host's integer simulation of the int8 model"}
+    return {"accuracy": results["evaluate"].accuracy, **where}
+
+
+@section
+def deployment(results) -> dict:
+    """The first bucket's latency, kernels, tuning and artifact choice; every bucket's when several."""
+    deployments = results["deploy"]
+    buckets = [d.summary() | {"inputs": d.inputs()} for d in deployments] if len(deployments) > 1 else []
+    return {**deployments[0].summary(), "buckets": buckets, "latency_runs": results["config"].latency_runs}
+
+
+@section
+def latency_fallback(results) -> dict:
+    """Whether the fallback ran, each int8 layer's tuned µs, the layers kept fp32."""
+    config, main = results["config"], results["deploy"][0]
+    fallback, nodes = main.fallback, main.program.imported.nodes
+    if fallback is None:
+        why = "off (--no-latency-fallback)" if not config.latency_fallback else "not run: no tuning (--trials 0)"
+        return {"latency_fallback": {"status": why, "layers": [], "kept_fp32": []}}
+    layers = [{"layer": layer_node(nodes, fallback.chains[name]), "tensor": name, **dataclasses.asdict(timing),
+               "kept_fp32": name in fallback.kept} for name, timing in fallback.timings.items()]
+    return {"latency_fallback": {"status": "ran", "layers": layers,
+                                 "kept_fp32": [row["layer"] for row in layers if row["kept_fp32"]],
+                                 "rebuilt": fallback.rebuilt}}
+
+
+@section
+def onnxruntime(results) -> dict:
+    found = results["baseline"].onnxruntime
+    return {"onnxruntime": found} if found is not None else {}
+
+
+@section
+def accuracy_budget(results) -> dict:
+    """``mixed_precision`` and ``sensitivity``, when an accuracy budget chose the build."""
+    return dict(results["deploy"][0].budget_report)
+
+
+@section
+def layers(results) -> dict:
+    main = results["deploy"][0]
+    return {"layers": layer_rows(main.program.imported.nodes, results["deployed_plan"].record,
+                                 results["evaluate"].sqnr_db)}
+
+
+@section
+def histograms(results) -> dict:
+    """The worst layers' activation and weight histograms with their clipping ranges."""
+    from .histograms import worst_layers
+
+    main, evaluated = results["deploy"][0], results["evaluate"]
+    imported = main.program.imported
+    return {"histograms": worst_layers(results["deployed_plan"].plan, evaluated.sqnr_db, evaluated.activations,
+                                       main.program.fp32["main"], imported.nodes, imported.onnx_names)}
+
+
+@section
+def passes(results) -> dict:
+    from tvmq.passes.graph import pass_notes
+
+    return {"passes": pass_notes(results["deploy"][0].program.fp32) + results["refine"].notes}
+
+
+@section
+def plan(results) -> dict:
+    return {"plan": results["deployed_plan"].json}
+
+
+@section
+def debug(results) -> dict:
+    """The debugging steps (sanity, sides, per_layer, sensitivity) when the compile ran them, as
+    debug.json holds them (``{"steps": [...]}``, which report.html draws too)."""
+    steps = results["debug"].steps
+    return {"debug": {"steps": steps}} if steps is not None else {}
 
 
 def _measured_on(where: dict | None) -> list[str]:

@@ -16,6 +16,7 @@ import tvmq
 from tvmq import api
 from tvmq.choose import FP32, INT8, REBUILD, pick_artifact, time_modules
 from tvmq.config import Config
+from tvmq.stages import deploy, lower
 
 
 def _timer(ms: dict):
@@ -84,8 +85,8 @@ def block(tmp_path_factory):
 
 def test_when_fp32_is_fastest_the_artifact_is_the_fp32_module_realized_all_fp32(block, tmp_path, monkeypatch):
     path, calib = block
-    monkeypatch.setattr(api, "tune", _stand_in_tune)
-    monkeypatch.setattr(api, "time_modules", _timer({FP32: 1.0, INT8: 5.0, REBUILD: 4.0}))
+    monkeypatch.setattr(lower, "tune", _stand_in_tune)
+    monkeypatch.setattr(deploy, "time_modules", _timer({FP32: 1.0, INT8: 5.0, REBUILD: 4.0}))
     compiled = tvmq.compile(path, calib, config=Config(trials=8, latency_runs=1))
     report = compiled.report
     fastest_int8 = 4.0 if REBUILD in report["latency_ms"] else 5.0  # whether the fallback kept a layer

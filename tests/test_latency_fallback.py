@@ -13,6 +13,7 @@ import pytest
 import onnx_models
 import tvmq
 from tvmq import api, latency
+from tvmq.stages import deploy, lower
 from tvmq.build import bind_batch
 from tvmq.config import Config
 from tvmq.latency import LayerLatency, slower_in_int8
@@ -31,7 +32,7 @@ def _deployables(path, calib):
     chains = {layer.out.name: [v.name for v in layer.chain] for layer in find_layers(fp32["main"]).values()
               if layer.out.name in weights}
     legalized = [spec.legalize(bind_batch(m, 1)) if spec.legalize else bind_batch(m, 1) for m in (fp32, quantized.int8)]
-    return lift_params(legalized[0])[0], lift_params(legalized[1])[0], chains, spec  # as api._build_deployable
+    return lift_params(legalized[0])[0], lift_params(legalized[1])[0], chains, spec  # as lower.build_deployable
 
 
 def _task_rows(mod, spec, us):
@@ -121,9 +122,9 @@ def fell_back(bundled, tmp_path_factory):
     """The bundled CNN compiled with tuning standing in, its conv2 (output ``relu2``) slow in int8."""
     model, calib, evaluation = bundled
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(api, "tune", _stand_in_tune)
-    monkeypatch.setattr(api, "_kernel_profile", _stand_in_profile("relu2_int"))
-    monkeypatch.setattr(api, "time_modules", _rebuild_fastest)  # the end-to-end choice deploys the rebuild
+    monkeypatch.setattr(lower, "tune", _stand_in_tune)
+    monkeypatch.setattr(lower, "kernel_profile", _stand_in_profile("relu2_int"))
+    monkeypatch.setattr(deploy, "time_modules", _rebuild_fastest)  # the end-to-end choice deploys the rebuild
     try:
         compiled = tvmq.compile(model, calib, config=Config(trials=8, latency_runs=1), eval_data=evaluation)
     finally:
@@ -176,8 +177,8 @@ def test_the_rebuilt_module_runs_and_matches_fp32_at_least_as_well(fell_back, de
 
 def test_fallback_off_keeps_every_layer_int8(bundled, monkeypatch):
     model, calib, evaluation = bundled
-    monkeypatch.setattr(api, "tune", _stand_in_tune)
-    monkeypatch.setattr(api, "_kernel_profile", _stand_in_profile("relu2_int"))
+    monkeypatch.setattr(lower, "tune", _stand_in_tune)
+    monkeypatch.setattr(lower, "kernel_profile", _stand_in_profile("relu2_int"))
     report = tvmq.compile(model, calib, config=Config(trials=8, latency_runs=1, latency_fallback=False),
                           eval_data=np.load(evaluation)["x"][:64]).report
     assert report["latency_fallback"] == {"status": "off (--no-latency-fallback)", "layers": [], "kept_fp32": []}

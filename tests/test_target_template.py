@@ -54,16 +54,14 @@ def _run(executable, *arrays):
 def _realized(tmp_path, rng, spec, model, shape):
     """``model`` calibrated on the host and realized in ``spec``'s int8 scheme (activation dtype,
     weight range), batch 1: the module its legalization takes."""
-    from tvmq import api
+    from tvmq.stages import Pipeline
 
     twin = dataclasses.replace(get_target("host"), activation_dtype=spec.activation_dtype,
                                weight_qmax=spec.weight_qmax, legalize=None)
     path = onnx_models.save(model, tmp_path / "m.onnx")
     calib = rng.standard_normal(shape).astype(np.float32)
     config = Config(batch_size=16)
-    programs = api._programs(path, config, twin)
-    programs.buckets()
-    quantized = api._quantize(programs.data(calib, "calibration"), config, twin)
+    quantized = Pipeline({"target": twin}, model=path, calib=calib, config=config)["refine"]
     assert quantized.scheme.activation_dtype == spec.activation_dtype
     return bind_batch(quantized.int8, 1), calib[:2]
 

@@ -126,11 +126,11 @@ def test_records_are_reused_across_two_models_with_one_identical_kernel(tmp_path
 
 def test_the_default_database_is_shared_by_models(monkeypatch, tmp_path):
     """``<cache>/tuning/<target key>``: no model name in it, so identical kernels meet their records."""
-    from tvmq import api
+    from tvmq.stages import lower
     from tvmq.targets import get_target
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert api._default_tuning_db(get_target("host")) == tmp_path / "tvmq" / "tuning" / api._target_key(
+    assert lower.default_tuning_db(get_target("host")) == tmp_path / "tvmq" / "tuning" / lower.target_key(
         get_target("host"))
 
 
