@@ -65,6 +65,7 @@ class LocalCpu:
     timed: bool = True
     why_untimed: str = ""
     instrumented: bool = True
+    why_unavailable: str = ""  # non-empty: this CPU cannot run the target's code (e.g. lacks its ISA)
 
     def device(self):
         import tvm
@@ -101,7 +102,7 @@ class LocalCpu:
         return wall_timer(vm, args, clock)
 
     def unavailable(self) -> str | None:
-        return None
+        return self.why_unavailable or None
 
     def measured_on(self) -> dict:
         import platform

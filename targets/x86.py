@@ -11,10 +11,12 @@ CPU explicitly, to cross-compile or to force a kernel.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import TargetSpec, register_target
+from .base import LocalCpu
 from .x86_intrinsics import AVX2, AVX512, VNNI, DotIntrinsic
 
 INT8_FEATURES = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2")
@@ -75,9 +77,22 @@ def _explicit(name: str):
         import tvm
 
         target = tvm.target.Target({"kind": "llvm", "mcpu": kernel.mcpu, "num-cores": _cores()})
-        return _spec(name, target, kernel.features, kernel.intrinsic)
+        spec = _spec(name, target, kernel.features, kernel.intrinsic)
+        missing = [flag for flag in kernel.features if flag not in cpu_flags()]
+        return _cross_compiled(spec, missing) if missing else spec
 
     return factory
+
+
+def _cross_compiled(spec: TargetSpec, missing: list[str]) -> TargetSpec:
+    """``spec`` on a CPU that lacks its ``missing`` flags: its code builds but would stop at the first
+    instruction this CPU does not have, so nothing of it runs here. Calibration and evaluation run on
+    the host's generic code in ``spec``'s integer scheme (the same integers), latency is not measured."""
+    why = f"this CPU lacks {', '.join(missing)}, which {spec.name}'s code needs"
+    analysis = dataclasses.replace(host(), activation_dtype=spec.activation_dtype, weight_qmax=spec.weight_qmax,
+                                   legalize=None, search_space=None)
+    executor = LocalCpu(timed=False, why_untimed=f"not measured ({why})", instrumented=False, why_unavailable=why)
+    return dataclasses.replace(spec, executor=executor, analysis=analysis)
 
 
 for _name in KERNELS:
