@@ -79,3 +79,20 @@ def test_an_untimed_target_reports_why_instead_of_a_latency():
     module = SimpleNamespace(executable=executable, params={})
     assert time_modules({"m": module}, [((4,), "float32")], 3) == {"m": "not measured (x)"}
     assert profile.kernel_rows(executable, [x]) == [] and profile.in_run_rows(executable, [x], runs=1) == []
+
+
+def test_an_explicit_x86_target_this_cpu_lacks_builds_but_runs_nothing_here(monkeypatch):
+    """x86-vnni's code on a CPU without AVX-512 would stop at its first AVX-512 instruction: the executor
+    says so, and calibration / evaluation run on the host's generic code in the target's scheme."""
+    from tvmq.targets import x86
+
+    monkeypatch.setattr(x86, "cpu_flags", lambda: {"avx2", "fma"})
+    spec = get_target("x86-vnni")
+    why = spec.executor.unavailable()
+    assert why == "this CPU lacks avx512_vnni, avx512bw, which x86-vnni's code needs"
+    assert not spec.executor.timed and why in spec.executor.why_untimed
+    analysis = spec.analysis_spec()
+    assert analysis is not spec and analysis.legalize is None
+    assert (analysis.activation_dtype, analysis.weight_qmax) == (spec.activation_dtype, spec.weight_qmax)
+    monkeypatch.setattr(x86, "cpu_flags", lambda: {"avx512_vnni", "avx512bw", "avx2"})
+    assert get_target("x86-vnni").executor.unavailable() is None
