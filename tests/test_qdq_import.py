@@ -57,6 +57,16 @@ def _compare(qdq, x):
     return compiled, steps, (ref.argmax(1) == got.argmax(1)).mean()
 
 
+def _needs_8bit_weight_kernels():
+    """ONNX Runtime's weights are 8-bit; where the host's int8 kernels take 7-bit weights (AVX2's
+    saturating vpmaddubsw) tvmq re-quantizes them onto [-63, 63] (plan_imported), by design, so the
+    outputs are not ONNX Runtime's integers and bit-exactness does not apply."""
+    from tvmq.targets import get_target
+
+    if get_target("host").weight_qmax < 127:
+        pytest.skip("this CPU's int8 kernels take 7-bit weights: ONNX Runtime's 8-bit weights are re-quantized")
+
+
 @pytest.fixture(scope="module")
 def digits(bundled):
     calib, evaluation = np.load(bundled[1]), np.load(bundled[2])
@@ -79,6 +89,7 @@ def test_strip_keeps_the_int8_weights_and_restores_folded_relus(bundled, digits,
 
 
 def test_cnn_is_bit_exact_with_onnx_runtime(bundled, digits, tmp_path):
+    _needs_8bit_weight_kernels()
     compiled, steps, agree = _compare(ort_qdq(bundled[0], digits[0], tmp_path), digits[1])
     layers = compiled.plan["layers"]
     assert len(layers) == 4 and all(e["precision"] == "int8" and e["reason"] == IMPORTED for e in layers)
@@ -87,6 +98,7 @@ def test_cnn_is_bit_exact_with_onnx_runtime(bundled, digits, tmp_path):
 
 
 def test_mobilenet_within_one_step_of_onnx_runtime(digits, tmp_path):
+    _needs_8bit_weight_kernels()
     compiled, steps, agree = _compare(ort_qdq(MOBILENET, digits[0], tmp_path), digits[1])
     assert sum(e["precision"] == "int8" for e in compiled.plan["layers"]) == 15
     # QLinearAdd and the global average pool round differently from tvmq's rules: count, bound
