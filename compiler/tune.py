@@ -495,7 +495,11 @@ def _task_loggers(work_dir: Path, names: list[str]) -> list:
 
 
 def _quiet_meta_schedule_console() -> None:
-    """Keep MetaSchedule's per-round tables in its log files, off the console (unless debugging)."""
+    """Keep MetaSchedule's per-round tables in its log files, off the console (unless debugging), in
+    a notebook too: there MetaSchedule would render them as a pandas table, and stop on a missing pandas."""
+    import tvm
+
+    tvm.register_global_func("s_tir.meta_schedule.using_ipython", lambda: False, override=True)
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
 
