@@ -163,11 +163,14 @@ def storage_report(entries: list[dict]) -> dict:
     int8, stored = sum(e["int8_bytes"] for e in entries), sum(e["stored_bytes"] for e in entries)
     rows = [{key: e[key] for key in ("layer", "param", "params_file", "codec", "int8_bytes", "stored_bytes")}
             | {"ratio": round(e["int8_bytes"] / max(e["stored_bytes"], 1), 3)} for e in entries]
-    return {"layers": rows, "int8_bytes": int8, "stored_bytes": stored, "ratio": round(int8 / max(stored, 1), 3)}
+    return {"layers": rows, "int8_bytes": int8, "stored_bytes": stored,
+            "ratio": round(int8 / stored, 3) if stored else None}
 
 
 def storage_markdown(storage: dict) -> str:
-    """report.md's ``Weight storage`` section."""
+    """report.md's ``Weight storage`` section (none without int8 weight params)."""
+    if not storage["layers"]:
+        return ""
     lines = ["", "## Weight storage", "",
              f"Weights stored in {storage['stored_bytes']:,} bytes for {storage['int8_bytes']:,} int8 bytes "
              f"({storage['ratio']:g}x smaller); decoded to int8 once at load.", "",
