@@ -30,8 +30,8 @@ from tvmq.passes.realize import RealizePlan, Scheme, quantization_record
 from tvmq.targets import TargetSpec, get_target
 from tvmq.targets.rpc import with_tracker
 
-from . import (artifact, assets, histograms, latency, layerwise, mixed_precision, onnxruntime_baseline, profile,
-               qdq_export)
+from . import (artifact, assets, histograms, latency, layerwise, mixed_precision, nonuniform_search,
+               onnxruntime_baseline, profile, qdq_export)
 from .build import bind_batch, build, executor_of, virtual_machine
 from .calibrate import observe, ranges_of
 from .choose import FP32, INT8, REBUILD, Choice, pick_artifact, same_program, time_modules
@@ -144,6 +144,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
             raise TvmqError("calibration data is needed (--calib): the model is float, not a QDQ model")
         calib_sets = programs.data(calib, "calibration")
         quantized = _quantize(calib_sets, config, spec)
+    quantized, non_uniform = nonuniform_search.apply(quantized, config, budgeted, buckets[0].program)
     seconds = config.tuning_time / len(buckets)  # the tuning time, split evenly over the buckets
     eval_sets = evaluation if evaluation is not None else calib_sets
     deployments = [_deploy(bucket, quantized, config, spec, seconds, budgeted) for bucket in buckets]
@@ -180,6 +181,7 @@ def compile(model: str | Path, calib=None, target: str = "host", config: Config 
         "latency_fallback": _fallback_report(config, main.fallback, imported.nodes),
         **_onnxruntime(config, spec, model, qdq, calib_sets, main),
         **main.budget_report,
+        **({"non_uniform": non_uniform} if non_uniform else {}),
         "layers": layer_rows(imported.nodes, record, comparison["sqnr_db"]),
         "histograms": histograms.worst_layers(planned, comparison["sqnr_db"], activations, main.program.fp32["main"],
                                               imported.nodes, imported.onnx_names),

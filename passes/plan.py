@@ -65,6 +65,7 @@ class LayerPlan:
     weight: QParams
     bias_shift: np.ndarray | None = None
     weight_q: np.ndarray | None = None  # learned integer weights (AdaRound), in the weight's layout
+    weight_levels: int | None = None  # non-uniform weights: weight_q takes at most this many int8 levels
 
     def weight_integers(self, weight: np.ndarray) -> np.ndarray:
         """The int8 weight realize emits: the learned integers, else ``quantize(W)`` (nearest)."""
@@ -78,6 +79,8 @@ class LayerPlan:
                **act, "weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)],
                "weight_bits": weight_bits(self.weight.qmax),
                "rounding": "nearest" if self.weight_q is None else "adaround"}
+        if self.weight_levels is not None:  # tvmq.passes.nonuniform
+            out |= {"rounding": "non-uniform", "weight_levels": int(self.weight_levels)}
         if self.bias_shift is not None:
             out["bias_shift"] = np.asarray(self.bias_shift, np.float64).ravel().tolist()
         return out
