@@ -18,10 +18,12 @@ build of the analysis program (the weights lifted to parameters: :class:`tvmq.la
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
-from tvmq.passes.nonuniform import LEVELS, eligible, with_non_uniform
+from tvmq.passes.layers import find_layers
+from tvmq.passes.nonuniform import LEVELS, eligible, non_uniform_entry, with_non_uniform
 
 from . import weight_codecs
 from .layerwise import _SharedBuild
@@ -58,34 +60,42 @@ def apply(quantized, config, budgeted, program) -> tuple[object, dict]:
 
 def _search(quantized, budget, budgeted, program, layers: list[str]) -> tuple[dict, dict]:
     """The smallest k per layer meeting ``budget`` (module docstring), and what was measured."""
+    from .report import layer_node
+
     metric_name, make_metric = budgeted
-    metric = make_metric(program_run(program, program.fp32))
+    fp32_run = program_run(program, program.fp32)
+    metric = make_metric(fp32_run)
     shared, func, evaluations = _SharedBuild(program.vm), program.fp32["main"], []
     inputs = [(s.name, None if program.batch is None else s.static_shape(program.batch))
               for s in program.imported.inputs]
+    weights = {layer.out.name: layer.weight for layer in find_layers(func).values()}
+    entry_of = functools.cache(lambda name, k: non_uniform_entry(quantized.plan.layers[name], weights[name], k))
 
     def score(levels: dict) -> float:
-        module = dataclasses.replace(quantized, plan=with_non_uniform(quantized.plan, func, levels)).realize(program)
+        plan = with_non_uniform(quantized.plan, func, levels, entry_of)
+        module = dataclasses.replace(quantized, plan=plan).realize(program)
         value = evaluate_metric(metric, module_run(shared.vm(module), [], inputs, program.size),
                                 f"non-uniform weights on {len(levels)} layer(s)")
         evaluations.append(value)
         return value
 
-    reference = evaluate_metric(metric, program_run(program, program.fp32), "the fp32 model")
+    reference = evaluate_metric(metric, fp32_run, "the fp32 model")
     threshold = budget.threshold(reference)
     int8 = score({})
-    everything = score({name: LEVELS[0] for name in layers})
     chosen, sensitivity = {name: LEVELS[0] for name in layers}, None
-    if everything < threshold:
-        sensitivity = measure(lambda some: score({name: LEVELS[0] for name in some}), layers,
-                              fp32=everything, int8=int8)
-        chosen = {}
-        for row in sensitivity.ranked():  # the least metric lost at 16 levels first
-            k = next((k for k in LEVELS if score({**chosen, row.tensor: k}) >= threshold), None)
-            if k is not None:
-                chosen[row.tensor] = k
     final = score(chosen)
-    drops = {row.tensor: round(int8 - row.fp32_kept, 6) for row in sensitivity.layers} if sensitivity else {}
+    if final < threshold:
+        sensitivity = measure(lambda some: score({name: LEVELS[0] for name in some}), layers, fp32=final, int8=int8)
+        chosen, final = {}, int8
+        for row in sensitivity.ranked():  # the least metric lost at 16 levels first
+            for k in LEVELS:
+                value = score({**chosen, row.tensor: k})
+                if value >= threshold:
+                    chosen[row.tensor], final = k, value
+                    break
+    nodes = program.imported.nodes
+    drops = {layer_node(nodes, list(quantized.plan.layers[row.tensor].chain)): round(int8 - row.fp32_kept, 6)
+             for row in sensitivity.layers} if sensitivity else {}
     return chosen, {"metric_name": metric_name, "fp32_metric": reference, "int8_metric": int8,
                     "threshold": round(threshold, 6), "metric": final, "evaluations": len(evaluations),
                     "budget": budget.to_json(), "drop_at_16_levels": drops}
@@ -94,8 +104,6 @@ def _search(quantized, budget, budgeted, program, layers: list[str]) -> tuple[di
 def _storage(plan, func, layers: list[str], onnx_names: dict, nodes: dict) -> dict:
     """Per eligible layer its k and its weight's bytes, int8 vs ``lut``-coded (in the weight's own
     layout: the artifact's packed params add their padding to both), and the totals over them."""
-    from tvmq.passes.layers import find_layers
-
     from .report import layer_node
 
     weights = {layer.out.name: layer.weight for layer in find_layers(func).values()}

@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from .layers import find_layers
-from .plan import QuantPlan
+from .plan import LayerPlan, QuantPlan
 
 LEVELS = (16, 32, 64)  # the k a layer may get
 LLOYD_STEPS = 50
@@ -112,13 +112,16 @@ def eligible(func, plan: QuantPlan) -> list[str]:
             and (layer.kind == "dense" or (layer.kind == "conv2d" and layer.form.groups(layer) == 1))]
 
 
-def with_non_uniform(plan: QuantPlan, func, levels: dict) -> QuantPlan:
-    """A copy of ``plan`` whose layers in ``levels`` (plan tensor -> k) snap their int8 weights to k levels."""
-    layers = dict(plan.layers)
-    for layer in find_layers(func).values():
-        name = layer.out.name
-        if name in levels:
-            entry = layers[name]
-            snapped, _ = non_uniform(entry.weight_integers(layer.weight), int(levels[name]))
-            layers[name] = dataclasses.replace(entry, weight_q=snapped, weight_levels=int(levels[name]))
-    return dataclasses.replace(plan, layers=layers)
+def with_non_uniform(plan: QuantPlan, func, levels: dict, entry_of=None) -> QuantPlan:
+    """A copy of ``plan`` whose layers in ``levels`` (plan tensor -> k) snap their int8 weights to k levels
+    (``entry_of(name, k) -> LayerPlan``: a cache of :func:`non_uniform_entry`, default none)."""
+    weights = {layer.out.name: layer.weight for layer in find_layers(func).values() if layer.out.name in levels}
+    entry_of = entry_of or (lambda name, k: non_uniform_entry(plan.layers[name], weights[name], k))
+    return dataclasses.replace(plan, layers={**plan.layers, **{name: entry_of(name, int(k))
+                                                               for name, k in levels.items()}})
+
+
+def non_uniform_entry(entry: LayerPlan, weight: np.ndarray, k: int) -> LayerPlan:
+    """The layer's plan with its int8 weights (``entry.weight_integers(weight)``) on ``k`` levels."""
+    snapped, _ = non_uniform(entry.weight_integers(weight), k)
+    return dataclasses.replace(entry, weight_q=snapped, weight_levels=k)
