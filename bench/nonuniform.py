@@ -99,14 +99,37 @@ def load_times(folders: dict, loads: int) -> dict:
             for name in folders}
 
 
+def decode_times(megabytes: float, loads: int) -> dict:
+    """Reading + decoding one ``megabytes`` int8 weight param from an npz on disk, per codec (its values
+    in [-7, 7] on 16 levels, so every codec holds it): ``{codec: (median ms, stored bytes)}``, round robin."""
+    from tvmq import weight_codecs
+
+    rng = np.random.default_rng(0)
+    param = rng.choice(np.arange(-7, 9), size=int(megabytes * 2 ** 20)).astype(np.int8).clip(-7, 7)
+    times, sizes = {codec: [] for codec in weight_codecs.CODECS}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for codec in times:
+            arrays, entry = weight_codecs.encode("w", param, codec)
+            np.savez(Path(scratch) / f"{codec}.npz", **arrays)
+            sizes[codec] = (entry, (Path(scratch) / f"{codec}.npz").stat().st_size)
+        for _ in range(loads):
+            for codec in times:
+                began = time.perf_counter()
+                with np.load(Path(scratch) / f"{codec}.npz") as archive:
+                    weight_codecs.decode("w", archive, sizes[codec][0])
+                times[codec].append(time.perf_counter() - began)
+    return {codec: (round(statistics.median(times[codec]) * 1e3, 2), sizes[codec][1]) for codec in times}
+
+
 def main() -> None:
     from adaround import model_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="a zoo model or mnist_mobilenet (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="a zoo model or mnist_mobilenet (repeatable)")
     parser.add_argument("--recipe", action="append", choices=list(RECIPES), help="default: all")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01, help="auto's budget (default one point)")
     parser.add_argument("--loads", type=int, default=5, help="tvmq.load runs per artifact for the load time")
+    parser.add_argument("--decode-mb", type=float, help="also time reading + decoding one param of this many MB")
     parser.add_argument("--mobilenet-samples", type=int, nargs=2, default=(256, 500), metavar=("CALIB", "EVAL"))
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
@@ -128,6 +151,9 @@ def main() -> None:
         rows += measured
         RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
+    if args.decode_mb:
+        print(json.dumps({"decode_mb": args.decode_mb, "loads": args.loads,
+                          "ms_and_file_bytes": decode_times(args.decode_mb, args.loads)}))
 
 
 def table(rows: list[dict]) -> str:

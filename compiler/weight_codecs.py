@@ -47,9 +47,10 @@ def _int4_encode(q: np.ndarray) -> dict:
 
 def _int4_decode(arrays: dict, n: int) -> np.ndarray:
     packed = arrays[""]
-    nibbles = np.empty(packed.size * 2, np.int8)
-    nibbles[0::2], nibbles[1::2] = packed & 15, packed >> 4
-    return np.where(nibbles >= 8, nibbles - 16, nibbles).astype(np.int8)[:n]
+    values = np.empty(packed.size * 2, np.int8)
+    values[0::2] = (packed << 4).view(np.int8) >> 4  # arithmetic shifts sign-extend each nibble
+    values[1::2] = packed.view(np.int8) >> 4
+    return values[:n]
 
 
 def index_bits(levels: int) -> int:
@@ -58,17 +59,29 @@ def index_bits(levels: int) -> int:
 
 
 def _lut_encode(q: np.ndarray) -> dict:
+    """Index ``i`` in bits ``i b .. i b + b - 1`` of a little-endian bit stream."""
     table, indices = np.unique(q, return_inverse=True)
     bits = index_bits(table.size)
     planes = (indices.astype(np.uint16)[:, None] >> np.arange(bits, dtype=np.uint16)) & 1
-    return {"": np.packbits(planes.astype(np.uint8).ravel()), TABLE: table.astype(np.int8)}
+    return {"": np.packbits(planes.astype(np.uint8).ravel(), bitorder="little"), TABLE: table.astype(np.int8)}
 
 
 def _lut_decode(arrays: dict, n: int) -> np.ndarray:
+    """Every 8 indices fill ``b`` whole bytes; index ``j`` of a group starts at bit ``o = j b`` of it and
+    is read from the 16-bit window of its bytes ``o // 8`` and ``o // 8 + 1``: ``(w >> o mod 8) & (2^b - 1)``."""
     table = arrays[TABLE]
     bits = index_bits(table.size)
-    planes = np.unpackbits(arrays[""], count=n * bits).reshape(n, bits).astype(np.uint16)
-    return table[(planes << np.arange(bits, dtype=np.uint16)).sum(axis=1)]
+    groups = -(-n // 8)
+    stream = np.zeros((groups, bits + 1), np.uint8)  # one spare byte for the last window
+    flat = np.zeros(groups * bits, np.uint8)
+    flat[:arrays[""].size] = arrays[""]
+    stream[:, :bits] = flat.reshape(groups, bits)
+    columns = np.ascontiguousarray(stream.T).astype(np.uint16)  # byte c of every group, contiguous
+    out = np.empty((8, groups), np.int8)
+    for j in range(8):
+        first, shift = divmod(j * bits, 8)
+        np.take(table, ((columns[first] | (columns[first + 1] << 8)) >> shift) & ((1 << bits) - 1), out=out[j])
+    return out.T.ravel()[:n]
 
 
 CODECS: dict[str, Codec] = {

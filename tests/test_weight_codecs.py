@@ -70,9 +70,11 @@ def test_a_packed_param_is_matched_to_its_layer_by_its_nonzero_values(rng):
     plan = {"layers": [{"tensor": "a", "node": "conv_a", "weight_bits": 4},
                        {"tensor": "b", "node": "fc", "weight_bits": 8, "weight_levels": 16}]}
     qdq = {"tensors": np.array(["a", "b"]), "weight_0": w_a, "weight_1": w_b}
+    words_a = np.ascontiguousarray(w_a.transpose(0, 2, 3, 1)).view("<i4")  # CUDA: OHWI as int32 words of 4
     params = {"p0": packed_a, "p1": rng.normal(size=8).astype(np.float32), "p2": w_b.T.copy(),
-              "p3": np.arange(8, dtype=np.int32)}
-    assert weight_codecs.weight_params(params, plan, qdq) == {"p0": ("conv_a", "int4"), "p2": ("fc", "lut")}
+              "p3": np.arange(8, dtype=np.int32), "p4": words_a}
+    assert weight_codecs.weight_params(params, plan, qdq) == {"p0": ("conv_a", "int4"), "p2": ("fc", "lut"),
+                                                              "p4": ("conv_a", "int4")}
 
 
 @pytest.fixture(scope="module")
