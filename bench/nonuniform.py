@@ -7,7 +7,9 @@ Each model is compiled with ``tvmq.compile`` (``--trials 0``, per channel, MinMa
 feeds; ``bench/adaround.py``'s models and metric) once per recipe and saved; the metric is measured on
 the artifact as ``tvmq.load`` runs it, on the evaluation feeds. ``auto`` searches with the zoo's metric
 (``metric=fn(run)``) and ``--max-accuracy-drop`` (default 0.01: one point). Sizes: ``params.npz`` on
-disk, and the weight params' int8 vs stored bytes (the report's ``weight_storage``). Load time:
+disk, and the weight params' int8 vs stored bytes (the report's ``weight_storage``; with a budget the
+mixed-precision search may deploy fp32, which has none: the row's ``deployed`` says so, and
+``search`` keeps the non-uniform layers' own bytes). Load time:
 ``tvmq.load`` of every artifact, round robin, ``--loads`` times each (median), and the part of it that
 reads and decodes ``params.npz``.
 
@@ -73,7 +75,8 @@ def compile_recipe(model, recipe: str, calib, evaluation, reference, drop: float
             "weight_ratio": storage["ratio"],
             **({"levels": {row["layer"]: row["levels"] for row in searched["layers"]},
                 "search": {k: searched.get(k) for k in ("threshold", "metric", "int8_metric", "fp32_metric",
-                                                        "evaluations", "seconds")}} if searched else {}),
+                                                        "evaluations", "seconds", "int8_bytes", "stored_bytes",
+                                                        "ratio")}} if searched else {}),
             "compile_seconds": seconds}
 
 
