@@ -135,6 +135,13 @@ def cosine(reference, outputs) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
+def model_data(name: str, mobilenet_samples) -> tuple:
+    """``(model, calib, evaluation feeds, ONNX Runtime fp32's outputs on them, fp32's metric)``."""
+    model = _BundledMobileNet(*mobilenet_samples) if name == "mnist_mobilenet" else _Zoo(name)
+    calib, evaluation, reference = model.data()
+    return model, calib, evaluation, reference, model.metric(reference, reference, "eval")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="a zoo model or mnist_mobilenet (repeatable)")
@@ -146,9 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for name in args.model:
-        model = _BundledMobileNet(*args.mobilenet_samples) if name == "mnist_mobilenet" else _Zoo(name)
-        calib, evaluation, reference = model.data()
-        fp32 = model.metric(reference, reference, "eval")
+        model, calib, evaluation, reference, fp32 = model_data(name, args.mobilenet_samples)
         for bits in args.bits or (8, 4):
             for rounding in args.rounding or ("nearest", "adaround"):
                 row = measure(model, bits, rounding, args.iterations, calib, evaluation, reference,

@@ -2,7 +2,8 @@
 
 Layout (``runtime`` reads it with TVM's runtime alone)::
 
-    model.so  params.npz          the first bucket (the only one for a single shape)
+    model.so  params.npz          the first bucket (the only one for a single shape); each int8 weight
+                                  param stored by its layer's codec (``weight_codecs``: int8, int4, lut)
     model-1.so  params-1.npz ...  further buckets
     manifest.json                 inputs, outputs, buckets, target, versions, quantization, sha256 of each file
     plan.json                     the quantization plan: per layer precision, reason, parameters (ONNX names)
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import weight_codecs
 from .fileio import staged_directory
 from .report import to_markdown
 from .report_html import to_html
@@ -49,14 +51,16 @@ def write(directory: Path, modules: list[Module], manifest: dict, report: dict, 
           plan: dict | None = None, qdq_weights: dict | None = None) -> Path:
     """Write the artifact atomically: all of it appears at ``directory``, or nothing does."""
     with staged_directory(Path(directory), force=force) as stage:
-        files, buckets = {}, []
+        files, buckets, stored = {}, [], []
         for index, module in enumerate(modules):
             library, params = file_names(index)
             module.executable.export_library(str(stage / library))
-            np.savez(stage / params, **module.params)
+            arrays, codecs = _encoded(module.params, plan, qdq_weights)
+            np.savez(stage / params, **arrays)
             files.update({name: sha256(stage / name) for name in (library, params)})
             buckets.append({"inputs": module.inputs, "library": library, "params_file": params,
-                            "params": list(module.params)})
+                            "params": list(module.params), "codecs": codecs})
+            stored += [{**entry, "param": name, "params_file": params} for name, entry in codecs.items()]
         if plan is not None:
             (stage / PLAN).write_text(json.dumps(plan, indent=2))
             files[PLAN] = sha256(stage / PLAN)
@@ -66,10 +70,23 @@ def write(directory: Path, modules: list[Module], manifest: dict, report: dict, 
         whole = {**manifest, "inputs": modules[0].inputs, "params": list(modules[0].params), "buckets": buckets,
                  "files": files}
         (stage / MANIFEST).write_text(json.dumps(whole, indent=2))
+        storage = weight_codecs.storage_report(stored)
+        report = {**report, "weight_storage": storage}
         (stage / "report.json").write_text(json.dumps(report, indent=2))
-        (stage / "report.md").write_text(to_markdown(report))
+        (stage / "report.md").write_text(to_markdown(report) + weight_codecs.storage_markdown(storage))
         (stage / "report.html").write_text(to_html(report))
     return Path(directory)
+
+
+def _encoded(params: dict, plan: dict | None, qdq_weights: dict | None) -> tuple[dict, dict]:
+    """The npz arrays of ``params``, each int8 weight param by its layer's codec, and the manifest's
+    ``codecs``: per weight param its codec, dtype, shape, layer and bytes (int8 and as stored)."""
+    arrays, codecs = dict(params), {}
+    for name, (layer, codec) in weight_codecs.weight_params(params, plan, qdq_weights).items():
+        encoded, entry = weight_codecs.encode(name, params[name], codec)
+        arrays.update(encoded)
+        codecs[name] = {**entry, "layer": layer}
+    return arrays, codecs
 
 
 def manifest(model: str, outputs: list[str], spec, config, scheme, record: dict, onnx_names: dict) -> dict:

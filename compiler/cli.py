@@ -169,6 +169,9 @@ def _add_build_options(parser: argparse.ArgumentParser, out_required: bool = Tru
     parser.add_argument("--adaround-iterations", type=int, default=10000, help="AdaRound's steps per layer")
     parser.add_argument("--adaround-samples", type=int, default=64, help="calibration samples AdaRound learns from")
     parser.add_argument("--adaround-reg-weight", type=float, default=0.01, help="AdaRound's regulariser weight")
+    parser.add_argument("--non-uniform", metavar="{16,32,64,auto}", type=lambda v: int(v) if v.isdigit() else v,
+                        help="k int8 weight levels per conv / dense layer (weighted k-means; a smaller artifact), "
+                             "or auto: the smallest k per layer within the accuracy budget (--max-accuracy-drop)")
     parser.add_argument("--rpc-tracker", metavar="HOST:PORT",
                         help="tune, run and time on the devices registered at this TVM RPC tracker (with --rpc-key)")
     parser.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under (--rpc-tracker)")
@@ -210,6 +213,7 @@ def _config(args):
                   layer_weight_bits=_layer_weight_bits(args.layer_weight_bits),
                   rounding=args.rounding, adaround_iterations=args.adaround_iterations,
                   adaround_samples=args.adaround_samples, adaround_reg_weight=args.adaround_reg_weight,
+                  non_uniform=args.non_uniform,
                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                   onnxruntime_baseline=args.onnxruntime_baseline, max_accuracy_drop=args.max_accuracy_drop,
                   max_relative_drop=args.max_relative_drop, metric=args.metric)

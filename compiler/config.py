@@ -13,6 +13,7 @@ MODES = ("static", "dynamic")
 DYNAMIC_GRANULARITIES = ("tensor", "row")
 ROUNDINGS = ("nearest", "adaround")
 WEIGHT_BITS = (8, 7, 6, 5, 4)
+NON_UNIFORM = (16, 32, 64, "auto")  # tvmq.nonuniform_search
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Config:
     adaround_iterations, adaround_samples, adaround_reg_weight : AdaRound's Adam steps per layer
         (AIMET: 10000), calibration samples it learns from (at least the refinement's 64) and its
         regulariser's weight (AIMET: 0.01).
+    non_uniform : None, or k in 16 / 32 / 64 int8 levels per conv (groups 1) / dense layer by weighted
+        k-means (:mod:`tvmq.passes.nonuniform`; the artifact stores log2(k)-bit indices and a table),
+        or ``"auto"``: the smallest k per layer meeting the accuracy budget (:mod:`tvmq.nonuniform_search`).
     rpc_tracker, rpc_key : ``"HOST:PORT"`` of a TVM RPC tracker and the key its devices registered
         under: tune, run and time on those devices (:mod:`tvmq.targets.rpc`) instead of here.
     max_accuracy_drop, max_relative_drop : an accuracy budget (in the metric's units; as a share of
@@ -107,6 +111,7 @@ class Config:
     adaround_iterations: int = 10000
     adaround_samples: int = 64
     adaround_reg_weight: float = 0.01
+    non_uniform: int | str | None = None
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     max_accuracy_drop: float | None = None
@@ -183,5 +188,11 @@ class Config:
         for name in ("adaround_iterations", "adaround_samples"):
             if getattr(self, name) < 1:
                 raise TvmqError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.non_uniform is not None and (isinstance(self.non_uniform, bool) or self.non_uniform not in NON_UNIFORM):
+            raise TvmqError(f"unknown non-uniform levels {self.non_uniform!r}; choose one of: "
+                            f"{', '.join(map(str, NON_UNIFORM))}")
+        if self.non_uniform == "auto" and self.budget() is None:
+            raise TvmqError("--non-uniform auto searches under an accuracy budget: give --max-accuracy-drop "
+                            "or --max-relative-drop")
         if not self.adaround_reg_weight >= 0:
             raise TvmqError(f"adaround_reg_weight must be >= 0, got {self.adaround_reg_weight}")

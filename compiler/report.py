@@ -167,6 +167,13 @@ def passes(results) -> dict:
 
 
 @section
+def non_uniform(results) -> dict:
+    """Non-uniform weights (``--non-uniform``): per-layer levels, stored bytes, the search's metric."""
+    found = results["refine"].non_uniform
+    return {"non_uniform": found} if found else {}
+
+
+@section
 def plan(results) -> dict:
     return {"plan": results["deployed_plan"].json}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import weight_codecs
 from .errors import TvmqError
 
 MANIFEST = "manifest.json"
@@ -57,7 +58,9 @@ class DeployedModel:
             if missing:
                 raise TvmqError(f"{bucket['params_file']} lacks the parameter(s) {', '.join(missing[:5])} "
                                 f"named in the manifest")
-            params = [tvm.runtime.tensor(archive[name], self._device) for name in bucket["params"]]
+            codecs = bucket.get("codecs", {})  # none in artifacts before weight codecs: every param as stored
+            params = [tvm.runtime.tensor(weight_codecs.decode(name, archive, codecs[name]) if name in codecs
+                                         else archive[name], self._device) for name in bucket["params"]]
         return bucket["inputs"], vm, params
 
     def run(self, *inputs):

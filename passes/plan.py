@@ -76,6 +76,7 @@ class LayerPlan:
     weight_q: np.ndarray | None = None  # learned integer weights (AdaRound), in the weight's layout
     operand: str | None = None  # a batch matmul's second operand (``b``)
     operand_qparams: QParams | None = None  # its symmetric int8 parameters (static)
+    weight_levels: int | None = None  # non-uniform weights: weight_q takes at most this many int8 levels
 
     def weight_integers(self, weight: np.ndarray) -> np.ndarray:
         """The int8 weight realize emits: the learned integers, else ``quantize(W)`` (nearest)."""
@@ -91,6 +92,8 @@ class LayerPlan:
             out.update({"weight": self.weight.to_json(), "weight_range": [int(self.weight.qmin), int(self.weight.qmax)],
                         "weight_bits": weight_bits(self.weight.qmax),
                         "rounding": "nearest" if self.weight_q is None else "adaround"})
+        if self.weight_levels is not None:  # tvmq.passes.nonuniform
+            out |= {"rounding": "non-uniform", "weight_levels": int(self.weight_levels)}
         if self.operand is not None:
             out["operand_tensor"] = rename(self.operand)
             if self.operand_qparams is not None:

@@ -7,7 +7,7 @@ dataclass); :meth:`Pipeline.variant` changes some inputs and keeps every result 
 depend on them, so a variant re-runs only the stages downstream of what changed: many plans
 from one calibration, one set of statistics and one set of tuned kernels.
 
-    target -> programs -> evaluation -> budget -> calibration -> calibrate -> refine
+    target -> programs -> evaluation -> budget -> calibration -> calibrate -> refine_layers -> refine
       -> builds (per bucket: fp32 + int8 lowered, tuned, kernels timed) -> deploy (fallback /
          budget / end-to-end choice) -> deployed_plan -> evaluate -> baseline -> debug
 
@@ -62,13 +62,16 @@ class Pipeline:
     """The stages' results for one set of inputs, each stage run once on demand (``pipeline[name]``);
     ``runs`` counts every stage run, shared with the variants made from this pipeline."""
 
-    def __init__(self, results: dict | None = None, runs: collections.Counter | None = None, **inputs):
+    def __init__(self, results: dict | None = None, runs: collections.Counter | None = None,
+                 previous: dict | None = None, **inputs):
         unknown = set(inputs) - set(INPUTS)
         if unknown:
             raise TypeError(f"no pipeline input {sorted(unknown)[0]!r}; inputs: {', '.join(INPUTS)}")
         self.inputs = {name: inputs.get(name) for name in INPUTS}
         self.results = dict(results or {})
         self.runs = runs if runs is not None else collections.Counter()
+        self.used = {}  # stage -> the values of its needs it ran on
+        self.previous = dict(previous or {})  # stage -> (result, needs' values) before a variant
 
     def __getitem__(self, name: str):
         if name in self.inputs:
@@ -78,10 +81,15 @@ class Pipeline:
                 raise KeyError(f"no stage or input {name!r}; stages: {', '.join(STAGES)}")
             entry = STAGES[name]
             needs = {need: self[need] for need in entry.needs}
-            start = time.perf_counter()
-            self.results[name] = entry.run(**needs)
-            self.runs[name] += 1
-            logger.debug("stage %s: %.2f s", name, time.perf_counter() - start)
+            before = self.previous.get(name)
+            if before is not None and all(before[1].get(k) is v for k, v in needs.items()):
+                self.results[name] = before[0]  # early cutoff: every need is what it was, so is the result
+            else:
+                start = time.perf_counter()
+                self.results[name] = entry.run(**needs)
+                self.runs[name] += 1
+                logger.debug("stage %s: %.2f s", name, time.perf_counter() - start)
+            self.used[name] = needs
         return self.results[name]
 
     def run(self, *names: str) -> Pipeline:
@@ -91,10 +99,15 @@ class Pipeline:
         return self
 
     def variant(self, **changed) -> Pipeline:
-        """This pipeline with ``changed`` inputs: the results upstream of them are kept, the rest re-run."""
+        """This pipeline with ``changed`` inputs: the results upstream of them are kept, the rest re-run,
+        except that a stage whose needs come back identical (``is``) keeps its result (early cutoff,
+        as build systems do): a stage that passes its input through stops the re-runs there."""
         stale = downstream(changed)
         kept = {name: result for name, result in self.results.items() if name not in stale}
-        return Pipeline(kept, self.runs, **{**self.inputs, **changed})
+        previous = {name: (self.results[name], self.used[name]) for name in stale if name in self.used}
+        variant = Pipeline(kept, self.runs, previous, **{**self.inputs, **changed})
+        variant.used.update({name: used for name, used in self.used.items() if name in kept})
+        return variant
 
 
 from . import prepare, quantize, lower, deploy, outcome  # noqa: E402,F401  (each registers its stages, in order)

@@ -55,6 +55,7 @@ class Quantized:
     program: Program
     plan: QuantPlan = None
     int8: object = None
+    non_uniform: dict = dataclasses.field(default_factory=dict)  # report.json's non_uniform (--non-uniform)
 
     def planned(self, keep_fp32=(), reason: str = LATENCY_FALLBACK, dynamic=()) -> QuantPlan:
         """The plan with the ``keep_fp32`` layers fp32 (kept by the latency fallback, or ``reason``)
@@ -93,7 +94,7 @@ def calibrate(calibration, config, target, programs) -> Statistics | None:
 
 
 @stage
-def refine(calibrate, calibration, config, target, programs) -> Quantized:
+def refine_layers(calibrate, calibration, config, target, programs) -> Quantized:
     """Refine layer by layer (EQ, empirical bias correction) on the largest calibration set, or
     correct biases analytically; a QDQ model's plan is the one it carries."""
     if calibrate is None:
@@ -119,6 +120,19 @@ def refine(calibrate, calibration, config, target, programs) -> Quantized:
     plan = refined.plan(program.fp32["main"], scheme)
     quantized = Quantized(refined, scheme, calibrate.chosen, seconds, notes, program, plan)
     return dataclasses.replace(quantized, int8=quantized.realize(program))
+
+
+@stage
+def refine(refine_layers, config, budget, programs) -> Quantized:
+    """The refined plan with non-uniform weights where ``config.non_uniform`` asks for them
+    (:mod:`tvmq.nonuniform_search`; ``auto`` searches under the budget's metric), else
+    ``refine_layers``' result itself (so a new metric re-runs nothing downstream of it)."""
+    if config.non_uniform is None:
+        return refine_layers
+    from .. import nonuniform_search
+
+    quantized, report = nonuniform_search.apply(refine_layers, config, budget, programs.buckets[0].program)
+    return dataclasses.replace(quantized, non_uniform=report)
 
 
 def adaround_options(config: Config) -> AdaRoundOptions | None:
