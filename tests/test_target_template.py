@@ -129,6 +129,9 @@ def test_a_tuned_kernel_equals_the_integer_reference(tmp_path, rng, name):
     from tvmq.tune import tune
 
     spec = _spec(name)
+    why = spec.executor.unavailable()
+    if why:  # e.g. x86-vnni's code on a CPU without AVX-512: it would stop the process
+        pytest.skip(f"{name}: {why}")
     try:
         spec.runner()
     except TvmqError as err:
