@@ -248,14 +248,15 @@ def _int8_exposed(session: Session, program) -> tuple[list, object]:
     return session.cache[key]
 
 
-def _simulated(session: Session, program, **sides):
+def _simulated(session: Session, program, forced: bool = False, **sides):
     """The simulation on ``program``'s analysis VM, exposing what the int8 module exposes, each as the
-    int8 module exposes it (fake-quantized where it computes the tensor in int8); built once per variant."""
-    key = (id(program), "simulated", tuple(sorted(sides.items())))
+    int8 module exposes it (fake-quantized where it computes the tensor in int8); ``forced``: its readers
+    read those tensors from extra inputs (teacher forcing); built once per variant."""
+    key = (id(program), "simulated", forced, tuple(sorted(sides.items())))
     if key not in session.cache:
         names, _ = _int8_exposed(session, program)
-        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names, **sides)(
-            program.fp32))
+        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names,
+                                                             forced=names if forced else (), **sides)(program.fp32))
     return session.cache[key]
 
 
@@ -273,7 +274,7 @@ def simulation_vs_int8(session: Session) -> dict:
     """
     program, data = _layer_data(session)
     names, int8 = _int8_exposed(session, program)
-    free, forced = _simulated(session, program), _forced_simulation(session, program)
+    free, forced = _simulated(session, program), _simulated(session, program, forced=True)
     scales = {name: float(qp.scale) for name, qp in session.quantized.plan.activations.items()}
     local, drift = _StepStats(), _StepStats()
     for args, _ in batch_args(data, program.batch, program.size):
@@ -288,31 +289,21 @@ def simulation_vs_int8(session: Session) -> dict:
     return {"agree": first is None, "first_beyond_one_step": first, "tensors": rows}
 
 
-def _forced_simulation(session: Session, program):
-    """The 8-bit simulation whose readers read the int8 module's exposed tensors (extra inputs)."""
-    key = (id(program), "simulated forced")
-    if key not in session.cache:
-        names, _ = _int8_exposed(session, program)
-        session.cache[key] = program.vm(SimulateQuantization(session.quantized.plan, expose=names, forced=names)(
-            program.fp32))
-    return session.cache[key]
-
-
 class _StepStats:
     """Per tensor: the mean (over batches) of the mean distance in steps, and the largest."""
 
     def __init__(self):
-        self.mean, self.worst, self.batches = {}, {}, {}
+        self.mean, self.worst, self.batches = {}, {}, 0
 
     def add(self, names, got, ref, scales) -> None:
         for name, s, q in zip(names, got, ref):
             steps = np.abs(s.astype(np.float64) - q) / scales[name]
             self.worst[name] = max(self.worst.get(name, 0.0), float(steps.max(initial=0.0)))
             self.mean[name] = self.mean.get(name, 0.0) + float(steps.sum()) / max(steps.size, 1)
-            self.batches[name] = self.batches.get(name, 0) + 1
+        self.batches += 1
 
     def row(self, name) -> dict:
-        return {"mean_steps": self.mean[name] / max(self.batches[name], 1), "max_steps": self.worst[name]}
+        return {"mean_steps": self.mean[name] / max(self.batches, 1), "max_steps": self.worst[name]}
 
 
 def _layer_data(session: Session) -> tuple:
