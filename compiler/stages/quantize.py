@@ -1,5 +1,6 @@
-"""Calibration's stages: ``calibrate`` (one streaming statistics run over every calibration set)
-and ``refine`` (layer by layer: EQ, AdaRound, bias correction), whose plan every variant realizes."""
+"""Calibration's stages: ``calibrate`` (one streaming statistics run over every calibration set),
+``refine_layers`` (layer by layer: EQ, AdaRound, bias correction) and ``refine`` (non-uniform
+weights where asked), whose plan every variant realizes."""
 
 from __future__ import annotations
 
